@@ -1,0 +1,38 @@
+# The project's commands. `make up` and `make test` are all a fresh machine needs.
+PY ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test unit lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PY)" || { echo "Polder needs Python 3.11 or newer on PATH"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+## Start the whole system (embedded Postgres and broker, every service). Ctrl-C stops it.
+up: $(STAMP)
+	$(BIN)/polder up
+
+## The whole test suite: lint, types, unit, integration and end-to-end.
+test: lint typecheck
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests loadtests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m loadtests.ingest
+	$(BIN)/python -m loadtests.nearby
+
+clean:
+	rm -rf $(VENV) .polder .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from polder.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""The `polder` command: up, serve, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from polder.common.auth import Role, issue_token
+from polder.common.logging import configure_logging
+from polder.common.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SystemExit(f"polder: bad settings:\n{exc}") from exc
+
+
+def cmd_up(_: argparse.Namespace) -> int:
+    from polder.runtime.up import up
+
+    settings = _settings()
+    configure_logging(settings.log_level, json=False)
+    return asyncio.run(up(settings))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from polder.runtime.catalog import service_module
+
+    settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    if not settings.database_url or not settings.kafka_bootstrap:
+        raise SystemExit("polder serve needs POLDER_DATABASE_URL and POLDER_KAFKA_BOOTSTRAP")
+    module = service_module(args.service)
+    app = module.build_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=args.port or settings.port_of(args.service),
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings()
+    print(issue_token(settings, args.role, args.sub, args.ttl))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polder", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_up = sub.add_parser("up", help="start Postgres, the broker and every service; Ctrl-C stops all")
+    p_up.set_defaults(func=cmd_up)
+
+    p_serve = sub.add_parser("serve", help="run one service (what `polder up` starts per service)")
+    p_serve.add_argument("service", choices=["location", "dispatch", "billing"])
+    p_serve.add_argument("--port", type=int, default=None)
+    p_serve.set_defaults(func=cmd_serve)
+
+    p_token = sub.add_parser("token", help="print a signed bearer token for local use")
+    p_token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p_token.add_argument("--sub", required=True, help="the driver, customer or operator id")
+    p_token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+    p_token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Code shared by every Polder service: envelope, schemas, bus, db, auth, settings, metrics."""

@@ -1,0 +1,104 @@
+"""Bearer JWT auth. Roles ``driver``, ``customer``, ``operator``; the subject is the identity.
+
+HS256 is pinned: a token signed with anything else, or with ``alg: none``, is refused. ``exp``,
+``iss`` and ``aud`` are required and checked.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request
+
+from polder.common.errors import ApiError
+from polder.common.settings import Settings
+
+ALGORITHM = "HS256"
+
+
+class Role(StrEnum):
+    DRIVER = "driver"
+    CUSTOMER = "customer"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    role: Role
+    sub: str
+
+
+class AuthError(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(401, "unauthorized", message)
+
+
+def issue_token(settings: Settings, role: Role | str, sub: str, ttl_s: int | None = None) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": sub,
+        "role": str(Role(role)),
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + (ttl_s if ttl_s is not None else settings.token_ttl_s),
+    }
+    return jwt.encode(claims, settings.signing_key, algorithm=ALGORITHM)
+
+
+def verify_token(settings: Settings, token: str) -> Principal:
+    try:
+        claims = jwt.decode(
+            token,
+            settings.signing_key,
+            algorithms=[ALGORITHM],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": ["exp", "iss", "aud", "sub"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("token expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(f"invalid token: {exc}") from exc
+    try:
+        role = Role(claims.get("role"))
+    except ValueError as exc:
+        raise AuthError("token has no valid role") from exc
+    sub = claims["sub"]
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("token has no subject")
+    return Principal(role=role, sub=sub)
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthError("missing bearer token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def authenticate(request: Request) -> Principal:
+    settings: Settings = request.app.state.settings
+    return verify_token(settings, bearer_token(request.headers.get("authorization")))
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+def require_role(principal: Principal, *roles: Role) -> None:
+    if principal.role not in roles:
+        allowed = ", ".join(r.value for r in roles)
+        raise ApiError(403, "forbidden", f"role {principal.role.value} may not do this ({allowed} only)")
+
+
+def require_self(principal: Principal, role: Role, subject_id: str) -> None:
+    """The principal must have ``role`` and be the very subject named in the path."""
+    require_role(principal, role)
+    if principal.sub != subject_id:
+        raise ApiError(403, "forbidden", f"a {role.value} may only act as itself")

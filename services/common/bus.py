@@ -1,0 +1,245 @@
+"""Kafka on aiokafka: one long-lived producer per process, and one shape for every consumer.
+
+Delivery is at least once everywhere (Tansu has no idempotent producer or transactions), so
+consumers must be idempotent. A record that cannot be decoded or validated goes to the
+dead-letter topic with the reason, and the consumer carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from polder.common.envelope import DecodeError, Event
+from polder.common.metrics import CommonMetrics
+from polder.common.schemas import SchemaError, SchemaRegistry
+from polder.common.settings import Settings
+from polder.common.topics import DLQ, TOPICS, Topic
+
+log = structlog.get_logger(__name__)
+
+
+class Bus:
+    """The process's producer. Validates every event against its schema before sending."""
+
+    def __init__(self, settings: Settings, registry: SchemaRegistry, source: str) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.source = source
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            client_id=source,
+            acks="all",
+            linger_ms=2,
+            max_batch_size=512 * 1024,
+            max_request_size=4 * 1024 * 1024,
+            request_timeout_ms=15_000,
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    def event(self, type_: str, subject: str, data: dict[str, object], time: datetime) -> Event:
+        return Event(type=type_, source=self.source, subject=subject, data=data, time=time)
+
+    async def publish(self, topic: Topic, key: str, event: Event) -> None:
+        """Send one event and wait until the broker has it (acks=all)."""
+        value = self.registry.encode(event)
+        await self._producer.send_and_wait(
+            self.settings.topic(topic.name), value=value, key=key.encode()
+        )
+
+    async def publish_raw(self, topic: Topic, key: bytes | None, value: bytes) -> None:
+        await self._producer.send_and_wait(self.settings.topic(topic.name), value=value, key=key)
+
+    async def ping(self) -> None:
+        """Raise unless the broker answers a metadata request."""
+        await self._producer.client.fetch_all_metadata()
+
+
+Handler = Callable[[Sequence["Received"]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    event: Event
+    key: str | None
+    topic: str
+    partition: int
+    offset: int
+
+
+class Consumer:
+    """start → loop → finally stop. Commits only after the handler has made the batch durable.
+
+    With ``group_id`` it joins a consumer group and resumes from committed offsets. Without one
+    (in-memory state such as the location index) it reads every partition itself, starting at
+    ``start_at_ms`` (a timestamp) so the state can be rebuilt after a restart.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        settings: Settings,
+        registry: SchemaRegistry,
+        bus: Bus,
+        metrics: CommonMetrics,
+        topics: Sequence[Topic],
+        handler: Handler,
+        group_id: str | None,
+        start_at_ms: Callable[[], int] | None = None,
+        max_records: int = 2000,
+        retry_backoff_s: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.registry = registry
+        self.bus = bus
+        self.metrics = metrics
+        self.topics = [settings.topic(t.name) for t in topics]
+        self.handler = handler
+        self.group_id = settings.topic(group_id) if group_id else None
+        self.start_at_ms = start_at_ms
+        self.max_records = max_records
+        self.retry_backoff_s = retry_backoff_s
+        self.ready = asyncio.Event()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id=f"{bus.source}-{name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if self.group_id else "latest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._consumer.start()
+        try:
+            if self.group_id:
+                self._consumer.subscribe(self.topics)
+            else:
+                await self._assign_all()
+            self.ready.set()
+            while not stop.is_set():
+                batches = await self._consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                for tp, records in batches.items():
+                    await self._process(tp, records)
+                await self._record_lag()
+        finally:
+            await self._consumer.stop()
+
+    async def _assign_all(self) -> None:
+        partitions = []
+        for topic in self.topics:
+            ids = await self._wait_for_partitions(topic)
+            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+        self._consumer.assign(partitions)
+        if self.start_at_ms is None:
+            await self._consumer.seek_to_end(*partitions)
+            return
+        when = self.start_at_ms()
+        found = await self._consumer.offsets_for_times({tp: when for tp in partitions})
+        for tp in partitions:
+            hit = found.get(tp)
+            if hit is None:
+                await self._consumer.seek_to_end(tp)
+            else:
+                self._consumer.seek(tp, hit.offset)
+
+    async def _wait_for_partitions(self, topic: str) -> set[int]:
+        for _ in range(100):
+            ids = self._consumer.partitions_for_topic(topic)
+            if ids:
+                return set(ids)
+            await self._consumer._client.force_metadata_update()  # noqa: SLF001
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"topic {topic} does not exist; run `polder up` or create the topics")
+
+    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        good: list[Received] = []
+        for record in records:
+            try:
+                event = self.registry.decode(record.value or b"")
+            except (DecodeError, SchemaError) as exc:
+                await self._dead_letter(record, exc)
+                continue
+            key = record.key.decode(errors="replace") if record.key is not None else None
+            good.append(Received(event, key, record.topic, record.partition, record.offset))
+        while True:
+            try:
+                if good:
+                    await self.handler(good)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The batch is not durable: keep its offsets uncommitted and try again.
+                self.metrics.handler_failures.labels(self.name).inc()
+                log.exception("consumer handler failed; retrying batch", consumer=self.name)
+                await asyncio.sleep(self.retry_backoff_s)
+        self.metrics.events_consumed.labels(self.name, tp.topic).inc(len(good))
+        if self.group_id:
+            await self._consumer.commit({tp: records[-1].offset + 1})
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
+        kind = "decode" if isinstance(exc, DecodeError) else "schema"
+        value = record.value or b""
+        letter = self.bus.event(
+            "polder.dlq.dead_letter.v1",
+            subject=f"{record.topic}/{record.partition}/{record.offset}",
+            data={
+                "consumer": self.name,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": record.key.decode(errors="replace") if record.key is not None else None,
+                "reason": str(exc)[:2000],
+                "payload_b64": base64.b64encode(value).decode(),
+            },
+            time=datetime.fromtimestamp(record.timestamp / 1000, tz=UTC),
+        )
+        await self.bus.publish(DLQ, key=letter.data["key"] or letter.subject, event=letter)
+        self.metrics.dead_letters.labels(self.name, kind).inc()
+        log.warning("dead-lettered a record", consumer=self.name, reason=str(exc)[:200])
+
+    async def _record_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            position = await self._consumer.position(tp)
+            self.metrics.consumer_lag.labels(self.name, tp.topic, str(tp.partition)).set(
+                max(0, high - position)
+            )
+
+
+async def create_topics(settings: Settings, topics: Sequence[Topic] = TOPICS) -> None:
+    """Create the topics with their partition counts; existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(settings.topic(t.name), num_partitions=t.partitions, replication_factor=1)
+            for t in topics
+            if settings.topic(t.name) not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()

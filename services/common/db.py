@@ -1,0 +1,79 @@
+"""PostgreSQL on asyncpg: a pool per service with an orjson jsonb codec, and SQL migrations.
+
+Each service owns one schema (``location``, ``dispatch``, ``billing``, plus the namespace suffix
+in tests) and its migrations are plain ``NNN_name.sql`` files in ``polder.<service>.migrations``,
+applied in order at start-up under an advisory lock, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import asyncpg
+import orjson
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Pool = asyncpg.Pool
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        format="text",
+    )
+
+
+async def create_pool(
+    database_url: str, schema: str, *, min_size: int = 1, max_size: int = 10
+) -> Pool:
+    pool = await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": f'"{schema}",public', "application_name": schema},
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool
+
+
+def migration_files(package: str) -> list[tuple[str, str]]:
+    folder = resources.files(package)
+    files = sorted(e.name for e in folder.iterdir() if e.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), folder.joinpath(name).read_text()) for name in files]
+
+
+async def migrate(pool: Pool, schema: str, package: str) -> list[str]:
+    """Apply the package's migrations not yet recorded in ``<schema>.schema_migrations``."""
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            # Several processes may start at once: one migrates, the others wait and see it done.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
+                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {
+                r["version"]
+                for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
+            }
+            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            for version, sql in migration_files(package):
+                if version in done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute(
+                    f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', version
+                )
+                applied_now.append(version)
+    if applied_now:
+        log.info("migrations applied", schema=schema, versions=applied_now)
+    return applied_now

@@ -1,0 +1,128 @@
+"""What every service's FastAPI app has: JSON errors, body limits, /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from polder.common.errors import ApiError
+from polder.common.metrics import ASGIApp, CommonMetrics, HttpMetricsMiddleware, Receive, Scope, Send
+
+ReadyCheck = Callable[[], Awaitable[None]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+
+
+class ORJSONResponse(JSONResponse):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(err: ApiError) -> ORJSONResponse:
+    return ORJSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413, whether announced by Content-Length or not."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await self._too_large(scope, receive, send)
+                    return
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, "body_too_large", f"body exceeds {self.max_bytes} bytes")
+            return dict(message)
+
+        await self.app(scope, counted, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = ApiError(413, "body_too_large", f"body exceeds {self.max_bytes} bytes")
+        await error_response(err)(scope, receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+
+
+def service_app(
+    *,
+    title: str,
+    lifespan: Lifespan,
+    metrics: CommonMetrics,
+    max_body_bytes: int,
+) -> FastAPI:
+    app = FastAPI(title=title, lifespan=lifespan, default_response_class=ORJSONResponse)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        err = ApiError(422, "invalid_request", "request does not match the schema", errors=_validation_message(exc))
+        return error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "a dependency is down"}})
+    async def readyz(request: Request) -> Response:
+        """The broker and the database answer."""
+        checks: Mapping[str, ReadyCheck] = getattr(request.app.state, "ready_checks", {})
+        results: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=2.0)
+                results[name] = "ok"
+            except Exception as exc:  # any failure means "not ready"; say which and why
+                results[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
+        ok = all(v == "ok" for v in results.values())
+        return ORJSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": results},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    return app

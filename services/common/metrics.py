@@ -1,0 +1,88 @@
+"""Prometheus metrics: one registry per service app, so tests can build several in a process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class CommonMetrics:
+    """Metrics every service has: HTTP traffic, consumed events, dead letters, consumer lag."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.http_requests = Counter(
+            "polder_http_requests_total",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_latency = Histogram(
+            "polder_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.events_consumed = Counter(
+            "polder_events_consumed_total",
+            "Events handled by a consumer",
+            ["consumer", "topic"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "polder_dead_letters_total",
+            "Records sent to the dead-letter topic, by consumer and reason kind",
+            ["consumer", "kind"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "polder_consumer_lag_records",
+            "Records between a consumer's position and the partition's high watermark",
+            ["consumer", "topic", "partition"],
+            registry=registry,
+        )
+        self.handler_failures = Counter(
+            "polder_consumer_handler_failures_total",
+            "Batches whose handler raised; the batch is retried after a back-off",
+            ["consumer"],
+            registry=registry,
+        )
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI middleware: counts and times every HTTP request by its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: CommonMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.http_latency.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,78 @@
+"""Settings read from the environment (prefix ``POLDER_``), built in each composition root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SIGNING_KEY = "polder-development-signing-key-not-for-production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POLDER_", extra="ignore", frozen=True)
+
+    mode: Literal["development", "production"] = "development"
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Where `polder up` keeps the embedded Postgres data directory and logs.
+    data_dir: Path = Path(".polder")
+
+    # Infrastructure. Empty means "embedded" for `polder up`; services require them set.
+    database_url: str = ""
+    kafka_bootstrap: str = ""
+    broker_port: int = 9092
+    # Isolation: appended to topic names (".ns") and Postgres schemas ("_ns"), so tests and
+    # parallel deployments on one broker/database never see each other's data.
+    namespace: str = Field(default="", pattern=r"^[a-z0-9_]*$")
+
+    host: str = "127.0.0.1"
+    location_port: int = 8001
+    dispatch_port: int = 8002
+    billing_port: int = 8003
+
+    # Auth.
+    jwt_secret: str = ""
+    jwt_issuer: str = "polder"
+    jwt_audience: str = "polder"
+    token_ttl_s: int = 12 * 3600
+
+    # HTTP limits.
+    max_body_bytes: int = 256 * 1024
+    rate_limit_per_s: float = 20.0  # requests per second per token subject
+    rate_limit_burst: int = 40
+
+    # Location service.
+    max_pings_per_batch: int = 500
+    max_future_skew_s: float = 30.0
+    max_speed_mps: float = 70.0  # 252 km/h: anything faster is a GPS jump, not a car
+    location_ttl_s: float = 60.0
+    nearby_max_radius_m: float = 10_000.0
+    nearby_max_limit: int = 200
+    index_resolution: int = 9
+
+    @model_validator(mode="after")
+    def _production_needs_a_real_key(self) -> Settings:
+        if self.mode == "production" and self.jwt_secret in ("", DEV_SIGNING_KEY):
+            raise ValueError(
+                "POLDER_JWT_SECRET must be set to a private key in production mode "
+                "(the development signing key is refused)"
+            )
+        return self
+
+    @property
+    def signing_key(self) -> str:
+        return self.jwt_secret or DEV_SIGNING_KEY
+
+    def topic(self, name: str) -> str:
+        return f"{name}.{self.namespace}" if self.namespace else name
+
+    def db_schema(self, service: str) -> str:
+        return f"{service}_{self.namespace}" if self.namespace else service
+
+    def port_of(self, service: str) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port

@@ -1,0 +1,190 @@
+"""Location HTTP and WebSocket routes: parse, authorize, call a handler."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import h3.api.basic_int as h3
+import orjson
+from fastapi import APIRouter, Path, Query, Request, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from polder.common.auth import CurrentPrincipal, Principal, Role, bearer_token, require_role, require_self, verify_token
+from polder.common.errors import ApiError
+from polder.location.domain.pings import Ping
+from polder.location.models import (
+    BATCH,
+    FRAME,
+    IngestResult,
+    NearbyDriver,
+    NearbyOut,
+    PingBatchIn,
+    PingIn,
+    Rejection,
+    SupplyCell,
+    SupplyOut,
+)
+from polder.location.runtime import LocationRuntime
+
+router = APIRouter(prefix="/v1")
+
+DRIVER_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+def _runtime(request: Request | WebSocket) -> LocationRuntime:
+    rt: LocationRuntime = request.app.state.runtime
+    return rt
+
+
+def _parse_error(exc: ValidationError) -> ApiError:
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return ApiError(400, "malformed_json", "body is not valid JSON")
+    details = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors[:20]]
+    return ApiError(422, "invalid_request", "body does not match the schema", errors=details)
+
+
+def _check_rate(rt: LocationRuntime, principal: Principal) -> None:
+    wait = rt.limiter.take(principal.sub, time.monotonic())
+    if wait > 0:
+        rt.metrics.rate_limited.inc()
+        retry = max(1, round(wait + 0.5))
+        raise ApiError(
+            429, "rate_limited", f"too many requests; retry in {retry} s",
+            headers={"Retry-After": str(retry)}, retry_after_s=retry,
+        )
+
+
+async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> IngestResult:
+    if len(pings) > rt.settings.max_pings_per_batch:
+        raise ApiError(
+            422, "too_many_pings",
+            f"{len(pings)} pings in one batch; at most {rt.settings.max_pings_per_batch}",
+        )
+    domain: list[Ping] = [p.to_domain() for p in pings]
+    try:
+        result = await rt.ingest(driver_id, domain, datetime.now(UTC))
+    except ApiError:
+        raise
+    except Exception as exc:  # broker unreachable or timed out: nothing was accepted
+        raise ApiError(503, "unavailable", "cannot record pings right now; retry") from exc
+    return IngestResult(
+        accepted=len(result.accepted),
+        rejected=[Rejection(index=i, reason=r.value) for i, r in result.rejected],
+    )
+
+
+_BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PingBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")}},
+    }
+}
+
+
+@router.post(
+    "/drivers/{driver_id}/locations",
+    status_code=202,
+    response_model=IngestResult,
+    openapi_extra=_BATCH_BODY,
+    responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+)
+async def post_locations(
+    driver_id: Annotated[str, Path(pattern=DRIVER_ID)],
+    request: Request,
+    principal: CurrentPrincipal,
+) -> IngestResult:
+    """Record a batch of 1–500 GPS pings from the driver itself."""
+    rt = _runtime(request)
+    require_self(principal, Role.DRIVER, driver_id)
+    _check_rate(rt, principal)
+    try:
+        batch = BATCH.validate_json(await request.body())
+    except ValidationError as exc:
+        raise _parse_error(exc) from exc
+    return await _ingest(rt, driver_id, batch.pings)
+
+
+@router.websocket("/drivers/{driver_id}/locations/ws")
+async def locations_ws(websocket: WebSocket, driver_id: str) -> None:
+    """One ping object or an array of them per text frame; each frame is acknowledged."""
+    rt = _runtime(websocket)
+    await websocket.accept()
+    try:
+        token = websocket.query_params.get("token") or bearer_token(websocket.headers.get("authorization"))
+        principal = verify_token(rt.settings, token)
+        require_self(principal, Role.DRIVER, driver_id)
+    except ApiError as err:
+        await websocket.send_text(orjson.dumps(err.body()).decode())
+        await websocket.close(code=4000 + err.status)
+        return
+    try:
+        while True:
+            frame = await websocket.receive_text()
+            await websocket.send_text(orjson.dumps(await _answer_frame(rt, principal, driver_id, frame)).decode())
+    except WebSocketDisconnect:
+        return
+
+
+async def _answer_frame(rt: LocationRuntime, principal: Principal, driver_id: str, frame: str) -> dict[str, Any]:
+    try:
+        if len(frame) > rt.settings.max_body_bytes:
+            raise ApiError(413, "body_too_large", f"frame exceeds {rt.settings.max_body_bytes} bytes")
+        _check_rate(rt, principal)
+        try:
+            parsed = FRAME.validate_json(frame)
+        except ValidationError as exc:
+            raise _parse_error(exc) from exc
+        pings = parsed if isinstance(parsed, list) else [parsed]
+        if not pings:
+            raise ApiError(422, "invalid_request", "a frame needs at least one ping")
+        return (await _ingest(rt, driver_id, pings)).model_dump()
+    except ApiError as err:
+        return err.body()
+
+
+@router.get("/drivers/nearby", response_model=NearbyOut, responses={401: {}, 403: {}, 422: {}})
+async def nearby(
+    request: Request,
+    principal: CurrentPrincipal,
+    lat: Annotated[float, Query(ge=-90, le=90)],
+    lng: Annotated[float, Query(ge=-180, le=180)],
+    radius_m: Annotated[float, Query(gt=0)] = 1000.0,
+    limit: Annotated[int, Query(ge=1)] = 20,
+) -> NearbyOut:
+    """Fresh drivers near a point, nearest first (operators). Radius and limit are capped."""
+    require_role(principal, Role.OPERATOR)
+    rt = _runtime(request)
+    now = time.time()
+    found = rt.index.nearby(
+        lat, lng, min(radius_m, rt.settings.nearby_max_radius_m), min(limit, rt.settings.nearby_max_limit), now
+    )
+    return NearbyOut(
+        drivers=[
+            NearbyDriver(
+                driver_id=n.position.driver_id,
+                lat=n.position.lat,
+                lng=n.position.lng,
+                distance_m=round(n.distance_m, 1),
+                cell=h3.int_to_str(n.position.cell),
+                age_s=round(max(0.0, now - n.position.seen_at), 3),
+            )
+            for n in found
+        ]
+    )
+
+
+@router.get("/supply", response_model=SupplyOut, responses={401: {}, 403: {}, 422: {}})
+async def supply(
+    request: Request, principal: CurrentPrincipal, res: Annotated[int, Query(ge=0, le=15)] = 7
+) -> SupplyOut:
+    """Fresh drivers per H3 cell at resolution ``res`` (operators)."""
+    require_role(principal, Role.OPERATOR)
+    rt = _runtime(request)
+    if res > rt.index.resolution:
+        raise ApiError(422, "invalid_request", f"res must be at most {rt.index.resolution}")
+    counts = rt.index.supply(res, time.time())
+    cells = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return SupplyOut(cells=[SupplyCell(cell=h3.int_to_str(c), drivers=n) for c, n in cells])

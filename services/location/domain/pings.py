@@ -1,0 +1,111 @@
+"""Screening of incoming GPS pings: each is accepted or rejected with a reason, never silently."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import h3
+
+
+class Reason(StrEnum):
+    NOT_FINITE = "not_finite"
+    LAT_OUT_OF_RANGE = "lat_out_of_range"
+    LNG_OUT_OF_RANGE = "lng_out_of_range"
+    INVALID_ACCURACY = "invalid_accuracy"
+    INVALID_SPEED = "invalid_speed"
+    INVALID_HEADING = "invalid_heading"
+    FUTURE = "recorded_in_future"
+    STALE = "stale"
+    IMPOSSIBLE_JUMP = "impossible_jump"
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    lat: float
+    lng: float
+    recorded_at: datetime
+    accuracy_m: float | None = None
+    speed_mps: float | None = None
+    heading_deg: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """The last accepted position of a driver: what the next ping is checked against."""
+
+    lat: float
+    lng: float
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_future_skew_s: float
+    max_speed_mps: float
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    accepted: list[tuple[int, Ping]]
+    rejected: list[tuple[int, Reason]]
+    last: Fix | None
+
+
+def _shape_problem(p: Ping) -> Reason | None:
+    numbers = (p.lat, p.lng, p.accuracy_m, p.speed_mps, p.heading_deg)
+    if any(x is not None and not math.isfinite(x) for x in numbers):
+        return Reason.NOT_FINITE
+    if not -90.0 <= p.lat <= 90.0:
+        return Reason.LAT_OUT_OF_RANGE
+    if not -180.0 <= p.lng <= 180.0:
+        return Reason.LNG_OUT_OF_RANGE
+    if p.accuracy_m is not None and p.accuracy_m < 0:
+        return Reason.INVALID_ACCURACY
+    if p.speed_mps is not None and p.speed_mps < 0:
+        return Reason.INVALID_SPEED
+    if p.heading_deg is not None and not 0.0 <= p.heading_deg <= 360.0:
+        return Reason.INVALID_HEADING
+    return None
+
+
+def distance_m(a_lat: float, a_lng: float, b_lat: float, b_lng: float) -> float:
+    return float(h3.great_circle_distance((a_lat, a_lng), (b_lat, b_lng), unit="m"))
+
+
+def _motion_problem(p: Ping, last: Fix | None, now: datetime, limits: Limits) -> Reason | None:
+    if (p.recorded_at - now).total_seconds() > limits.max_future_skew_s:
+        return Reason.FUTURE
+    if last is None:
+        return None
+    dt = (p.recorded_at - last.recorded_at).total_seconds()
+    if dt <= 0:
+        return Reason.STALE
+    if distance_m(last.lat, last.lng, p.lat, p.lng) / dt > limits.max_speed_mps:
+        return Reason.IMPOSSIBLE_JUMP
+    return None
+
+
+def screen(pings: Sequence[Ping], last: Fix | None, now: datetime, limits: Limits) -> Screened:
+    """Check a batch in recorded order against the driver's last accepted fix.
+
+    Pings are taken in the order they were recorded (a phone may flush its buffer out of order);
+    indices in the result refer to the batch as sent. A ping no newer than the last accepted one
+    is stale, so a retried batch is not indexed twice.
+    """
+    accepted: list[tuple[int, Ping]] = []
+    rejected: list[tuple[int, Reason]] = []
+    order = sorted(range(len(pings)), key=lambda i: pings[i].recorded_at)
+    for i in order:
+        p = pings[i]
+        reason = _shape_problem(p) or _motion_problem(p, last, now, limits)
+        if reason is not None:
+            rejected.append((i, reason))
+            continue
+        accepted.append((i, p))
+        last = Fix(p.lat, p.lng, p.recorded_at)
+    rejected.sort()
+    return Screened(accepted=accepted, rejected=rejected, last=last)

@@ -1,0 +1,163 @@
+"""Location handlers: screen → publish for ingest; apply to the index; store traces."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import h3.api.basic_int as h3
+
+from polder.common.bus import Bus, Received
+from polder.common.db import Pool
+from polder.common.envelope import format_time, parse_time
+from polder.common.topics import DRIVER_LOCATIONS
+from polder.location.domain.index import LocationIndex
+from polder.location.domain.pings import Fix, Limits, Ping, Screened, screen
+from polder.location.metrics import LocationMetrics
+
+PINGS_RECORDED = "polder.location.pings_recorded.v1"
+TRACE_CONSUMER = "location-traces"
+
+
+class Ingest:
+    """Screens a driver's pings and publishes the accepted ones as one event."""
+
+    def __init__(
+        self, bus: Bus, index: LocationIndex, limits: Limits, metrics: LocationMetrics
+    ) -> None:
+        self.bus = bus
+        self.index = index
+        self.limits = limits
+        self.metrics = metrics
+        self.resolution = index.resolution
+        # Last accepted fix per driver as this process published it; the index may lag behind it.
+        self._last: dict[str, Fix] = {}
+
+    def last_fix(self, driver_id: str) -> Fix | None:
+        mine = self._last.get(driver_id)
+        indexed = self.index.get(driver_id)
+        if indexed is None:
+            return mine
+        from_index = Fix(indexed.lat, indexed.lng, datetime.fromtimestamp(indexed.recorded_at, UTC))
+        if mine is None or from_index.recorded_at > mine.recorded_at:
+            return from_index
+        return mine
+
+    async def __call__(self, driver_id: str, pings: Sequence[Ping], now: datetime) -> Screened:
+        result = screen(pings, self.last_fix(driver_id), now, self.limits)
+        self.metrics.batch_size.observe(len(pings))
+        for _, reason in result.rejected:
+            self.metrics.pings_rejected.labels(reason.value).inc()
+        if result.accepted:
+            event = self.bus.event(
+                PINGS_RECORDED,
+                subject=driver_id,
+                data={
+                    "driver_id": driver_id,
+                    "received_at": format_time(now),
+                    "pings": [self._ping_doc(p) for _, p in result.accepted],
+                },
+                time=now,
+            )
+            await self.bus.publish(DRIVER_LOCATIONS, driver_id, event)
+            self.metrics.pings_accepted.inc(len(result.accepted))
+            assert result.last is not None
+            self._last[driver_id] = result.last
+        return result
+
+    def _ping_doc(self, p: Ping) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "lat": p.lat,
+            "lng": p.lng,
+            "recorded_at": format_time(p.recorded_at),
+            "cell": h3.int_to_str(h3.latlng_to_cell(p.lat, p.lng, self.resolution)),
+        }
+        for name in ("accuracy_m", "speed_mps", "heading_deg"):
+            value = getattr(p, name)
+            if value is not None:
+                doc[name] = value
+        return doc
+
+    def forget_expired(self) -> None:
+        """Drop fixes of drivers the index no longer holds, so the map stays bounded."""
+        for driver_id in [d for d in self._last if self.index.get(d) is None]:
+            fix = self._last[driver_id]
+            if time.time() - fix.recorded_at.timestamp() > self.index.ttl_s:
+                del self._last[driver_id]
+
+
+class IndexUpdater:
+    """Applies recorded pings to the in-memory index (consumer handler)."""
+
+    def __init__(self, index: LocationIndex, metrics: LocationMetrics) -> None:
+        self.index = index
+        self.metrics = metrics
+
+    async def __call__(self, records: Sequence[Received]) -> None:
+        for r in records:
+            data = r.event.data
+            seen_at = parse_time(data["received_at"]).timestamp()
+            driver_id = data["driver_id"]
+            for p in data["pings"]:
+                self.index.upsert(
+                    driver_id, p["lat"], p["lng"], parse_time(p["recorded_at"]).timestamp(), seen_at
+                )
+            self.metrics.ping_to_index.observe(max(0.0, time.time() - seen_at))
+        self.metrics.indexed_drivers.set(len(self.index))
+
+
+class TraceWriter:
+    """Writes accepted pings to ``pings``; an event id seen before writes nothing (replays)."""
+
+    def __init__(self, pool: Pool, metrics: LocationMetrics) -> None:
+        self.pool = pool
+        self.metrics = metrics
+
+    async def __call__(self, records: Sequence[Received]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = {
+                row["event_id"]
+                for row in await conn.fetch(
+                    "INSERT INTO processed_events (consumer, event_id) "
+                    "SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+                    TRACE_CONSUMER,
+                    [r.event.id for r in records],
+                )
+            }
+            rows = [
+                (
+                    r.event.data["driver_id"],
+                    parse_time(p["recorded_at"]),
+                    parse_time(r.event.data["received_at"]),
+                    p["lat"],
+                    p["lng"],
+                    h3.str_to_int(p["cell"]),
+                    p.get("accuracy_m"),
+                    p.get("speed_mps"),
+                    p.get("heading_deg"),
+                    r.event.id,
+                )
+                for r in _first_of_each(records, fresh)
+                for p in r.event.data["pings"]
+            ]
+            if rows:
+                await conn.copy_records_to_table(
+                    "pings",
+                    records=rows,
+                    columns=[
+                        "driver_id", "recorded_at", "received_at", "lat", "lng", "cell",
+                        "accuracy_m", "speed_mps", "heading_deg", "event_id",
+                    ],
+                )
+        self.metrics.traces_written.inc(len(rows))
+
+
+def _first_of_each(records: Sequence[Received], wanted: set[str]) -> list[Received]:
+    """The records whose id is wanted, each id once (a batch may hold a redelivery)."""
+    out: list[Received] = []
+    for r in records:
+        if r.event.id in wanted:
+            wanted.discard(r.event.id)
+            out.append(r)
+    return out

@@ -1,0 +1,45 @@
+"""Location service metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from polder.common.metrics import CommonMetrics
+
+
+class LocationMetrics(CommonMetrics):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry)
+        self.pings_accepted = Counter(
+            "polder_location_pings_accepted_total", "Pings accepted", registry=registry
+        )
+        self.pings_rejected = Counter(
+            "polder_location_pings_rejected_total",
+            "Pings rejected, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "polder_location_batch_size_pings",
+            "Pings per request or WebSocket frame",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=registry,
+        )
+        self.ping_to_index = Histogram(
+            "polder_location_ping_to_index_seconds",
+            "Server receipt of a ping batch to its position being in the index",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+        self.indexed_drivers = Gauge(
+            "polder_location_indexed_drivers", "Drivers in the index (fresh positions)",
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "polder_location_rate_limited_total", "Requests or frames refused with 429",
+            registry=registry,
+        )
+        self.traces_written = Counter(
+            "polder_location_trace_pings_written_total", "Pings written to the trace table",
+            registry=registry,
+        )

@@ -1,0 +1,24 @@
+"""What a running location service holds: built once in the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from polder.common.bus import Bus
+from polder.common.db import Pool
+from polder.common.ratelimit import RateLimiter
+from polder.common.settings import Settings
+from polder.location.domain.index import LocationIndex
+from polder.location.handlers import Ingest
+from polder.location.metrics import LocationMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class LocationRuntime:
+    settings: Settings
+    bus: Bus
+    pool: Pool
+    index: LocationIndex
+    ingest: Ingest
+    limiter: RateLimiter
+    metrics: LocationMetrics

@@ -1,0 +1,1 @@
+"""Running Polder locally: embedded Postgres and broker, and the `polder up` supervisor."""
