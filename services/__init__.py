@@ -1,1 +1,1 @@
-"""Polder: an event-driven dispatch backend that accounts for every online second of every worker."""
+"""Polder: a dispatch backend that accounts for every online second of every worker."""

@@ -47,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         loop="uvloop",
         http="httptools",
+        ws="websockets-sansio",
         timeout_graceful_shutdown=10,
     )
     return 0
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polder", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_up = sub.add_parser("up", help="start Postgres, the broker and every service; Ctrl-C stops all")
+    p_up = sub.add_parser(
+        "up", help="start Postgres, the broker and every service; Ctrl-C stops all"
+    )
     p_up.set_defaults(func=cmd_up)
 
     p_serve = sub.add_parser("serve", help="run one service (what `polder up` starts per service)")

@@ -65,7 +65,7 @@ def verify_token(settings: Settings, token: str) -> Principal:
     except jwt.InvalidTokenError as exc:
         raise AuthError(f"invalid token: {exc}") from exc
     try:
-        role = Role(claims.get("role"))
+        role = Role(str(claims.get("role", "")))
     except ValueError as exc:
         raise AuthError("token has no valid role") from exc
     sub = claims["sub"]
@@ -94,7 +94,9 @@ CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 def require_role(principal: Principal, *roles: Role) -> None:
     if principal.role not in roles:
         allowed = ", ".join(r.value for r in roles)
-        raise ApiError(403, "forbidden", f"role {principal.role.value} may not do this ({allowed} only)")
+        raise ApiError(
+            403, "forbidden", f"role {principal.role.value} may not do this ({allowed} only)"
+        )
 
 
 def require_self(principal: Principal, role: Role, subject_id: str) -> None:

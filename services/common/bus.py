@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,6 +123,8 @@ class Consumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest" if self.group_id else "latest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_ms,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -150,7 +153,7 @@ class Consumer:
             await self._consumer.seek_to_end(*partitions)
             return
         when = self.start_at_ms()
-        found = await self._consumer.offsets_for_times({tp: when for tp in partitions})
+        found = await self._consumer.offsets_for_times(dict.fromkeys(partitions, when))
         for tp in partitions:
             hit = found.get(tp)
             if hit is None:
@@ -167,7 +170,9 @@ class Consumer:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"topic {topic} does not exist; run `polder up` or create the topics")
 
-    async def _process(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _process(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
         good: list[Received] = []
         for record in records:
             try:
@@ -237,9 +242,7 @@ async def create_topics(settings: Settings, topics: Sequence[Topic] = TOPICS) ->
             if settings.topic(t.name) not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()

@@ -7,7 +7,9 @@ applied in order at start-up under an advisory lock, each in its own transaction
 
 from __future__ import annotations
 
+import re
 from importlib import resources
+from typing import TypeAlias
 
 import asyncpg
 import orjson
@@ -15,7 +17,9 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-Pool = asyncpg.Pool
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+# Schema names are interpolated into SQL (identifiers cannot be bound), so they are checked.
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -51,29 +55,25 @@ def migration_files(package: str) -> list[tuple[str, str]]:
 
 async def migrate(pool: Pool, schema: str, package: str) -> list[str]:
     """Apply the package's migrations not yet recorded in ``<schema>.schema_migrations``."""
+    if not _IDENTIFIER.match(schema):
+        raise ValueError(f"not a schema name: {schema!r}")
     applied_now: list[str] = []
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            # Several processes may start at once: one migrates, the others wait and see it done.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(
-                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
-                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {
-                r["version"]
-                for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
-            }
-            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
-            for version, sql in migration_files(package):
-                if version in done:
-                    continue
-                await conn.execute(sql)
-                await conn.execute(
-                    f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', version
-                )
-                applied_now.append(version)
+    async with pool.acquire() as conn, conn.transaction():
+        # Several processes may start at once: one migrates, the others wait and see it done.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, sql in migration_files(package):
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied_now.append(version)
     if applied_now:
         log.info("migrations applied", schema=schema, versions=applied_now)
     return applied_now

@@ -15,10 +15,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polder.common.errors import ApiError
-from polder.common.metrics import ASGIApp, CommonMetrics, HttpMetricsMiddleware, Receive, Scope, Send
+from polder.common.metrics import (
+    ASGIApp,
+    CommonMetrics,
+    HttpMetricsMiddleware,
+    Receive,
+    Scope,
+    Send,
+)
 
 ReadyCheck = Callable[[], Awaitable[None]]
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 class ORJSONResponse(JSONResponse):
@@ -44,10 +51,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._too_large(scope, receive, send)
-                    return
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await self._too_large(scope, receive, send)
+                return
         seen = 0
 
         async def counted() -> dict[str, Any]:
@@ -68,7 +74,11 @@ class BodyLimitMiddleware:
 
 def _validation_message(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
         for e in exc.errors()
     ]
 
@@ -88,7 +98,12 @@ def service_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-        err = ApiError(422, "invalid_request", "request does not match the schema", errors=_validation_message(exc))
+        err = ApiError(
+            422,
+            "invalid_request",
+            "request does not match the schema",
+            errors=_validation_message(exc),
+        )
         return error_response(err)
 
     @app.exception_handler(StarletteHTTPException)

@@ -39,6 +39,4 @@ class RateLimiter:
     def _forget_full(self, now: float) -> None:
         """Drop buckets that have refilled: forgetting them changes no answer."""
         full_after = self.burst / self.rate
-        self._buckets = {
-            k: b for k, b in self._buckets.items() if now - b.updated < full_after
-        }
+        self._buckets = {k: b for k, b in self._buckets.items() if now - b.updated < full_after}

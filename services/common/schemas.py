@@ -39,7 +39,7 @@ class SchemaRegistry:
             raise SchemaError(f"no {ENVELOPE_SCHEMA} schema")
         self._documents = dict(documents)
         self._validators = {
-            name: jsonschema_rs.Draft202012Validator(doc) for name, doc in documents.items()
+            name: jsonschema_rs.Draft202012Validator(dict(doc)) for name, doc in documents.items()
         }
 
     @classmethod
@@ -80,7 +80,7 @@ class SchemaRegistry:
         return encode(event)
 
     def decode(self, raw: bytes) -> Event:
-        """Parse and validate an incoming event; raises DecodeError or SchemaError with the reason."""
+        """Parse and validate an incoming event; DecodeError or SchemaError say why not."""
         doc = decode_dict(raw)
         self.check(ENVELOPE_SCHEMA, doc)
         self.check(doc["type"], doc["data"])

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     database_url: str = ""
     kafka_bootstrap: str = ""
     broker_port: int = 9092
+    # Consumer-group liveness. Tansu completes a join after about half the session timeout and
+    # only forgets a stopped member when its session expires, so tests use short values.
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_ms: int = 1_000
     # Isolation: appended to topic names (".ns") and Postgres schemas ("_ns"), so tests and
     # parallel deployments on one broker/database never see each other's data.
     namespace: str = Field(default="", pattern=r"^[a-z0-9_]*$")
@@ -61,6 +65,8 @@ class Settings(BaseSettings):
                 "POLDER_JWT_SECRET must be set to a private key in production mode "
                 "(the development signing key is refused)"
             )
+        if len(self.signing_key.encode()) < 32:
+            raise ValueError("POLDER_JWT_SECRET must be at least 32 bytes (HS256)")
         return self
 
     @property

@@ -11,7 +11,15 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from polder.common.auth import CurrentPrincipal, Principal, Role, bearer_token, require_role, require_self, verify_token
+from polder.common.auth import (
+    CurrentPrincipal,
+    Principal,
+    Role,
+    bearer_token,
+    require_role,
+    require_self,
+    verify_token,
+)
 from polder.common.errors import ApiError
 from polder.location.domain.pings import Ping
 from polder.location.models import (
@@ -42,7 +50,9 @@ def _parse_error(exc: ValidationError) -> ApiError:
     errors = exc.errors(include_url=False, include_context=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
         return ApiError(400, "malformed_json", "body is not valid JSON")
-    details = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors[:20]]
+    details = [
+        {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors[:20]
+    ]
     return ApiError(422, "invalid_request", "body does not match the schema", errors=details)
 
 
@@ -52,15 +62,19 @@ def _check_rate(rt: LocationRuntime, principal: Principal) -> None:
         rt.metrics.rate_limited.inc()
         retry = max(1, round(wait + 0.5))
         raise ApiError(
-            429, "rate_limited", f"too many requests; retry in {retry} s",
-            headers={"Retry-After": str(retry)}, retry_after_s=retry,
+            429,
+            "rate_limited",
+            f"too many requests; retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+            retry_after_s=retry,
         )
 
 
 async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> IngestResult:
     if len(pings) > rt.settings.max_pings_per_batch:
         raise ApiError(
-            422, "too_many_pings",
+            422,
+            "too_many_pings",
             f"{len(pings)} pings in one batch; at most {rt.settings.max_pings_per_batch}",
         )
     domain: list[Ping] = [p.to_domain() for p in pings]
@@ -79,7 +93,11 @@ async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> I
 _BATCH_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": PingBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        "content": {
+            "application/json": {
+                "schema": PingBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            }
+        },
     }
 }
 
@@ -113,7 +131,9 @@ async def locations_ws(websocket: WebSocket, driver_id: str) -> None:
     rt = _runtime(websocket)
     await websocket.accept()
     try:
-        token = websocket.query_params.get("token") or bearer_token(websocket.headers.get("authorization"))
+        token = websocket.query_params.get("token") or bearer_token(
+            websocket.headers.get("authorization")
+        )
         principal = verify_token(rt.settings, token)
         require_self(principal, Role.DRIVER, driver_id)
     except ApiError as err:
@@ -123,15 +143,21 @@ async def locations_ws(websocket: WebSocket, driver_id: str) -> None:
     try:
         while True:
             frame = await websocket.receive_text()
-            await websocket.send_text(orjson.dumps(await _answer_frame(rt, principal, driver_id, frame)).decode())
+            await websocket.send_text(
+                orjson.dumps(await _answer_frame(rt, principal, driver_id, frame)).decode()
+            )
     except WebSocketDisconnect:
         return
 
 
-async def _answer_frame(rt: LocationRuntime, principal: Principal, driver_id: str, frame: str) -> dict[str, Any]:
+async def _answer_frame(
+    rt: LocationRuntime, principal: Principal, driver_id: str, frame: str
+) -> dict[str, Any]:
     try:
         if len(frame) > rt.settings.max_body_bytes:
-            raise ApiError(413, "body_too_large", f"frame exceeds {rt.settings.max_body_bytes} bytes")
+            raise ApiError(
+                413, "body_too_large", f"frame exceeds {rt.settings.max_body_bytes} bytes"
+            )
         _check_rate(rt, principal)
         try:
             parsed = FRAME.validate_json(frame)
@@ -159,7 +185,11 @@ async def nearby(
     rt = _runtime(request)
     now = time.time()
     found = rt.index.nearby(
-        lat, lng, min(radius_m, rt.settings.nearby_max_radius_m), min(limit, rt.settings.nearby_max_limit), now
+        lat,
+        lng,
+        min(radius_m, rt.settings.nearby_max_radius_m),
+        min(limit, rt.settings.nearby_max_limit),
+        now,
     )
     return NearbyOut(
         drivers=[

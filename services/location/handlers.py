@@ -146,8 +146,16 @@ class TraceWriter:
                     "pings",
                     records=rows,
                     columns=[
-                        "driver_id", "recorded_at", "received_at", "lat", "lng", "cell",
-                        "accuracy_m", "speed_mps", "heading_deg", "event_id",
+                        "driver_id",
+                        "recorded_at",
+                        "received_at",
+                        "lat",
+                        "lng",
+                        "cell",
+                        "accuracy_m",
+                        "speed_mps",
+                        "heading_deg",
+                        "event_id",
                     ],
                 )
         self.metrics.traces_written.inc(len(rows))

@@ -16,6 +16,7 @@ from polder.common.http import service_app
 from polder.common.ratelimit import RateLimiter
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
+from polder.common.tasks import stop_tasks
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.location.api import router
 from polder.location.domain.index import LocationIndex
@@ -42,7 +43,9 @@ def build_app(settings: Settings) -> FastAPI:
             await migrate(pool, schema, MIGRATIONS)
             await bus.start()
             index = LocationIndex(settings.index_resolution, settings.location_ttl_s)
-            ingest = Ingest(bus, index, Limits(settings.max_future_skew_s, settings.max_speed_mps), metrics)
+            ingest = Ingest(
+                bus, index, Limits(settings.max_future_skew_s, settings.max_speed_mps), metrics
+            )
             rt = LocationRuntime(
                 settings=settings,
                 bus=bus,
@@ -89,11 +92,7 @@ def build_app(settings: Settings) -> FastAPI:
             yield
         finally:
             stop.set()
-            if tasks:
-                done, pending = await asyncio.wait(tasks, timeout=10)
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(tasks)
             await bus.stop()
             await pool.close()
 

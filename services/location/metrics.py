@@ -32,14 +32,17 @@ class LocationMetrics(CommonMetrics):
             registry=registry,
         )
         self.indexed_drivers = Gauge(
-            "polder_location_indexed_drivers", "Drivers in the index (fresh positions)",
+            "polder_location_indexed_drivers",
+            "Drivers in the index (fresh positions)",
             registry=registry,
         )
         self.rate_limited = Counter(
-            "polder_location_rate_limited_total", "Requests or frames refused with 429",
+            "polder_location_rate_limited_total",
+            "Requests or frames refused with 429",
             registry=registry,
         )
         self.traces_written = Counter(
-            "polder_location_trace_pings_written_total", "Pings written to the trace table",
+            "polder_location_trace_pings_written_total",
+            "Pings written to the trace table",
             registry=registry,
         )

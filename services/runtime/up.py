@@ -33,7 +33,7 @@ class System:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def stop(self) -> None:
-        for name, proc in reversed(list(self.processes.items())):
+        for proc in reversed(self.processes.values()):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 15
@@ -66,7 +66,9 @@ async def start_infrastructure(system: System) -> Settings:
         log.info("embedded postgres running", pgdata=str(system.postgres.pgdata))
     bootstrap = s.kafka_bootstrap
     if not bootstrap:
-        system.broker = EmbeddedBroker(port=s.broker_port, host=s.host, log_path=data_dir / "broker.log")
+        system.broker = EmbeddedBroker(
+            port=s.broker_port, host=s.host, log_path=data_dir / "broker.log"
+        )
         bootstrap = await asyncio.to_thread(system.broker.start)
         log.info("embedded broker running", bootstrap=bootstrap)
     await wait_for_broker(bootstrap)
@@ -135,13 +137,18 @@ async def up(settings: Settings) -> int:
             print(f"  {name:<9} {url}   ({url}/docs, {url}/metrics)", flush=True)
         print(f"  broker    {full.kafka_bootstrap}", flush=True)
         print(f"  database  {full.database_url}", flush=True)
-        print("Tokens: polder token --role driver --sub d1   ·   Ctrl-C stops everything.\n", flush=True)
+        print(
+            "Tokens: polder token --role driver --sub d1   ·   Ctrl-C stops everything.\n",
+            flush=True,
+        )
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             for name, proc in system.processes.items():
                 if proc.poll() is not None and not stop.is_set():
-                    log.error("service exited; stopping everything", service=name, code=proc.returncode)
+                    log.error(
+                        "service exited; stopping everything", service=name, code=proc.returncode
+                    )
                     return 1
         return 0
     finally:

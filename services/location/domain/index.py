@@ -60,9 +60,8 @@ class _Level:
 
     def __init__(self, resolution: int) -> None:
         self.resolution = resolution
-        self.min_spacing_m = (
-            math.sqrt(3) * h3.average_hexagon_edge_length(resolution, unit="m") * _SPACING_SAFETY
-        )
+        edge_m = float(h3.average_hexagon_edge_length(resolution, unit="m"))
+        self.min_spacing_m = math.sqrt(3) * edge_m * _SPACING_SAFETY
         self.cells: dict[int, set[str]] = {}
 
     def add(self, cell: int, driver_id: str) -> None:
@@ -113,7 +112,9 @@ class LocationIndex:
         if old is not None:
             self._unlink(old)
             del self._drivers[driver_id]
-        pos = Position(driver_id, lat, lng, cell, recorded_at, max(seen_at, old.seen_at if old else seen_at))
+        pos = Position(
+            driver_id, lat, lng, cell, recorded_at, max(seen_at, old.seen_at if old else seen_at)
+        )
         self._drivers[driver_id] = pos
         self._fine.add(cell, driver_id)
         self._coarse.add(h3.cell_to_parent(cell, self._coarse.resolution), driver_id)
@@ -145,7 +146,9 @@ class LocationIndex:
     def is_fresh(self, pos: Position, now: float) -> bool:
         return now - pos.seen_at < self.ttl_s
 
-    def nearby(self, lat: float, lng: float, radius_m: float, limit: int, now: float) -> list[Nearby]:
+    def nearby(
+        self, lat: float, lng: float, radius_m: float, limit: int, now: float
+    ) -> list[Nearby]:
         """Fresh drivers within ``radius_m`` of a point, nearest first, at most ``limit``.
 
         Rings of cells are searched outwards; the search stops as soon as the ``limit``-th
@@ -186,6 +189,10 @@ class LocationIndex:
         for pos in self._drivers.values():
             if now - pos.seen_at >= self.ttl_s:
                 continue
-            cell = pos.cell if resolution == self.resolution else h3.cell_to_parent(pos.cell, resolution)
+            cell = (
+                pos.cell
+                if resolution == self.resolution
+                else h3.cell_to_parent(pos.cell, resolution)
+            )
             counts[cell] = counts.get(cell, 0) + 1
         return counts
