@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
 
 from polder.common.envelope import DecodeError, Event
 from polder.common.metrics import CommonMetrics
@@ -138,7 +138,8 @@ class Consumer:
             while not stop.is_set():
                 batches = await self._consumer.getmany(timeout_ms=200, max_records=self.max_records)
                 for tp, records in batches.items():
-                    await self._process(tp, records)
+                    if not await self._process(tp, records, stop):
+                        return  # stopping mid-retry: the batch stays uncommitted
                 await self._record_lag()
         finally:
             await self._consumer.stop()
@@ -171,8 +172,9 @@ class Consumer:
         raise RuntimeError(f"topic {topic} does not exist; run `polder up` or create the topics")
 
     async def _process(
-        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> None:
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event
+    ) -> bool:
+        """Handle one partition's batch and commit it. False if stopped before it was durable."""
         good: list[Received] = []
         for record in records:
             try:
@@ -182,21 +184,29 @@ class Consumer:
                 continue
             key = record.key.decode(errors="replace") if record.key is not None else None
             good.append(Received(event, key, record.topic, record.partition, record.offset))
-        while True:
+        failures = 0
+        while good:
             try:
-                if good:
-                    await self.handler(good)
+                await self.handler(good)
                 break
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 # The batch is not durable: keep its offsets uncommitted and try again.
+                failures += 1
                 self.metrics.handler_failures.labels(self.name).inc()
                 log.exception("consumer handler failed; retrying batch", consumer=self.name)
-                await asyncio.sleep(self.retry_backoff_s)
+                backoff = min(self.retry_backoff_s * 2 ** (failures - 1), 30.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                if stop.is_set():
+                    return False
         self.metrics.events_consumed.labels(self.name, tp.topic).inc(len(good))
         if self.group_id:
-            await self._consumer.commit({tp: records[-1].offset + 1})
+            try:
+                await self._consumer.commit({tp: records[-1].offset + 1})
+            except (CommitFailedError, IllegalStateError) as exc:
+                # A rebalance took the partition away: its new owner redelivers, idempotently.
+                log.warning("commit refused after rebalance", consumer=self.name, error=str(exc))
+        return True
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
         kind = "decode" if isinstance(exc, DecodeError) else "schema"

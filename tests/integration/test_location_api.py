@@ -270,9 +270,7 @@ async def test_drivers_leave_the_index_after_the_ttl(settings: Settings) -> None
     async with start(settings.model_copy(update={"location_ttl_s": 1.0})) as api:
         await api.post_pings("ttl", [ping(0.1)])
         await eventually(lambda: api.nearby(lat=52.37, lng=4.89), until=lambda d: len(d) == 1)
-        await eventually(
-            lambda: api.nearby(lat=52.37, lng=4.89), until=lambda d: d == [], within=5
-        )
+        await eventually(lambda: api.nearby(lat=52.37, lng=4.89), until=lambda d: d == [], within=5)
 
 
 async def test_websocket_frames_are_acknowledged_and_a_bad_frame_closes_nothing(api: Api) -> None:

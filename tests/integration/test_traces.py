@@ -1,0 +1,68 @@
+"""The trace writer: accepted pings land in Postgres once, however often they are delivered."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from polder.common.bus import Received
+from polder.common.db import create_pool, migrate
+from polder.common.envelope import Event
+from polder.common.settings import Settings
+from polder.location.handlers import TraceWriter
+from polder.location.metrics import LocationMetrics
+
+pytestmark = pytest.mark.integration
+
+
+def recorded(driver: str, n: int) -> Event:
+    return Event(
+        type="polder.location.pings_recorded.v1",
+        source="test",
+        subject=driver,
+        time=datetime(2026, 11, 29, 12, tzinfo=UTC),
+        data={
+            "driver_id": driver,
+            "received_at": "2026-11-29T12:00:00.000Z",
+            "pings": [
+                {
+                    "lat": 52.37 + i * 1e-4,
+                    "lng": 4.89,
+                    "recorded_at": f"2026-11-29T11:59:{i:02d}.000Z",
+                    "cell": "891969c9b67ffff",
+                    "speed_mps": 4.5,
+                }
+                for i in range(n)
+            ],
+        },
+    )
+
+
+def received(e: Event, offset: int) -> Received:
+    return Received(e, e.subject, "t", 0, offset)
+
+
+async def test_pings_are_written_once_across_duplicates_and_replays(settings: Settings) -> None:
+    schema = settings.db_schema("location")
+    pool = await create_pool(settings.database_url, schema)
+    try:
+        await migrate(pool, schema, "polder.location.migrations")
+        writer = TraceWriter(pool, LocationMetrics(CollectorRegistry()))
+        a, b = recorded("d1", 3), recorded("d2", 2)
+        # a duplicate inside one batch, then the whole batch replayed
+        await writer([received(a, 0), received(b, 1), received(a, 2)])
+        await writer([received(a, 0), received(b, 1)])
+        rows = await pool.fetch(
+            "SELECT driver_id, count(*) AS n FROM pings GROUP BY driver_id ORDER BY driver_id"
+        )
+        assert [(r["driver_id"], r["n"]) for r in rows] == [("d1", 3), ("d2", 2)]
+        first = await pool.fetchrow(
+            "SELECT * FROM pings WHERE driver_id = 'd1' ORDER BY recorded_at LIMIT 1"
+        )
+        assert first["lat"] == 52.37 and first["speed_mps"] == 4.5 and first["accuracy_m"] is None
+        assert first["cell"] == int("891969c9b67ffff", 16) and first["event_id"] == a.id
+        assert first["received_at"] == datetime(2026, 11, 29, 12, tzinfo=UTC)
+    finally:
+        await pool.close()
