@@ -21,6 +21,7 @@ from polder.common.auth import (
     verify_token,
 )
 from polder.common.errors import ApiError
+from polder.common.http import raw_json_body
 from polder.location.domain.pings import Ping
 from polder.location.models import (
     BATCH,
@@ -90,23 +91,11 @@ async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> I
     )
 
 
-_BATCH_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": PingBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
-            }
-        },
-    }
-}
-
-
 @router.post(
     "/drivers/{driver_id}/locations",
     status_code=202,
     response_model=IngestResult,
-    openapi_extra=_BATCH_BODY,
+    openapi_extra=raw_json_body(PingBatchIn),
     responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
 )
 async def post_locations(

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Bus, Consumer
 from polder.common.db import create_pool, migrate
-from polder.common.http import service_app
+from polder.common.http import document_models, service_app
 from polder.common.ratelimit import RateLimiter
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
@@ -23,6 +23,7 @@ from polder.location.domain.index import LocationIndex
 from polder.location.domain.pings import Limits
 from polder.location.handlers import TRACE_CONSUMER, IndexUpdater, Ingest, TraceWriter
 from polder.location.metrics import LocationMetrics
+from polder.location.models import PingBatchIn
 from polder.location.runtime import LocationRuntime
 
 SERVICE = "location"
@@ -104,6 +105,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(router)
+    document_models(app, PingBatchIn)
     return app
 
 
