@@ -34,9 +34,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from polder.runtime.catalog import service_module
 
     settings = _settings()
-    configure_logging(settings.log_level, json=settings.log_json)
     if not settings.database_url or not settings.kafka_bootstrap:
         raise SystemExit("polder serve needs POLDER_DATABASE_URL and POLDER_KAFKA_BOOTSTRAP")
+    configure_logging(settings.log_level, json=settings.log_json)
     module = service_module(args.service)
     app = module.build_app(settings)
     uvicorn.run(

@@ -1,0 +1,31 @@
+import pytest
+
+from polder.cli import main
+from polder.common.auth import Role, verify_token
+from polder.common.settings import Settings
+
+
+def test_token_prints_a_token_the_services_accept(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "--role", "driver", "--sub", "d42"]) == 0
+    token = capsys.readouterr().out.strip()
+    principal = verify_token(Settings(), token)
+    assert principal.role is Role.DRIVER and principal.sub == "d42"
+
+
+def test_token_in_production_without_a_key_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLDER_MODE", "production")
+    monkeypatch.delenv("POLDER_JWT_SECRET", raising=False)
+    with pytest.raises(SystemExit, match="POLDER_JWT_SECRET"):
+        main(["token", "--role", "operator", "--sub", "ops"])
+
+
+def test_unknown_role_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        main(["token", "--role", "admin", "--sub", "x"])
+
+
+def test_serve_needs_its_infrastructure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POLDER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("POLDER_KAFKA_BOOTSTRAP", raising=False)
+    with pytest.raises(SystemExit, match="POLDER_DATABASE_URL"):
+        main(["serve", "location"])
