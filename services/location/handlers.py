@@ -98,11 +98,10 @@ class IndexUpdater:
         for r in records:
             data = r.event.data
             seen_at = parse_time(data["received_at"]).timestamp()
-            driver_id = data["driver_id"]
-            for p in data["pings"]:
-                self.index.upsert(
-                    driver_id, p["lat"], p["lng"], parse_time(p["recorded_at"]).timestamp(), seen_at
-                )
+            # The index keeps one position per driver: only the batch's newest ping can matter.
+            newest = max(data["pings"], key=lambda p: parse_time(p["recorded_at"]))
+            recorded_at = parse_time(newest["recorded_at"]).timestamp()
+            self.index.upsert(data["driver_id"], newest["lat"], newest["lng"], recorded_at, seen_at)
             self.metrics.ping_to_index.observe(max(0.0, time.time() - seen_at))
         self.metrics.indexed_drivers.set(len(self.index))
 

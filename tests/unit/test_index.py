@@ -2,8 +2,13 @@ import random
 
 import h3.api.basic_int as h3
 import pytest
+from prometheus_client import CollectorRegistry
 
+from polder.common.bus import Received
+from polder.common.envelope import Event
 from polder.location.domain.index import LocationIndex, haversine_m
+from polder.location.handlers import IndexUpdater
+from polder.location.metrics import LocationMetrics
 
 CENTRE = (52.37, 4.89)
 
@@ -118,3 +123,27 @@ def test_remove_unlinks_every_level() -> None:
     assert index.remove("d")
     assert not index.remove("d")
     assert index.nearby(*CENTRE, radius_m=9000, limit=5, now=1) == []
+
+
+async def test_index_updater_applies_only_the_newest_ping_of_a_batch() -> None:
+    index = LocationIndex(ttl_s=10**10)
+    pings = [
+        {
+            "lat": 52.0 + i / 1000,
+            "lng": 4.0,
+            "recorded_at": f"2026-11-29T12:00:0{i}.000Z",
+            "cell": "0",
+        }
+        for i in (2, 5, 1)
+    ]
+    event = Event(
+        type="polder.location.pings_recorded.v1",
+        source="t",
+        subject="d",
+        data={"driver_id": "d", "received_at": "2026-11-29T12:00:06.000Z", "pings": pings},
+    )
+    await IndexUpdater(index, LocationMetrics(CollectorRegistry()))(
+        [Received(event, "d", "t", 0, 0)]
+    )
+    pos = index.get("d")
+    assert pos is not None and pos.lat == 52.005
