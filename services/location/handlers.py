@@ -11,8 +11,8 @@ import h3.api.basic_int as h3
 from polder.common.bus import Bus, Received
 from polder.common.db import Pool
 from polder.common.envelope import format_time, parse_time
+from polder.common.geoindex import LocationIndex
 from polder.common.topics import DRIVER_LOCATIONS
-from polder.location.domain.index import LocationIndex
 from polder.location.domain.pings import Fix, Limits, Ping, Screened, screen
 from polder.location.metrics import LocationMetrics
 

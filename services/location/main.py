@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Bus, Consumer
 from polder.common.db import create_pool, migrate
+from polder.common.geoindex import LocationIndex
 from polder.common.http import document_models, service_app
 from polder.common.ratelimit import RateLimiter
 from polder.common.schemas import SchemaRegistry
@@ -19,7 +20,6 @@ from polder.common.settings import Settings
 from polder.common.tasks import stop_tasks
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.location.api import router
-from polder.location.domain.index import LocationIndex
 from polder.location.domain.pings import Limits
 from polder.location.handlers import TRACE_CONSUMER, IndexUpdater, Ingest, TraceWriter
 from polder.location.metrics import LocationMetrics

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from polder.common.bus import Bus
 from polder.common.db import Pool
+from polder.common.geoindex import LocationIndex
 from polder.common.ratelimit import RateLimiter
 from polder.common.settings import Settings
-from polder.location.domain.index import LocationIndex
 from polder.location.handlers import Ingest
 from polder.location.metrics import LocationMetrics
 

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Received
 from polder.common.envelope import Event
-from polder.location.domain.index import LocationIndex, haversine_m
+from polder.common.geoindex import LocationIndex, haversine_m
 from polder.location.handlers import IndexUpdater
 from polder.location.metrics import LocationMetrics
 

@@ -1,5 +1,7 @@
 """In-memory index of the latest position of each driver, keyed by H3 cell (integer API).
 
+Shared by the location service (all fresh drivers) and dispatch (available workers).
+
 Positions carry two clocks: ``recorded_at`` (device, orders a driver's pings so an older ping
 never overwrites a newer one) and ``seen_at`` (server, decides freshness: a driver with no ping
 for ``ttl_s`` leaves the index). All times are epoch seconds; ``now`` is always passed in.
