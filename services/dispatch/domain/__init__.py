@@ -1,0 +1,1 @@
+"""Pure dispatch domain: state machines, matching, surge. No I/O here."""
