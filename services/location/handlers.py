@@ -12,6 +12,7 @@ from polder.common.bus import Bus, Received
 from polder.common.db import Pool
 from polder.common.envelope import format_time, parse_time
 from polder.common.geoindex import LocationIndex
+from polder.common.positions import apply_pings
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.location.domain.pings import Fix, Limits, Ping, Screened, screen
 from polder.location.metrics import LocationMetrics
@@ -95,14 +96,9 @@ class IndexUpdater:
         self.metrics = metrics
 
     async def __call__(self, records: Sequence[Received]) -> None:
-        for r in records:
-            data = r.event.data
-            seen_at = parse_time(data["received_at"]).timestamp()
-            # The index keeps one position per driver: only the batch's newest ping can matter.
-            newest = max(data["pings"], key=lambda p: parse_time(p["recorded_at"]))
-            recorded_at = parse_time(newest["recorded_at"]).timestamp()
-            self.index.upsert(data["driver_id"], newest["lat"], newest["lng"], recorded_at, seen_at)
-            self.metrics.ping_to_index.observe(max(0.0, time.time() - seen_at))
+        now = time.time()
+        for seen_at in apply_pings(self.index, records):
+            self.metrics.ping_to_index.observe(max(0.0, now - seen_at))
         self.metrics.indexed_drivers.set(len(self.index))
 
 

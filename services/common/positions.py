@@ -1,0 +1,27 @@
+"""Keeping a LocationIndex up to date from ``polder.location.pings_recorded.v1`` events.
+
+Both the location service (every fresh driver) and dispatch (to know where available workers
+are) consume the location stream this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from polder.common.bus import Received
+from polder.common.envelope import parse_time
+from polder.common.geoindex import LocationIndex
+
+
+def apply_pings(index: LocationIndex, records: Sequence[Received]) -> list[float]:
+    """Upsert each event's newest ping; return each event's server receipt time (epoch s)."""
+    received: list[float] = []
+    for r in records:
+        data = r.event.data
+        seen_at = parse_time(data["received_at"]).timestamp()
+        # The index keeps one position per driver: only the batch's newest ping can matter.
+        newest = max(data["pings"], key=lambda p: parse_time(p["recorded_at"]))
+        recorded_at = parse_time(newest["recorded_at"]).timestamp()
+        index.upsert(data["driver_id"], newest["lat"], newest["lng"], recorded_at, seen_at)
+        received.append(seen_at)
+    return received
