@@ -17,3 +17,23 @@ async def stop_tasks(tasks: Sequence[asyncio.Task[None]], grace_s: float = 3.0) 
     for t in pending:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_for_start(
+    ready: asyncio.Event, tasks: Sequence[asyncio.Task[None]], what: str
+) -> None:
+    """Wait until ``ready`` is set, or fail if any task died first (re-raising its error)."""
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        for t in done:
+            t.result()
+        raise TimeoutError(f"{what} did not start in 60 s")
+
+
+async def tasks_alive(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """A readiness check: every background task is still running."""
+    for t in tasks:
+        if t.done():
+            raise RuntimeError(f"{t.get_name()} stopped")

@@ -17,7 +17,7 @@ from polder.common.http import document_models, service_app
 from polder.common.ratelimit import RateLimiter
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
-from polder.common.tasks import stop_tasks
+from polder.common.tasks import stop_tasks, tasks_alive, wait_for_start
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.location.api import router
 from polder.location.domain.pings import Limits
@@ -82,13 +82,13 @@ def build_app(settings: Settings) -> FastAPI:
                 asyncio.create_task(traces.run(stop), name=TRACE_CONSUMER),
                 asyncio.create_task(_expire_loop(rt, stop), name="location-expiry"),
             ]
-            await _wait_ready(indexer, tasks)
+            await wait_for_start(indexer.ready, tasks, "location index consumer")
             app.state.settings = settings
             app.state.runtime = rt
             app.state.ready_checks = {
                 "database": lambda: pool.execute("SELECT 1"),
                 "broker": bus.ping,
-                "consumers": lambda: _tasks_alive(tasks),
+                "consumers": lambda: tasks_alive(tasks),
             }
             yield
         finally:
@@ -107,23 +107,6 @@ def build_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     document_models(app, PingBatchIn)
     return app
-
-
-async def _wait_ready(indexer: Consumer, tasks: list[asyncio.Task[None]]) -> None:
-    """Wait until the index consumer has its partitions, or fail if any task died first."""
-    ready = asyncio.create_task(indexer.ready.wait())
-    done, _ = await asyncio.wait([ready, *tasks], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        ready.cancel()
-        for t in done:
-            t.result()  # re-raise the task's error
-        raise TimeoutError("location index consumer did not start in 60 s")
-
-
-async def _tasks_alive(tasks: list[asyncio.Task[None]]) -> None:
-    for t in tasks:
-        if t.done():
-            raise RuntimeError(f"{t.get_name()} stopped")
 
 
 async def _expire_loop(rt: LocationRuntime, stop: asyncio.Event) -> None:
