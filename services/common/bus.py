@@ -35,21 +35,31 @@ class Bus:
         self.settings = settings
         self.registry = registry
         self.source = source
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        # Built here, not in __init__: an aiokafka client belongs to the running event loop.
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id=source,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=self.source,
             acks="all",
             linger_ms=2,
             max_batch_size=512 * 1024,
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=15_000,
         )
-
-    async def start(self) -> None:
         await self._producer.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the bus is not started")
+        return self._producer
 
     def event(self, type_: str, subject: str, data: dict[str, object], time: datetime) -> Event:
         return Event(type=type_, source=self.source, subject=subject, data=data, time=time)
@@ -57,16 +67,21 @@ class Bus:
     async def publish(self, topic: Topic, key: str, event: Event) -> None:
         """Send one event and wait until the broker has it (acks=all)."""
         value = self.registry.encode(event)
-        await self._producer.send_and_wait(
+        await self.producer.send_and_wait(
             self.settings.topic(topic.name), value=value, key=key.encode()
         )
 
     async def publish_raw(self, topic: Topic, key: bytes | None, value: bytes) -> None:
-        await self._producer.send_and_wait(self.settings.topic(topic.name), value=value, key=key)
+        await self.producer.send_and_wait(self.settings.topic(topic.name), value=value, key=key)
+
+    async def send_many(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """Send already-encoded (topic, key, value) records in order; wait for every ack."""
+        futures = [await self.producer.send(t, value=v, key=k) for t, k, v in records]
+        await asyncio.gather(*futures)
 
     async def ping(self) -> None:
         """Raise unless the broker answers a metadata request."""
-        await self._producer.client.fetch_all_metadata()
+        await self.producer.client.fetch_all_metadata()
 
 
 Handler = Callable[[Sequence["Received"]], Awaitable[None]]

@@ -18,6 +18,10 @@ import structlog
 log = structlog.get_logger(__name__)
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+# What handlers get: a pooled connection (or a plain one in scripts).
+Connection: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
 # Schema names are interpolated into SQL (identifiers cannot be bound), so they are checked.
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

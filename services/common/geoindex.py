@@ -21,7 +21,10 @@ from h3 import H3BaseException
 # Centre-to-centre spacing of neighbouring cells is about sqrt(3) x the average edge; cells
 # vary in size over the globe, so ring distances are bounded with half of it to stay exact.
 _SPACING_SAFETY = 0.5
-_MAX_RINGS = 12
+# The ring search stops as soon as it has ``limit`` drivers closer than the next ring can hold,
+# so in a busy city it reads a handful of rings whatever the radius. Only sparse areas walk
+# out to the radius; past this many rings the coarser level is cheaper.
+_MAX_RINGS = 30
 
 
 @dataclass(slots=True)
@@ -88,7 +91,7 @@ class LocationIndex:
     def __init__(self, resolution: int = 9, ttl_s: float = 60.0) -> None:
         self.resolution = resolution
         self.ttl_s = ttl_s
-        coarse = max(0, resolution - 3)
+        coarse = max(0, resolution - 2)
         self._fine = _Level(resolution)
         self._coarse = _Level(coarse)
         # Insertion order = order of last sighting, so expiry pops from the front.

@@ -58,6 +58,19 @@ class Settings(BaseSettings):
     nearby_max_limit: int = 200
     index_resolution: int = 9
 
+    # Dispatch service.
+    city: str = "amsterdam"
+    batch_window_s: float = 1.0
+    offer_ttl_s: float = 15.0
+    search_timeout_s: float = 300.0
+    max_pickup_radius_m: float = 5_000.0
+    candidates_per_order: int = 8
+    road_factor: float = 1.3
+    city_speed_mps: float = 8.3  # ~30 km/h door to door
+    fairness_tolerance_s: float = 30.0
+    fairness_weight: float = 1.0
+    driver_share: float = 0.75  # of the fare, for the estimated pay shown with an offer
+
     @model_validator(mode="after")
     def _production_needs_a_real_key(self) -> Settings:
         if self.mode == "production" and self.jwt_secret in ("", DEV_SIGNING_KEY):

@@ -22,6 +22,24 @@ DRIVER_LOCATIONS = Topic(
     key="driver_id",
     messages=("polder.location.pings_recorded.v1",),
 )
+DRIVER_EVENTS = Topic(
+    "polder.driver.events",
+    partitions=8,
+    key="driver_id",
+    messages=("polder.driver.state_changed.v1",),
+)
+ORDERS = Topic(
+    "polder.orders",
+    partitions=4,
+    key="order_id",
+    messages=("polder.order.placed.v1", "polder.order.status_changed.v1"),
+)
+DISPATCH = Topic(
+    "polder.dispatch",
+    partitions=4,
+    key="order_id",
+    messages=("polder.dispatch.offer_made.v1", "polder.dispatch.offer_resolved.v1"),
+)
 DLQ = Topic(
     "polder.dlq",
     partitions=1,
@@ -29,4 +47,4 @@ DLQ = Topic(
     messages=("polder.dlq.dead_letter.v1",),
 )
 
-TOPICS: tuple[Topic, ...] = (DRIVER_LOCATIONS, DLQ)
+TOPICS: tuple[Topic, ...] = (DRIVER_LOCATIONS, DRIVER_EVENTS, ORDERS, DISPATCH, DLQ)

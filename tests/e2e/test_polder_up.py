@@ -29,6 +29,7 @@ class Up:
             POLDER_DATA_DIR=str(data_dir),
             POLDER_BROKER_PORT=str(free_port()),
             POLDER_LOCATION_PORT=str(free_port()),
+            POLDER_DISPATCH_PORT=str(free_port()),
             POLDER_KAFKA_SESSION_TIMEOUT_MS="2000",
             POLDER_KAFKA_HEARTBEAT_MS="400",
         )

@@ -20,7 +20,7 @@ def claims(**over: object) -> dict[str, object]:
         "iss": "polder",
         "aud": "polder",
         "iat": now,
-        "exp": now + 60,
+        "exp": now + 86_400,  # parametrize builds these at collection, long before the test runs
     }
     base.update(over)
     return {k: v for k, v in base.items() if v is not None}

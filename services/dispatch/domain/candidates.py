@@ -1,0 +1,94 @@
+"""Candidate search: the k nearest available workers around a pickup, with their costs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from polder.common.geoindex import LocationIndex, Nearby
+from polder.dispatch.domain.delivery_timing import early_arrival_s, pickup_cost
+from polder.dispatch.domain.eta import GREAT_CIRCLE, EtaProvider
+from polder.dispatch.domain.match_types import (
+    DEFAULT_CONFIG,
+    Candidate,
+    MatchConfig,
+    OpenOrder,
+    Worker,
+)
+
+
+def search_radii(config: MatchConfig) -> Iterator[float]:
+    """Radii to try, doubling from the initial one up to the maximum (which is always tried).
+
+    The index answers exactly at any radius, so widening only saves work: a small radius stays
+    on fine H3 cells, and most pickups find their k workers there.
+    """
+    radius = config.initial_radius_m
+    while radius < config.max_radius_m:
+        yield radius
+        radius *= 2
+    yield config.max_radius_m
+
+
+def candidates(
+    order: OpenOrder,
+    workers: Mapping[str, Worker],
+    index: LocationIndex,
+    now: float,
+    config: MatchConfig = DEFAULT_CONFIG,
+    eta: EtaProvider = GREAT_CIRCLE,
+) -> list[Candidate]:
+    """The ``k_nearest`` eligible workers within ``max_radius_m`` of the pickup, cheapest first.
+
+    Eligible: present in ``workers`` (the available ones) and not in ``order.excluded``.
+    Positions come from ``index``; ``workers`` supplies how long each has been waiting.
+    """
+    hits: list[Nearby] = []
+    for radius in search_radii(config):
+        hits = _nearest_eligible(order, workers, index, now, radius, config.k_nearest)
+        if len(hits) >= config.k_nearest:
+            break
+    found = [_candidate(order, workers[h.position.driver_id], h, now, config, eta) for h in hits]
+    return sorted(found, key=lambda c: (c.cost, c.distance_m, c.driver_id))
+
+
+def _nearest_eligible(
+    order: OpenOrder,
+    workers: Mapping[str, Worker],
+    index: LocationIndex,
+    now: float,
+    radius_m: float,
+    want: int,
+) -> list[Nearby]:
+    limit = want + len(order.excluded)
+    while True:
+        hits = index.nearby(order.pickup_lat, order.pickup_lng, radius_m, limit, now)
+        eligible = [h for h in hits if _eligible(h.position.driver_id, order, workers)]
+        # A full answer may hide eligible workers behind ineligible ones: ask for more.
+        if len(eligible) >= want or len(hits) < limit:
+            return eligible[:want]
+        limit *= 2
+
+
+def _eligible(driver_id: str, order: OpenOrder, workers: Mapping[str, Worker]) -> bool:
+    return driver_id in workers and driver_id not in order.excluded
+
+
+def _candidate(
+    order: OpenOrder,
+    worker: Worker,
+    hit: Nearby,
+    now: float,
+    config: MatchConfig,
+    eta: EtaProvider,
+) -> Candidate:
+    pos = hit.position
+    leg = eta.pickup(pos.lat, pos.lng, order.pickup_lat, order.pickup_lng)
+    early_s = early_arrival_s(order, leg.eta_s, now)
+    return Candidate(
+        driver_id=worker.driver_id,
+        distance_m=leg.distance_m,
+        eta_s=leg.eta_s,
+        waiting_s=max(0.0, now - worker.waiting_since),
+        cost=pickup_cost(leg.eta_s, early_s, config),
+        early_s=early_s,
+    )

@@ -1,0 +1,376 @@
+"""Dispatch use cases: load and lock state → decide with the domain → persist + outbox, in one
+transaction each. Races between accept, decline, expiry and cancel are settled by row locks."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from polder.common.bus import Bus
+from polder.common.db import Pool
+from polder.common.errors import ApiError
+from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
+from polder.dispatch.domain.states import (
+    ON_A_JOB,
+    STATUS_REQUESTS,
+    TRIP_STEPS,
+    Cause,
+    IllegalTransition,
+    OrderStatus,
+    WorkerStatus,
+)
+from polder.dispatch.transitions import (
+    Conn,
+    Row,
+    lock_offer,
+    lock_order,
+    lock_worker,
+    move_order,
+    move_worker,
+    release_offer,
+    resolve_offer,
+)
+
+STATUS_TARGET = {
+    "online": WorkerStatus.IDLE,
+    "offline": WorkerStatus.OFFLINE,
+    "break": WorkerStatus.BREAK,
+}
+
+
+class NotFound(ApiError):
+    def __init__(self, what: str) -> None:
+        super().__init__(404, "not_found", f"{what} not found")
+
+
+def conflict(exc: IllegalTransition) -> ApiError:
+    return ApiError(
+        409, "illegal_transition", str(exc), current_state=exc.current, attempted=exc.cause.value
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TripStepResult:
+    trip_id: str
+    order_id: str
+    worker_status: str
+    order_status: str
+
+
+class Handlers:
+    def __init__(self, pool: Pool, bus: Bus, relay: OutboxRelay) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.relay = relay
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[tuple[Conn, list[Outgoing]]]:
+        """A transaction whose collected events go to the outbox with it, then to the relay."""
+        events: list[Outgoing] = []
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn, events
+                await add_to_outbox(conn, self.bus, events)
+        except IllegalTransition as exc:
+            raise conflict(exc) from exc
+        if events:
+            self.relay.notify()
+
+    # --- workers -------------------------------------------------------------------------
+
+    async def set_status(self, driver_id: str, requested: str, now: datetime) -> str:
+        target = STATUS_TARGET[requested]
+        async with self.transaction() as (conn, events):
+            order = await self._order_of_pending_offer(conn, driver_id)
+            worker = await lock_worker(conn, driver_id, now)
+            status = WorkerStatus(worker["status"])
+            if status is target or (target is WorkerStatus.IDLE and status in _ONLINE):
+                return str(status.value)  # already there: a retried request changes nothing
+            if status in ON_A_JOB:
+                raise IllegalTransition("worker", status.value, STATUS_REQUESTS[requested])
+            if status is WorkerStatus.OFFERED:
+                if order is None or order["offer_id"] != worker["offer_id"]:
+                    raise ApiError(409, "retry", "the offer changed meanwhile; retry")
+                offer = await lock_offer(conn, worker["offer_id"])
+                assert offer is not None
+                _, worker, released = await release_offer(
+                    conn, self.bus, order, offer, worker, "declined", now
+                )
+                events += released
+            worker, event = await move_worker(
+                conn, self.bus, worker, STATUS_REQUESTS[requested], now
+            )
+            events.append(event)
+            return str(worker["status"])
+
+    async def _order_of_pending_offer(self, conn: Conn, driver_id: str) -> Row | None:
+        """Lock the order a worker holds an offer for, before the worker (lock order)."""
+        order_id = await conn.fetchval(
+            "SELECT o.order_id FROM workers w JOIN offers o ON o.offer_id = w.offer_id "
+            "WHERE w.driver_id = $1 AND w.status = 'offered'",
+            driver_id,
+        )
+        return None if order_id is None else await lock_order(conn, order_id)
+
+    async def pending_offers(self, driver_id: str, now: datetime) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT f.*, o.kind, o.pickup_lat, o.pickup_lng, o.dropoff_lat, o.dropoff_lng "
+            "FROM offers f JOIN orders o USING (order_id) "
+            "WHERE f.driver_id = $1 AND f.status = 'pending' AND f.expires_at > $2 "
+            "ORDER BY f.created_at",
+            driver_id,
+            now,
+        )
+        return [offer_view(r) for r in rows]
+
+    # --- offers --------------------------------------------------------------------------
+
+    async def accept(self, offer_id: uuid.UUID, driver_id: str, now: datetime) -> dict[str, str]:
+        async with self.transaction() as (conn, events):
+            order, offer = await self._lock_offer_of(conn, offer_id, driver_id)
+            if offer["status"] != "pending":
+                raise ApiError(
+                    409,
+                    "offer_closed",
+                    f"offer is {offer['status']}",
+                    current_state=offer["status"],
+                )
+            if offer["expires_at"] <= now:
+                raise ApiError(409, "offer_closed", "offer has expired", current_state="expired")
+            worker = await lock_worker(conn, driver_id, now)
+            trip_id = uuid.uuid4()
+            events.append(await resolve_offer(conn, self.bus, offer, "accepted", now, trip_id))
+            await conn.execute(
+                "INSERT INTO trips (trip_id, order_id, driver_id, status, accepted_at, "
+                "promised_eta_s) VALUES ($1, $2, $3, 'en_route_pickup', $4, $5)",
+                trip_id,
+                order["order_id"],
+                driver_id,
+                now,
+                offer["pickup_eta_s"],
+            )
+            _, order_event = await move_order(
+                conn,
+                self.bus,
+                order,
+                Cause.OFFER_ACCEPTED,
+                now,
+                driver_id=driver_id,
+                trip_id=trip_id,
+                offer_id=None,
+                assigned_at=now,
+                pickup_eta_s=offer["pickup_eta_s"],
+            )
+            _, worker_event = await move_worker(
+                conn,
+                self.bus,
+                worker,
+                Cause.OFFER_ACCEPTED,
+                now,
+                trip_id=trip_id,
+                order_id=order["order_id"],
+                kind=order["kind"],
+            )
+            events += [order_event, worker_event]
+            return {"trip_id": str(trip_id), "order_id": str(order["order_id"])}
+
+    async def decline(self, offer_id: uuid.UUID, driver_id: str, now: datetime) -> None:
+        async with self.transaction() as (conn, events):
+            order, offer = await self._lock_offer_of(conn, offer_id, driver_id)
+            if offer["status"] != "pending":
+                raise ApiError(
+                    409,
+                    "offer_closed",
+                    f"offer is {offer['status']}",
+                    current_state=offer["status"],
+                )
+            worker = await lock_worker(conn, driver_id, now)
+            _, _, released = await release_offer(
+                conn, self.bus, order, offer, worker, "declined", now
+            )
+            events += released
+
+    async def _lock_offer_of(
+        self, conn: Conn, offer_id: uuid.UUID, driver_id: str
+    ) -> tuple[Row, Row]:
+        owner = await conn.fetchrow(
+            "SELECT order_id, driver_id FROM offers WHERE offer_id = $1", offer_id
+        )
+        if owner is None or owner["driver_id"] != driver_id:
+            raise NotFound("offer")  # another driver's offer does not exist for this one
+        order = await lock_order(conn, owner["order_id"])
+        offer = await lock_offer(conn, offer_id)
+        assert order is not None and offer is not None
+        return order, offer
+
+    async def expire_offers(self, now: datetime, limit: int = 500) -> int:
+        due = await self.pool.fetch(
+            "SELECT offer_id, order_id, driver_id FROM offers WHERE status = 'pending' "
+            "AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+            now,
+            limit,
+        )
+        expired = 0
+        for row in due:
+            async with self.transaction() as (conn, events):
+                order = await lock_order(conn, row["order_id"])
+                offer = await lock_offer(conn, row["offer_id"])
+                if order is None or offer is None or offer["status"] != "pending":
+                    continue  # accepted or declined meanwhile: that answer won
+                worker = await lock_worker(conn, row["driver_id"], now)
+                _, _, released = await release_offer(
+                    conn, self.bus, order, offer, worker, "expired", now
+                )
+                events += released
+                expired += 1
+        return expired
+
+    async def expire_orders(self, now: datetime, limit: int = 500) -> int:
+        due = await self.pool.fetch(
+            "SELECT order_id FROM orders WHERE status = 'searching' AND search_deadline <= $1 "
+            "LIMIT $2",
+            now,
+            limit,
+        )
+        expired = 0
+        for row in due:
+            async with self.transaction() as (conn, events):
+                order = await lock_order(conn, row["order_id"])
+                if order is None or order["status"] != OrderStatus.SEARCHING.value:
+                    continue
+                _, event = await move_order(
+                    conn, self.bus, order, Cause.SEARCH_TIMED_OUT, now, reason="no driver found"
+                )
+                events.append(event)
+                expired += 1
+        return expired
+
+    # --- trips ---------------------------------------------------------------------------
+
+    async def trip_step(
+        self, trip_id: uuid.UUID, driver_id: str, step: str, reason: str | None, now: datetime
+    ) -> TripStepResult:
+        cause = TRIP_STEPS[step]
+        async with self.transaction() as (conn, events):
+            trip = await conn.fetchrow("SELECT * FROM trips WHERE trip_id = $1", trip_id)
+            if trip is None or trip["driver_id"] != driver_id:
+                raise NotFound("trip")
+            order = await lock_order(conn, trip["order_id"])
+            assert order is not None
+            worker = await lock_worker(conn, driver_id, now)
+            if worker["trip_id"] != trip_id:
+                raise ApiError(
+                    409,
+                    "illegal_transition",
+                    f"trip is {trip['status']}",
+                    current_state=trip["status"],
+                )
+            # The driver's state is checked first: a refused step reports the driver's state.
+            worker, worker_event = await move_worker(
+                conn,
+                self.bus,
+                worker,
+                cause,
+                now,
+                trip_id=trip_id,
+                order_id=order["order_id"],
+                kind=order["kind"],
+            )
+            order, order_event = await move_order(conn, self.bus, order, cause, now, reason=reason)
+            await self._record_trip_step(conn, trip_id, cause, worker["status"], now, reason)
+            events += [order_event, worker_event]
+            return TripStepResult(
+                str(trip_id), str(order["order_id"]), worker["status"], order["status"]
+            )
+
+    async def _record_trip_step(
+        self,
+        conn: Conn,
+        trip_id: uuid.UUID,
+        cause: Cause,
+        worker_status: str,
+        now: datetime,
+        reason: str | None,
+    ) -> None:
+        column = {
+            Cause.ARRIVED_PICKUP: "arrived_pickup_at",
+            Cause.PICKED_UP: "picked_up_at",
+            Cause.ARRIVED_DROPOFF: "arrived_dropoff_at",
+        }.get(cause, "ended_at")
+        status = worker_status if column != "ended_at" else cause.value
+        await conn.execute(
+            f"UPDATE trips SET {column} = $2, status = $3, "  # noqa: S608 (fixed column names)
+            "end_reason = COALESCE($4, end_reason) WHERE trip_id = $1",
+            trip_id,
+            now,
+            status,
+            reason if column == "ended_at" else None,
+        )
+
+    # --- orders --------------------------------------------------------------------------
+
+    async def cancel_order(
+        self, order_id: uuid.UUID, customer_id: str | None, now: datetime
+    ) -> str:
+        """Cancel on behalf of the order's customer (or an operator, ``customer_id=None``)."""
+        async with self.transaction() as (conn, events):
+            order = await lock_order(conn, order_id)
+            if order is None or (customer_id is not None and order["customer_id"] != customer_id):
+                raise NotFound("order")
+            status = OrderStatus(order["status"])
+            cause = Cause.CANCELLED_BY_CUSTOMER
+            if status is OrderStatus.OFFERED:
+                offer = await lock_offer(conn, order["offer_id"])
+                assert offer is not None
+                worker = await lock_worker(conn, offer["driver_id"], now)
+                events.append(await resolve_offer(conn, self.bus, offer, "withdrawn", now))
+                _, w_event = await move_worker(
+                    conn,
+                    self.bus,
+                    worker,
+                    Cause.OFFER_WITHDRAWN,
+                    now,
+                    order_id=order_id,
+                    kind=order["kind"],
+                )
+                events.append(w_event)
+            elif status in (OrderStatus.ASSIGNED, OrderStatus.DRIVER_ARRIVED):
+                worker = await lock_worker(conn, order["driver_id"], now)
+                _, w_event = await move_worker(
+                    conn,
+                    self.bus,
+                    worker,
+                    cause,
+                    now,
+                    trip_id=order["trip_id"],
+                    order_id=order_id,
+                    kind=order["kind"],
+                )
+                events.append(w_event)
+                await self._record_trip_step(conn, order["trip_id"], cause, "", now, cause.value)
+            order, o_event = await move_order(
+                conn, self.bus, order, cause, now, offer_id=None, reason="cancelled by customer"
+            )
+            events.append(o_event)
+            return str(order["status"])
+
+
+_ONLINE = frozenset({WorkerStatus.IDLE, WorkerStatus.OFFERED})
+
+
+def offer_view(r: Row) -> dict[str, Any]:
+    return {
+        "offer_id": str(r["offer_id"]),
+        "order_id": str(r["order_id"]),
+        "kind": r["kind"],
+        "pickup": {"lat": r["pickup_lat"], "lng": r["pickup_lng"]},
+        "dropoff": {"lat": r["dropoff_lat"], "lng": r["dropoff_lng"]},
+        "expires_at": r["expires_at"],
+        "pickup_eta_s": round(r["pickup_eta_s"], 1),
+        "pickup_distance_m": round(r["pickup_distance_m"], 1),
+        "estimated_pay": r["estimated_pay"],
+    }

@@ -1,0 +1,286 @@
+"""The matching loop: every batch window, match open orders to available workers optimally and
+write the offers in one transaction. Workers and orders that changed meanwhile are skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from polder.common.envelope import format_time
+from polder.common.geoindex import LocationIndex
+from polder.common.settings import Settings
+from polder.common.topics import DISPATCH
+from polder.dispatch.domain.matching import (
+    BatchResult,
+    EtaProvider,
+    MatchConfig,
+    OpenOrder,
+    Worker,
+    assign_batch,
+)
+from polder.dispatch.domain.states import Cause
+from polder.dispatch.domain.surge import SurgeModel, count_by_cell7
+from polder.dispatch.feed import Feed
+from polder.dispatch.handlers import Handlers, offer_view
+from polder.dispatch.metrics import DispatchMetrics
+from polder.dispatch.transitions import move_order, move_worker
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    considered: int
+    offered: int
+    result: BatchResult
+
+
+def match_config(settings: Settings) -> MatchConfig:
+    return MatchConfig(
+        max_radius_m=settings.max_pickup_radius_m,
+        k_nearest=settings.candidates_per_order,
+        fairness_tolerance_s=settings.fairness_tolerance_s,
+        fairness_weight=settings.fairness_weight,
+    )
+
+
+class Matcher:
+    def __init__(
+        self,
+        *,
+        handlers: Handlers,
+        positions: LocationIndex,
+        eta: EtaProvider,
+        settings: Settings,
+        metrics: DispatchMetrics,
+        feed: Feed,
+        surge: SurgeModel,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.handlers = handlers
+        self.positions = positions
+        self.eta = eta
+        self.settings = settings
+        self.config = match_config(settings)
+        self.metrics = metrics
+        self.feed = feed
+        self.surge = surge
+        self.clock = clock
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """One batch per window; a failed batch is logged and the next window tries again."""
+        while not stop.is_set():
+            started = self.clock()
+            try:
+                await self.run_once(datetime.fromtimestamp(started, UTC))
+                await self.handlers.expire_offers(datetime.fromtimestamp(self.clock(), UTC))
+                expired = await self.handlers.expire_orders(
+                    datetime.fromtimestamp(self.clock(), UTC)
+                )
+                self.metrics.orders_expired.inc(expired)
+            except Exception:
+                log.exception("matching batch failed")
+            wait = max(0.0, self.settings.batch_window_s - (self.clock() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+
+    async def run_once(self, now: datetime) -> BatchOutcome:
+        pool = self.handlers.pool
+        open_rows = await pool.fetch(
+            "SELECT order_id, kind, pickup_lat, pickup_lng, created_at, ready_at, excluded "
+            "FROM orders WHERE status = 'searching' "
+            "AND (scheduled_for IS NULL OR scheduled_for <= $1) ORDER BY created_at LIMIT 5000",
+            now + timedelta(seconds=self.settings.search_timeout_s / 10),
+        )
+        idle_rows = await pool.fetch(
+            "SELECT driver_id, waiting_since FROM workers WHERE status = 'idle'"
+        )
+        ts = now.timestamp()
+        workers, available = self._available(idle_rows, ts)
+        self.surge.observe_supply(count_by_cell7(p.cell for p in available), ts)
+        self.metrics.open_orders.set(len(open_rows))
+        self.metrics.available_workers.set(len(workers))
+        orders = [_open_order(r) for r in open_rows]
+        started = time.perf_counter()
+        result = assign_batch(orders, workers, available, ts, self.config, self.eta)
+        self.metrics.solve_time.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(orders))
+        offered = (
+            await self._apply(result, {str(r["order_id"]): r for r in open_rows}, now)
+            if orders
+            else 0
+        )
+        return BatchOutcome(len(orders), offered, result)
+
+    def _available(
+        self, idle_rows: list[Any], now: float
+    ) -> tuple[dict[str, Worker], LocationIndex]:
+        """Idle workers with a fresh position, and an index of just them."""
+        available = LocationIndex(self.positions.resolution, self.positions.ttl_s)
+        workers: dict[str, Worker] = {}
+        for row in idle_rows:
+            pos = self.positions.get(row["driver_id"])
+            if pos is None or not self.positions.is_fresh(pos, now):
+                continue
+            since = row["waiting_since"]
+            workers[pos.driver_id] = Worker(
+                pos.driver_id, pos.lat, pos.lng, since.timestamp() if since else now
+            )
+            available.upsert(pos.driver_id, pos.lat, pos.lng, pos.recorded_at, pos.seen_at)
+        return workers, available
+
+    async def _apply(self, result: BatchResult, rows: Mapping[str, Any], now: datetime) -> int:
+        started = time.perf_counter()
+        batch_id = uuid.uuid4()
+        made: list[dict[str, Any]] = []
+        async with self.handlers.transaction() as (conn, events):
+            order_ids = sorted(uuid.UUID(a.order_id) for a in result.assignments)
+            driver_ids = sorted(a.driver_id for a in result.assignments)
+            orders = {
+                str(r["order_id"]): r
+                for r in await conn.fetch(
+                    "SELECT * FROM orders WHERE order_id = ANY($1::uuid[]) "
+                    "AND status = 'searching' ORDER BY order_id FOR UPDATE",
+                    order_ids,
+                )
+            }
+            workers = {
+                r["driver_id"]: r
+                for r in await conn.fetch(
+                    "SELECT * FROM workers WHERE driver_id = ANY($1::text[]) AND status = 'idle' "
+                    "ORDER BY driver_id FOR UPDATE",
+                    driver_ids,
+                )
+            }
+            offers = []
+            for a in result.assignments:
+                order, worker = orders.get(a.order_id), workers.get(a.driver_id)
+                if order is None or worker is None:
+                    continue  # cancelled, or the worker went offline, since the batch was read
+                offer_id = uuid.uuid4()
+                expires = now + timedelta(seconds=self.settings.offer_ttl_s)
+                pay = self._estimated_pay(order["quote"])
+                offers.append(
+                    (
+                        offer_id,
+                        order["order_id"],
+                        a.driver_id,
+                        now,
+                        expires,
+                        a.eta_s,
+                        a.distance_m,
+                        pay,
+                    )
+                )
+                _, order_event = await move_order(
+                    conn,
+                    self.handlers.bus,
+                    order,
+                    Cause.OFFER_SENT,
+                    now,
+                    offer_id=offer_id,
+                    first_offer_at=order["first_offer_at"] or now,
+                )
+                _, worker_event = await move_worker(
+                    conn,
+                    self.handlers.bus,
+                    worker,
+                    Cause.OFFER_SENT,
+                    now,
+                    offer_id=offer_id,
+                    order_id=order["order_id"],
+                    kind=order["kind"],
+                )
+                offer_event = self.handlers.bus.event(
+                    "polder.dispatch.offer_made.v1",
+                    a.order_id,
+                    {
+                        "offer_id": str(offer_id),
+                        "order_id": a.order_id,
+                        "driver_id": a.driver_id,
+                        "expires_at": format_time(expires),
+                        "pickup_eta_s": a.eta_s,
+                        "pickup_distance_m": a.distance_m,
+                        "estimated_pay": pay,
+                        "batch_id": str(batch_id),
+                    },
+                    now,
+                )
+                events += [order_event, worker_event, (DISPATCH, a.order_id, offer_event)]
+                if order["first_offer_at"] is None:
+                    self.metrics.order_to_offer.observe((now - order["created_at"]).total_seconds())
+                self.metrics.pickup_eta.observe(a.eta_s)
+                made.append(
+                    _offer_row(order, offer_id, a.driver_id, expires, a.eta_s, a.distance_m, pay)
+                )
+            await conn.executemany(
+                "INSERT INTO offers (offer_id, order_id, driver_id, status, created_at, "
+                "expires_at, pickup_eta_s, pickup_distance_m, estimated_pay) "
+                "VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8)",
+                offers,
+            )
+            await conn.executemany(
+                "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
+                "VALUES ($1, $2, $3, $4)",
+                [
+                    (uuid.UUID(order_id), batch_id, now, decision.to_dict())
+                    for order_id, decision in result.decisions.items()
+                    if order_id in rows
+                ],
+            )
+        self.metrics.offers.labels("made").inc(len(made))
+        self.metrics.apply_time.observe(time.perf_counter() - started)
+        for offer in made:
+            self.feed.publish(offer["driver_id"], {"type": "offer", "offer": offer_view(offer)})
+        return len(made)
+
+    def _estimated_pay(self, quote: Mapping[str, Any]) -> dict[str, Any]:
+        share = Decimal(str(self.settings.driver_share))
+        amount = int((Decimal(quote["amount_minor"]) * share).to_integral_value())
+        return {"currency": quote["currency"], "amount_minor": amount}
+
+
+def _open_order(r: Any) -> OpenOrder:
+    return OpenOrder(
+        order_id=str(r["order_id"]),
+        kind=r["kind"],
+        pickup_lat=r["pickup_lat"],
+        pickup_lng=r["pickup_lng"],
+        created_at=r["created_at"].timestamp(),
+        ready_at=r["ready_at"].timestamp() if r["ready_at"] else None,
+        excluded=frozenset(r["excluded"]),
+    )
+
+
+def _offer_row(
+    order: Any,
+    offer_id: uuid.UUID,
+    driver_id: str,
+    expires: datetime,
+    eta_s: float,
+    distance_m: float,
+    pay: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "offer_id": offer_id,
+        "order_id": order["order_id"],
+        "driver_id": driver_id,
+        "kind": order["kind"],
+        "pickup_lat": order["pickup_lat"],
+        "pickup_lng": order["pickup_lng"],
+        "dropoff_lat": order["dropoff_lat"],
+        "dropoff_lng": order["dropoff_lng"],
+        "expires_at": expires,
+        "pickup_eta_s": eta_s,
+        "pickup_distance_m": distance_m,
+        "estimated_pay": pay,
+    }

@@ -1,0 +1,199 @@
+"""Row-level state changes inside a caller's transaction, each returning the event it causes.
+
+Lock order everywhere: orders, then offers and trips, then workers (by id within each), so
+concurrent accept / decline / expire / cancel never deadlock and exactly one of them wins.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from polder.common.bus import Bus
+from polder.common.db import Connection
+from polder.common.outbox import Outgoing
+from polder.common.topics import DISPATCH, DRIVER_EVENTS, ORDERS
+from polder.dispatch.domain.states import (
+    NEW_WAIT_AFTER,
+    Cause,
+    OrderStatus,
+    WorkerStatus,
+    next_order_status,
+    next_worker_status,
+)
+
+Conn = Connection
+Row: TypeAlias = asyncpg.Record
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+async def lock_order(conn: Conn, order_id: uuid.UUID) -> Row | None:
+    row: Row | None = await conn.fetchrow(
+        "SELECT * FROM orders WHERE order_id = $1 FOR UPDATE", order_id
+    )
+    return row
+
+
+async def lock_worker(conn: Conn, driver_id: str, now: datetime) -> Row:
+    """Lock the worker's row, creating it (offline) on first sight."""
+    await conn.execute(
+        "INSERT INTO workers (driver_id, status, status_since) VALUES ($1, 'offline', $2) "
+        "ON CONFLICT DO NOTHING",
+        driver_id,
+        now,
+    )
+    row: Row = await conn.fetchrow(
+        "SELECT * FROM workers WHERE driver_id = $1 FOR UPDATE", driver_id
+    )
+    return row
+
+
+async def lock_offer(conn: Conn, offer_id: uuid.UUID) -> Row | None:
+    row: Row | None = await conn.fetchrow(
+        "SELECT * FROM offers WHERE offer_id = $1 FOR UPDATE", offer_id
+    )
+    return row
+
+
+async def move_worker(
+    conn: Conn,
+    bus: Bus,
+    worker: Row,
+    cause: Cause,
+    now: datetime,
+    *,
+    offer_id: uuid.UUID | None = None,
+    trip_id: uuid.UUID | None = None,
+    order_id: uuid.UUID | None = None,
+    kind: str | None = None,
+) -> tuple[Row, Outgoing]:
+    """Apply ``cause`` to a locked worker row; returns the new row and its state event."""
+    before = WorkerStatus(worker["status"])
+    after = next_worker_status(before, cause)
+    if after is WorkerStatus.IDLE and cause in NEW_WAIT_AFTER:
+        waiting_since = now
+    elif after in (WorkerStatus.IDLE, WorkerStatus.OFFERED):
+        waiting_since = worker["waiting_since"]
+    else:
+        waiting_since = None
+    new: Row = await conn.fetchrow(
+        "UPDATE workers SET status = $2, status_since = $3, waiting_since = $4, offer_id = $5, "
+        "trip_id = $6, seq = seq + 1 WHERE driver_id = $1 RETURNING *",
+        worker["driver_id"],
+        after.value,
+        now,
+        waiting_since,
+        offer_id if after is WorkerStatus.OFFERED else None,
+        trip_id if after in _ON_TRIP else None,
+    )
+    data = {
+        "driver_id": worker["driver_id"],
+        "seq": new["seq"],
+        "from": before.value,
+        "to": after.value,
+        "cause": cause.value,
+        "order_id": _id(order_id),
+        "trip_id": _id(trip_id),
+        "offer_id": _id(offer_id),
+        "kind": kind,
+    }
+    event = bus.event("polder.driver.state_changed.v1", worker["driver_id"], data, now)
+    return new, (DRIVER_EVENTS, worker["driver_id"], event)
+
+
+_ON_TRIP = frozenset(
+    {
+        WorkerStatus.EN_ROUTE_PICKUP,
+        WorkerStatus.AT_PICKUP,
+        WorkerStatus.ON_TRIP,
+        WorkerStatus.AT_DROPOFF,
+    }
+)
+
+
+async def move_order(
+    conn: Conn,
+    bus: Bus,
+    order: Row,
+    cause: Cause,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    **columns: Any,
+) -> tuple[Row, Outgoing]:
+    """Apply ``cause`` to a locked order row, setting any extra ``columns``; returns its event."""
+    before = OrderStatus(order["status"])
+    after = next_order_status(before, cause)
+    names = ["status", "updated_at", *columns]
+    values = [after.value, now, *columns.values()]
+    assignments = ", ".join(f"{n} = ${i + 2}" for i, n in enumerate(names))
+    new: Row = await conn.fetchrow(
+        f"UPDATE orders SET {assignments} WHERE order_id = $1 RETURNING *",  # noqa: S608 (fixed names)
+        order["order_id"],
+        *values,
+    )
+    data = {
+        "order_id": str(order["order_id"]),
+        "from": before.value,
+        "to": after.value,
+        "cause": cause.value,
+        "driver_id": new["driver_id"],
+        "trip_id": _id(new["trip_id"]),
+        "offer_id": _id(new["offer_id"]),
+        "reason": reason,
+    }
+    event = bus.event("polder.order.status_changed.v1", str(order["order_id"]), data, now)
+    return new, (ORDERS, str(order["order_id"]), event)
+
+
+async def resolve_offer(
+    conn: Conn,
+    bus: Bus,
+    offer: Row,
+    outcome: str,
+    now: datetime,
+    trip_id: uuid.UUID | None = None,
+) -> Outgoing:
+    await conn.execute(
+        "UPDATE offers SET status = $2, answered_at = $3 WHERE offer_id = $1",
+        offer["offer_id"],
+        outcome,
+        now,
+    )
+    data = {
+        "offer_id": str(offer["offer_id"]),
+        "order_id": str(offer["order_id"]),
+        "driver_id": offer["driver_id"],
+        "outcome": outcome,
+        "trip_id": _id(trip_id),
+    }
+    event = bus.event("polder.dispatch.offer_resolved.v1", str(offer["order_id"]), data, now)
+    return DISPATCH, str(offer["order_id"]), event
+
+
+OFFER_OUTCOME_CAUSE = {"declined": Cause.OFFER_DECLINED, "expired": Cause.OFFER_EXPIRED}
+
+
+async def release_offer(
+    conn: Conn, bus: Bus, order: Row, offer: Row, worker: Row, outcome: str, now: datetime
+) -> tuple[Row, Row, list[Outgoing]]:
+    """A declined or expired offer: the order searches again without that worker, who is idle
+    again (still waiting since before the offer)."""
+    cause = OFFER_OUTCOME_CAUSE[outcome]
+    events = [await resolve_offer(conn, bus, offer, outcome, now)]
+    excluded = list(order["excluded"])
+    if offer["driver_id"] not in excluded:
+        excluded.append(offer["driver_id"])
+    order, order_event = await move_order(
+        conn, bus, order, cause, now, offer_id=None, excluded=excluded
+    )
+    worker, worker_event = await move_worker(
+        conn, bus, worker, cause, now, order_id=order["order_id"], kind=order["kind"]
+    )
+    return order, worker, [*events, order_event, worker_event]

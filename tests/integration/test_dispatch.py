@@ -1,0 +1,595 @@
+"""The dispatch service for real: orders, offers, matching and trips on the broker and Postgres.
+
+Batches are driven by the test (``matcher.run_once``) so each step is deterministic; the
+position stream, the database, the outbox and the topics are all real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from prometheus_client import CollectorRegistry
+
+from polder.common.auth import issue_token
+from polder.common.bus import Bus, Consumer, Received
+from polder.common.envelope import format_time
+from polder.common.metrics import CommonMetrics
+from polder.common.schemas import SchemaRegistry
+from polder.common.settings import Settings
+from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
+from polder.dispatch.main import build_app
+from polder.dispatch.runtime import DispatchRuntime
+from tests.conftest import eventually
+from tests.support import serve
+
+pytestmark = pytest.mark.integration
+
+CENTRE = (52.3676, 4.9041)
+
+
+class Dispatch:
+    def __init__(self, base: str, rt: DispatchRuntime, client: httpx.AsyncClient, bus: Bus) -> None:
+        self.base = base
+        self.rt = rt
+        self.client = client
+        self.bus = bus
+        self.settings = rt.settings
+
+    def auth(self, role: str, sub: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {issue_token(self.settings, role, sub)}"}
+
+    async def call(self, method: str, path: str, role: str, sub: str, **kw: Any) -> httpx.Response:
+        headers = {**self.auth(role, sub), **kw.pop("headers", {})}
+        return await self.client.request(method, f"{self.base}{path}", headers=headers, **kw)
+
+    async def online(self, driver: str, lat: float, lng: float) -> None:
+        r = await self.call(
+            "POST", f"/v1/drivers/{driver}/status", "driver", driver, json={"status": "online"}
+        )
+        assert r.status_code == 200, r.text
+        await self.position(driver, lat, lng)
+
+    async def position(self, driver: str, lat: float, lng: float) -> None:
+        now = datetime.now(UTC)
+        event = self.bus.event(
+            "polder.location.pings_recorded.v1",
+            driver,
+            {
+                "driver_id": driver,
+                "received_at": format_time(now),
+                "pings": [
+                    {
+                        "lat": lat,
+                        "lng": lng,
+                        "recorded_at": format_time(now),
+                        "cell": "891969c9b67ffff",
+                    }
+                ],
+            },
+            now,
+        )
+        await self.bus.publish(DRIVER_LOCATIONS, driver, event)
+
+        async def seen() -> Any:
+            return self.rt.matcher.positions.get(driver)
+
+        await eventually(seen, until=lambda p: p is not None and (p.lat, p.lng) == (lat, lng))
+
+    async def order(
+        self,
+        customer: str,
+        *,
+        dlat: float = 0.002,
+        kind: str = "ride",
+        key: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        body = {
+            "kind": kind,
+            "pickup": {"lat": CENTRE[0] + dlat, "lng": CENTRE[1]},
+            "dropoff": {"lat": CENTRE[0] + 0.03, "lng": CENTRE[1] + 0.02},
+            **extra,
+        }
+        r = await self.call(
+            "POST",
+            "/v1/orders",
+            "customer",
+            customer,
+            json=body,
+            headers={"Idempotency-Key": key or uuid.uuid4().hex},
+        )
+        assert r.status_code == 201, r.text
+        created: dict[str, Any] = r.json()
+        return created
+
+    async def batch(self) -> Any:
+        return await self.rt.matcher.run_once(datetime.now(UTC))
+
+    async def offers(self, driver: str) -> list[dict[str, Any]]:
+        r = await self.call("GET", f"/v1/drivers/{driver}/offers", "driver", driver)
+        assert r.status_code == 200, r.text
+        offers: list[dict[str, Any]] = r.json()["offers"]
+        return offers
+
+    async def get_order(
+        self, order_id: str, role: str = "operator", sub: str = "ops"
+    ) -> dict[str, Any]:
+        r = await self.call("GET", f"/v1/orders/{order_id}", role, sub)
+        assert r.status_code == 200, r.text
+        order: dict[str, Any] = r.json()
+        return order
+
+    async def worker_status(self, driver: str) -> str:
+        status: str = await self.rt.handlers.pool.fetchval(
+            "SELECT status FROM workers WHERE driver_id = $1", driver
+        )
+        return status
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Dispatch]:
+    app = build_app(settings, run_matcher=False)
+    bus = Bus(settings, SchemaRegistry.load(), source="test")
+    await bus.start()
+    try:
+        async with serve(app) as base, httpx.AsyncClient(timeout=15) as client:
+            yield Dispatch(base, app.state.runtime, client, bus)
+    finally:
+        await bus.stop()
+
+
+@pytest.fixture
+async def d(settings: Settings) -> AsyncIterator[Dispatch]:
+    async with running(settings) as dispatch:
+        yield dispatch
+
+
+async def read_topic(
+    settings: Settings, topic: Any, until: Any, within: float = 20
+) -> list[Received]:
+    """Read a topic from the start until ``until(records)`` holds."""
+    seen: list[Received] = []
+
+    async def handler(records: Sequence[Received]) -> None:
+        seen.extend(records)
+
+    bus = Bus(settings, SchemaRegistry.load(), source="reader")
+    await bus.start()
+    stop = asyncio.Event()
+    consumer = Consumer(
+        name="reader",
+        settings=settings,
+        registry=bus.registry,
+        bus=bus,
+        metrics=CommonMetrics(CollectorRegistry()),
+        topics=[topic],
+        handler=handler,
+        group_id=None,
+        start_at_ms=lambda: 0,
+    )
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+
+        async def probe() -> list[Received]:
+            return seen
+
+        await eventually(probe, until=until, within=within)
+    finally:
+        stop.set()
+        await task
+        await bus.stop()
+    return seen
+
+
+async def test_a_ride_from_order_to_completion(d: Dispatch) -> None:
+    await d.online("drv-1", *CENTRE)
+    created = await d.order("cust-1")
+    assert created["status"] == "searching"
+    assert created["quote"]["currency"] == "EUR" and created["quote"]["amount_minor"] > 0
+    outcome = await d.batch()
+    assert outcome.offered == 1
+    [offer] = await d.offers("drv-1")
+    assert offer["order_id"] == created["order_id"] and offer["kind"] == "ride"
+    assert 0 < offer["pickup_distance_m"] < 1000 and offer["pickup_eta_s"] > 0
+    assert (
+        offer["estimated_pay"]["currency"] == "EUR" and offer["estimated_pay"]["amount_minor"] > 0
+    )
+    assert (await d.get_order(created["order_id"]))["status"] == "offered"
+
+    r = await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "drv-1")
+    assert r.status_code == 200, r.text
+    trip_id = r.json()["trip_id"]
+    assert r.json()["order_id"] == created["order_id"]
+    order = await d.get_order(created["order_id"], "customer", "cust-1")
+    assert (
+        order["status"] == "assigned"
+        and order["driver_id"] == "drv-1"
+        and order["pickup_eta_s"] > 0
+    )
+
+    steps = [
+        ("arrived_pickup", "at_pickup", "driver_arrived"),
+        ("picked_up", "on_trip", "in_progress"),
+        ("arrived_dropoff", "at_dropoff", "in_progress"),
+        ("completed", "idle", "completed"),
+    ]
+    for step, driver_status, order_status in steps:
+        r = await d.call(
+            "POST", f"/v1/trips/{trip_id}/events", "driver", "drv-1", json={"type": step}
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["driver_status"], r.json()["order_status"]) == (
+            driver_status,
+            order_status,
+        )
+
+    # Billing depends on this stream: every state change of the driver, in order, numbered.
+    events = await read_topic(d.settings, DRIVER_EVENTS, until=lambda rs: len(rs) >= 7)
+    mine = [r.event.data for r in events if r.key == "drv-1"]
+    assert [e["to"] for e in mine] == [
+        "idle",
+        "offered",
+        "en_route_pickup",
+        "at_pickup",
+        "on_trip",
+        "at_dropoff",
+        "idle",
+    ]
+    assert [e["seq"] for e in mine] == list(range(1, 8))
+    assert all(e["trip_id"] == trip_id for e in mine[2:])
+    orders = await read_topic(d.settings, ORDERS, until=lambda rs: len(rs) >= 7)
+    assert orders[0].event.type == "polder.order.placed.v1"
+    assert [r.event.data["to"] for r in orders[1:]] == [
+        "offered",
+        "assigned",
+        "driver_arrived",
+        "in_progress",
+        "in_progress",
+        "completed",
+    ]
+
+
+async def test_order_creation_is_idempotent(d: Dispatch) -> None:
+    first = await d.order("cust-2", key="k-1")
+    again = await d.order("cust-2", key="k-1")
+    assert again == first
+    other_body = await d.call(
+        "POST",
+        "/v1/orders",
+        "customer",
+        "cust-2",
+        headers={"Idempotency-Key": "k-1"},
+        json={
+            "kind": "ride",
+            "pickup": {"lat": 52.1, "lng": 4.1},
+            "dropoff": {"lat": 52.2, "lng": 4.2},
+        },
+    )
+    assert (
+        other_body.status_code == 422
+        and other_body.json()["error"]["code"] == "idempotency_key_reused"
+    )
+    missing = await d.call(
+        "POST",
+        "/v1/orders",
+        "customer",
+        "cust-2",
+        json={
+            "kind": "ride",
+            "pickup": {"lat": 52.1, "lng": 4.1},
+            "dropoff": {"lat": 52.2, "lng": 4.2},
+        },
+    )
+    assert missing.status_code == 400
+    # another customer may use the same key for their own order
+    theirs = await d.order("cust-3", key="k-1")
+    assert theirs["order_id"] != first["order_id"]
+    count = await d.rt.handlers.pool.fetchval("SELECT count(*) FROM orders")
+    assert count == 2
+
+
+async def test_concurrent_retries_of_one_order_create_one_order(d: Dispatch) -> None:
+    results = await asyncio.gather(*(d.order("cust-4", key="same") for _ in range(5)))
+    assert len({r["order_id"] for r in results}) == 1
+    assert await d.rt.handlers.pool.fetchval("SELECT count(*) FROM orders") == 1
+
+
+async def test_no_one_reads_or_acts_on_what_is_not_theirs(d: Dispatch) -> None:
+    await d.online("drv-a", *CENTRE)
+    created = await d.order("cust-a")
+    await d.batch()
+    [offer] = await d.offers("drv-a")
+    oid = created["order_id"]
+    assert (await d.call("GET", f"/v1/orders/{oid}", "customer", "cust-b")).status_code == 404
+    assert (
+        await d.call("POST", f"/v1/orders/{oid}/cancel", "customer", "cust-b")
+    ).status_code == 404
+    assert (await d.call("GET", f"/v1/orders/{oid}", "driver", "drv-b")).status_code == 404
+    assert (
+        await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "drv-b")
+    ).status_code == 404
+    assert (
+        await d.call("POST", f"/v1/offers/{offer['offer_id']}/decline", "driver", "drv-b")
+    ).status_code == 404
+    assert (await d.call("GET", "/v1/drivers/drv-a/offers", "driver", "drv-b")).status_code == 403
+    assert (
+        await d.call(
+            "POST", "/v1/drivers/drv-a/status", "driver", "drv-b", json={"status": "offline"}
+        )
+    ).status_code == 403
+    assert (
+        await d.call("GET", f"/v1/orders/{oid}/decisions", "customer", "cust-a")
+    ).status_code == 403
+    assert (
+        await d.call("GET", f"/v1/orders/{oid}/decisions", "driver", "drv-a")
+    ).status_code == 403
+    assert (await d.call("POST", "/v1/orders", "driver", "drv-a", json={})).status_code in (
+        403,
+        422,
+    )
+    # the rightful parties still can
+    assert (await d.call("GET", f"/v1/orders/{oid}", "customer", "cust-a")).status_code == 200
+    assert (
+        await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "drv-a")
+    ).status_code == 200
+    assert (await d.call("GET", f"/v1/orders/{oid}", "driver", "drv-a")).status_code == 200
+
+
+async def test_decline_redispatches_to_someone_else(d: Dispatch) -> None:
+    await d.online("near", CENTRE[0] + 0.002, CENTRE[1])
+    await d.online("far", CENTRE[0] + 0.01, CENTRE[1])
+    created = await d.order("cust-5")
+    await d.batch()
+    [offer] = await d.offers("near")
+    assert await d.offers("far") == []
+    r = await d.call("POST", f"/v1/offers/{offer['offer_id']}/decline", "driver", "near")
+    assert r.status_code == 200
+    assert await d.worker_status("near") == "idle"
+    assert (await d.get_order(created["order_id"]))["status"] == "searching"
+    await d.batch()
+    assert await d.offers("near") == []
+    [second] = await d.offers("far")
+    assert second["order_id"] == created["order_id"]
+    again = await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "near")
+    assert again.status_code == 409 and again.json()["error"]["current_state"] == "declined"
+
+
+async def test_an_unanswered_offer_expires_and_the_order_moves_on(settings: Settings) -> None:
+    async with running(settings.model_copy(update={"offer_ttl_s": 0.3})) as d:
+        await d.online("slow", *CENTRE)
+        await d.online("quick", CENTRE[0] + 0.01, CENTRE[1])
+        created = await d.order("cust-6")
+        await d.batch()
+        [offer] = await d.offers("slow")
+        await asyncio.sleep(0.4)
+        assert await d.offers("slow") == []  # past expires_at it is not shown any more
+        assert await d.rt.handlers.expire_offers(datetime.now(UTC)) == 1
+        late = await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "slow")
+        assert late.status_code == 409
+        assert await d.worker_status("slow") == "idle"
+        await d.batch()
+        [second] = await d.offers("quick")
+        assert second["order_id"] == created["order_id"]
+
+
+async def test_an_order_nobody_takes_expires_after_the_search_timeout(settings: Settings) -> None:
+    async with running(settings.model_copy(update={"search_timeout_s": 0.2})) as d:
+        created = await d.order("cust-7")
+        await asyncio.sleep(0.3)
+        assert await d.rt.handlers.expire_orders(datetime.now(UTC)) == 1
+        assert (await d.get_order(created["order_id"]))["status"] == "expired"
+        cancel = await d.call(
+            "POST", f"/v1/orders/{created['order_id']}/cancel", "customer", "cust-7"
+        )
+        assert cancel.status_code == 409 and cancel.json()["error"]["current_state"] == "expired"
+
+
+async def test_cancelling_an_offered_order_withdraws_the_offer(d: Dispatch) -> None:
+    await d.online("drv-c", *CENTRE)
+    created = await d.order("cust-8")
+    await d.batch()
+    [offer] = await d.offers("drv-c")
+    r = await d.call("POST", f"/v1/orders/{created['order_id']}/cancel", "customer", "cust-8")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert await d.offers("drv-c") == []
+    assert await d.worker_status("drv-c") == "idle"
+    status = await d.rt.handlers.pool.fetchval(
+        "SELECT status FROM offers WHERE offer_id = $1", uuid.UUID(offer["offer_id"])
+    )
+    assert status == "withdrawn"
+    accept = await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "drv-c")
+    assert accept.status_code == 409
+
+
+async def test_unavailable_workers_get_no_offers(d: Dispatch) -> None:
+    await d.online("on-break", *CENTRE)
+    r = await d.call(
+        "POST", "/v1/drivers/on-break/status", "driver", "on-break", json={"status": "break"}
+    )
+    assert r.json()["status"] == "break"
+    await d.position("no-status", *CENTRE)  # pinging but never went online
+    await d.online("busy", *CENTRE)
+    await d.order("cust-9")
+    await d.batch()
+    [busy_offer] = await d.offers("busy")
+    await d.order("cust-10")
+    outcome = await d.batch()
+    assert outcome.offered == 0
+    assert await d.offers("on-break") == [] and await d.offers("no-status") == []
+    assert [o["offer_id"] for o in await d.offers("busy")] == [busy_offer["offer_id"]]
+
+
+async def test_status_changes_follow_the_state_machine(d: Dispatch) -> None:
+    await d.online("drv-s", *CENTRE)
+    again = await d.call(
+        "POST", "/v1/drivers/drv-s/status", "driver", "drv-s", json={"status": "online"}
+    )
+    assert again.status_code == 200 and again.json()["status"] == "idle"
+    created = await d.order("cust-11")
+    await d.batch()
+    [offer] = await d.offers("drv-s")
+    # going offline with an open offer declines it, and the order searches again
+    off = await d.call(
+        "POST", "/v1/drivers/drv-s/status", "driver", "drv-s", json={"status": "offline"}
+    )
+    assert off.json()["status"] == "offline"
+    assert (await d.get_order(created["order_id"]))["status"] == "searching"
+    await d.online("drv-s", *CENTRE)
+    await d.batch()  # excluded now: the driver declined this order
+    assert await d.offers("drv-s") == []
+    created2 = await d.order("cust-12")
+    await d.batch()
+    [offer2] = await d.offers("drv-s")
+    assert offer2["order_id"] == created2["order_id"]
+    await d.call("POST", f"/v1/offers/{offer2['offer_id']}/accept", "driver", "drv-s")
+    refused = await d.call(
+        "POST", "/v1/drivers/drv-s/status", "driver", "drv-s", json={"status": "offline"}
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error"]["current_state"] == "en_route_pickup"
+    bad = await d.call(
+        "POST", "/v1/drivers/drv-s/status", "driver", "drv-s", json={"status": "asleep"}
+    )
+    assert bad.status_code == 422
+    assert offer["offer_id"] != offer2["offer_id"]
+
+
+async def test_trip_steps_out_of_order_are_409(d: Dispatch) -> None:
+    await d.online("drv-t", *CENTRE)
+    await d.order("cust-13")
+    await d.batch()
+    [offer] = await d.offers("drv-t")
+    trip_id = (
+        await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "drv-t")
+    ).json()["trip_id"]
+    r = await d.call(
+        "POST", f"/v1/trips/{trip_id}/events", "driver", "drv-t", json={"type": "picked_up"}
+    )
+    assert r.status_code == 409 and r.json()["error"]["current_state"] == "en_route_pickup"
+    other = await d.call(
+        "POST", f"/v1/trips/{trip_id}/events", "driver", "drv-x", json={"type": "arrived_pickup"}
+    )
+    assert other.status_code == 404
+    await d.call(
+        "POST", f"/v1/trips/{trip_id}/events", "driver", "drv-t", json={"type": "arrived_pickup"}
+    )
+    no_show = await d.call(
+        "POST",
+        f"/v1/trips/{trip_id}/events",
+        "driver",
+        "drv-t",
+        json={"type": "cancelled", "reason": "no_show"},
+    )
+    assert no_show.status_code == 200 and no_show.json()["order_status"] == "cancelled"
+    assert await d.worker_status("drv-t") == "idle"
+    end = await d.rt.handlers.pool.fetchrow(
+        "SELECT status, end_reason FROM trips WHERE trip_id = $1", uuid.UUID(trip_id)
+    )
+    assert (end["status"], end["end_reason"]) == ("cancelled_by_driver", "no_show")
+
+
+@pytest.mark.parametrize("round_", range(3))
+async def test_accept_and_expiry_race_exactly_one_wins(d: Dispatch, round_: int) -> None:
+    driver = f"race-{round_}"
+    await d.online(driver, *CENTRE)
+    created = await d.order(f"cust-r{round_}")
+    await d.batch()
+    [offer] = await d.offers(driver)
+    late = datetime.now(UTC) + timedelta(seconds=d.settings.offer_ttl_s + 1)
+    accept, expired = await asyncio.gather(
+        d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", driver),
+        d.rt.handlers.expire_offers(late),
+    )
+    order = await d.get_order(created["order_id"])
+    if accept.status_code == 200:
+        assert expired == 0 and order["status"] == "assigned"
+        assert await d.worker_status(driver) == "en_route_pickup"
+    else:
+        assert accept.status_code == 409 and expired == 1
+        assert order["status"] == "searching" and await d.worker_status(driver) == "idle"
+
+
+async def test_double_accept_and_accept_versus_cancel(d: Dispatch) -> None:
+    await d.online("dbl", *CENTRE)
+    await d.order("cust-d")
+    await d.batch()
+    [offer] = await d.offers("dbl")
+    url = f"/v1/offers/{offer['offer_id']}/accept"
+    codes = sorted(
+        r.status_code
+        for r in await asyncio.gather(*(d.call("POST", url, "driver", "dbl") for _ in range(4)))
+    )
+    assert codes == [200, 409, 409, 409]
+    assert await d.rt.handlers.pool.fetchval("SELECT count(*) FROM trips") == 1
+
+    await d.online("dbl2", CENTRE[0] + 0.001, CENTRE[1])
+    created = await d.order("cust-e")
+    await d.batch()
+    [offer2] = await d.offers("dbl2")
+    accept, cancel = await asyncio.gather(
+        d.call("POST", f"/v1/offers/{offer2['offer_id']}/accept", "driver", "dbl2"),
+        d.call("POST", f"/v1/orders/{created['order_id']}/cancel", "customer", "cust-e"),
+    )
+    assert cancel.status_code == 200
+    assert (await d.get_order(created["order_id"]))["status"] == "cancelled"
+    assert await d.worker_status("dbl2") == "idle"
+    assert accept.status_code in (200, 409)  # accepted then cancelled, or too late
+
+
+async def test_operators_see_every_round_and_why(d: Dispatch) -> None:
+    created = await d.order("cust-f")
+    await d.batch()  # nobody around
+    await d.online("drv-f", *CENTRE)
+    await d.batch()
+    r = await d.call("GET", f"/v1/orders/{created['order_id']}/decisions", "operator", "ops")
+    assert r.status_code == 200
+    rounds = r.json()["decisions"]
+    assert len(rounds) == 2
+    first, second = (x["decision"] for x in rounds)
+    assert first["chosen_driver_id"] is None and first["reason"]
+    assert second["chosen_driver_id"] == "drv-f" and second["reason"]
+    [candidate] = second["candidates"]
+    assert candidate["driver_id"] == "drv-f" and candidate["eta_s"] > 0
+    missing = await d.call("GET", f"/v1/orders/{uuid.uuid4()}/decisions", "operator", "ops")
+    assert missing.status_code == 404
+
+
+async def test_offers_are_pushed_on_the_feed(d: Dispatch) -> None:
+    await d.online("drv-w", *CENTRE)
+    token = issue_token(d.settings, "driver", "drv-w")
+    url = f"{d.base.replace('http', 'ws')}/v1/drivers/drv-w/feed?token={token}"
+    async with websockets.connect(url) as ws:
+        await asyncio.sleep(0.1)
+        created = await d.order("cust-w")
+        await d.batch()
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
+    assert message["type"] == "offer" and message["offer"]["order_id"] == created["order_id"]
+    other = issue_token(d.settings, "driver", "x")
+    refused_url = f"{d.base.replace('http', 'ws')}/v1/drivers/drv-w/feed?token={other}"
+    async with websockets.connect(refused_url) as ws:
+        assert json.loads(await ws.recv())["error"]["code"] == "forbidden"
+
+
+async def test_metrics_report_dispatch(d: Dispatch) -> None:
+    await d.online("drv-m", *CENTRE)
+    await d.order("cust-m")
+    await d.batch()
+    text = (await d.client.get(f"{d.base}/metrics")).text
+    for name in (
+        "polder_dispatch_order_to_offer_seconds_count 1.0",
+        'polder_dispatch_offers_total{outcome="made"} 1.0',
+        "polder_dispatch_available_workers 1.0",
+        "polder_dispatch_batch_solve_seconds_count",
+        "polder_dispatch_pickup_eta_seconds_count 1.0",
+    ):
+        assert name in text, name
+    assert (await d.client.get(f"{d.base}/readyz")).status_code == 200
