@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     road_factor: float = 1.3
     city_speed_mps: float = 8.3  # ~30 km/h door to door
     fairness_tolerance_s: float = 30.0
-    fairness_weight: float = 1.0
+    fairness_weight: float = 0.5  # measured: half the ETA cost of 1.0 for the same wait gain
     driver_share: float = 0.75  # of the fare, for the estimated pay shown with an offer
 
     @model_validator(mode="after")

@@ -53,7 +53,8 @@ class MatchConfig:
       costs in seconds of ETA; an order waits for a later batch while even the quickest
       candidate would arrive more than ``delivery_early_slack_s`` early. See ``delivery_timing``.
     - Solve: up to ``max_exact_orders`` one exact assignment; above, the orders are split by the
-      H3 cell of their pickup at ``partition_resolution`` and each part is solved exactly.
+      H3 cell of their pickup at ``partition_resolution`` and each part is solved exactly
+      (see ``partitioned_solver``).
     """
 
     max_radius_m: float = 5_000.0

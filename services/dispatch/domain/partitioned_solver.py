@@ -5,12 +5,13 @@
    together up to ``max_exact_orders`` orders, and a cell with more is split one resolution
    finer. The parts are solved exactly one after another, each around the workers earlier
    parts took. Each solve stays small, so the time grows with the batch, not its square.
-2. Borders. Only orders with a candidate that another part also wanted can do worse than in
-   the exact solve. Those are solved again, exactly, in windows of ``max_exact_orders``:
+2. Borders. What is lost sits mostly at the borders, with orders that share a candidate with
+   another part. Those orders are solved again, exactly, in windows of ``max_exact_orders``:
    bands of latitude, then of longitude, whose edges cross the hexagonal part borders
    instead of running along them. A window keeps the workers it holds available to itself,
    so no window makes the result worse.
 
+Candidate lists are not widened here (see ``widening``): the fallback is for bounded time.
 How close it comes to the exact solve is measured by ``loadtests/matching_quality.py``.
 """
 
