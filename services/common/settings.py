@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     batch_window_s: float = 1.0
     offer_ttl_s: float = 15.0
     search_timeout_s: float = 300.0
+    schedule_lead_s: float = 600.0  # a scheduled order is matched from this long before its time
     max_pickup_radius_m: float = 5_000.0
     candidates_per_order: int = 8
     road_factor: float = 1.3

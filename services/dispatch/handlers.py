@@ -23,6 +23,7 @@ from polder.dispatch.domain.states import (
     OrderStatus,
     WorkerStatus,
 )
+from polder.dispatch.feed import Feed
 from polder.dispatch.transitions import (
     Conn,
     Row,
@@ -62,10 +63,11 @@ class TripStepResult:
 
 
 class Handlers:
-    def __init__(self, pool: Pool, bus: Bus, relay: OutboxRelay) -> None:
+    def __init__(self, pool: Pool, bus: Bus, relay: OutboxRelay, feed: Feed) -> None:
         self.pool = pool
         self.bus = bus
         self.relay = relay
+        self.feed = feed
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[tuple[Conn, list[Outgoing]]]:
@@ -79,6 +81,21 @@ class Handlers:
             raise conflict(exc) from exc
         if events:
             self.relay.notify()
+            self._tell_drivers(events)
+
+    def _tell_drivers(self, events: list[Outgoing]) -> None:
+        """Push closed offers to the drivers' feeds, once the change is committed."""
+        for _, _, event in events:
+            if event.type == "polder.dispatch.offer_resolved.v1":
+                data = event.data
+                self.feed.publish(
+                    data["driver_id"],
+                    {
+                        "type": "offer_closed",
+                        "offer_id": data["offer_id"],
+                        "outcome": data["outcome"],
+                    },
+                )
 
     # --- workers -------------------------------------------------------------------------
 

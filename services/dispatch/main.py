@@ -50,9 +50,9 @@ def build_app(settings: Settings, *, run_matcher: bool = True) -> FastAPI:
             await migrate(pool, schema, MIGRATIONS)
             await bus.start()
             relay = OutboxRelay(pool, bus)
-            handlers = Handlers(pool, bus, relay)
-            positions = LocationIndex(settings.index_resolution, settings.location_ttl_s)
             feed = Feed()
+            handlers = Handlers(pool, bus, relay, feed)
+            positions = LocationIndex(settings.index_resolution, settings.location_ttl_s)
             eta = GreatCircleEta(
                 road_factor=settings.road_factor, speed_mps=settings.city_speed_mps
             )

@@ -99,7 +99,7 @@ class Matcher:
             "SELECT order_id, kind, pickup_lat, pickup_lng, created_at, ready_at, excluded "
             "FROM orders WHERE status = 'searching' "
             "AND (scheduled_for IS NULL OR scheduled_for <= $1) ORDER BY created_at LIMIT 5000",
-            now + timedelta(seconds=self.settings.search_timeout_s / 10),
+            now + timedelta(seconds=self.settings.schedule_lead_s),
         )
         idle_rows = await pool.fetch(
             "SELECT driver_id, waiting_since FROM workers WHERE status = 'idle'"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, Strict
 
-STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+# FastAPI validates the decoded JSON in Python mode, where strict mode would refuse RFC 3339
+# strings for datetimes; so numbers are strict field by field ("52.3" is not a latitude).
+STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
 class StatusIn(BaseModel):
@@ -22,8 +24,8 @@ class StatusOut(BaseModel):
 
 class Point(BaseModel):
     model_config = STRICT
-    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    lng: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    lat: Annotated[float, Strict()] = Field(ge=-90, le=90, allow_inf_nan=False)
+    lng: Annotated[float, Strict()] = Field(ge=-180, le=180, allow_inf_nan=False)
 
 
 class OrderIn(BaseModel):

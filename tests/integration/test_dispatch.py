@@ -572,7 +572,11 @@ async def test_offers_are_pushed_on_the_feed(d: Dispatch) -> None:
         created = await d.order("cust-w")
         await d.batch()
         message = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
-    assert message["type"] == "offer" and message["offer"]["order_id"] == created["order_id"]
+        assert message["type"] == "offer" and message["offer"]["order_id"] == created["order_id"]
+        offer_id = message["offer"]["offer_id"]
+        await d.call("POST", f"/v1/orders/{created['order_id']}/cancel", "customer", "cust-w")
+        closed = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
+        assert closed == {"type": "offer_closed", "offer_id": offer_id, "outcome": "withdrawn"}
     other = issue_token(d.settings, "driver", "x")
     refused_url = f"{d.base.replace('http', 'ws')}/v1/drivers/drv-w/feed?token={other}"
     async with websockets.connect(refused_url) as ws:
@@ -593,3 +597,68 @@ async def test_metrics_report_dispatch(d: Dispatch) -> None:
     ):
         assert name in text, name
     assert (await d.client.get(f"{d.base}/readyz")).status_code == 200
+
+
+async def test_a_delivery_waits_until_the_courier_would_arrive_near_ready_at(d: Dispatch) -> None:
+    await d.online("courier", *CENTRE)
+    later = datetime.now(UTC) + timedelta(minutes=30)
+    held = await d.order("cust-g", kind="delivery", ready_at=later.isoformat())
+    outcome = await d.batch()
+    assert outcome.offered == 0 and held["order_id"] in outcome.result.deferred
+    r = await d.call("GET", f"/v1/orders/{held['order_id']}/decisions", "operator", "ops")
+    [round_] = r.json()["decisions"]
+    assert round_["decision"]["chosen_driver_id"] is None
+    assert "defer" in round_["decision"]["reason"]
+    soon = await d.order("cust-h", kind="delivery", ready_at=datetime.now(UTC).isoformat())
+    await d.batch()
+    [offer] = await d.offers("courier")
+    assert offer["order_id"] == soon["order_id"] and offer["kind"] == "delivery"
+    ride_with_ready_at = await d.call(
+        "POST",
+        "/v1/orders",
+        "customer",
+        "cust-h",
+        headers={"Idempotency-Key": "x"},
+        json={
+            "kind": "ride",
+            "pickup": {"lat": 52.1, "lng": 4.1},
+            "dropoff": {"lat": 52.2, "lng": 4.2},
+            "ready_at": later.isoformat(),
+        },
+    )
+    assert ride_with_ready_at.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "kind": "ride",
+            "pickup": {"lat": "52.3", "lng": 4.9},
+            "dropoff": {"lat": 52.4, "lng": 4.9},
+        },
+        {"kind": "ride", "pickup": {"lat": 95, "lng": 4.9}, "dropoff": {"lat": 52.4, "lng": 4.9}},
+        {"kind": "boat", "pickup": {"lat": 52.3, "lng": 4.9}, "dropoff": {"lat": 52.4, "lng": 4.9}},
+        {"kind": "ride", "pickup": {"lat": 52.3, "lng": 4.9}},
+        {
+            "kind": "ride",
+            "pickup": {"lat": 52.3, "lng": 4.9},
+            "dropoff": {"lat": 52.4, "lng": 4.9},
+            "tip": 5,
+        },
+        {
+            "kind": "delivery",
+            "pickup": {"lat": 52.3, "lng": 4.9},
+            "dropoff": {"lat": 52.4, "lng": 4.9},
+            "ready_at": "2026-11-29T12:00:00",
+        },
+    ],
+)
+async def test_bad_order_bodies_are_422_and_create_nothing(
+    d: Dispatch, body: dict[str, Any]
+) -> None:
+    r = await d.call(
+        "POST", "/v1/orders", "customer", "c", json=body, headers={"Idempotency-Key": "k"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    assert await d.rt.handlers.pool.fetchval("SELECT count(*) FROM orders") == 0
