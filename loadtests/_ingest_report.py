@@ -1,0 +1,161 @@
+"""Turning one ingest run's scrapes and client tallies into figures, and printing them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtests._loadgen import PHASES, Mode, Phase, Tally, Window
+from loadtests._report import fmt, table
+from loadtests._stats import Scrape, bucket_delta, bucket_quantile, percentile
+
+TARGET_PINGS_PER_S = 50_000.0
+TARGET_P99_S = 0.250
+ACCEPTED = "polder_location_pings_accepted_total"
+TO_INDEX = "polder_location_ping_to_index_seconds"
+LAG = "polder_consumer_lag_records"
+INDEXER, TRACES = "location-index", "location-traces"
+
+
+@dataclass(slots=True)
+class Run:
+    """What one mode's run observed, before it is summarised."""
+
+    mode: Mode
+    options: dict[str, Any]
+    window: Window
+    before: Scrape  # just before the load starts
+    scrapes: list[Scrape] = field(default_factory=list)  # window start, every second, window end
+    drained: Scrape | None = None
+    drain_s: float = float("nan")
+    cpu: dict[str, float] = field(default_factory=dict)
+    tallies: dict[Phase, Tally] = field(default_factory=lambda: {p: Tally() for p in PHASES})
+
+
+def summarise(run: Run) -> dict[str, Any]:
+    """End-to-end pings/s counts the pings whose event reached the index inside the window:
+    events indexed (the ping→index histogram's count) x accepted pings per published event."""
+    assert run.drained is not None
+    a, b = run.scrapes[0], run.scrapes[-1]
+    span = b.at - a.at
+    everything = Tally()
+    for t in run.tallies.values():
+        everything.add(t)
+    published = everything.requests_with_accepted  # an answer with accepted > 0 is one event
+    per_event = everything.pings_accepted / max(1, published)
+    indexed_events = b.total(f"{TO_INDEX}_count") - a.total(f"{TO_INDEX}_count")
+    buckets = bucket_delta(a.buckets(TO_INDEX), b.buckets(TO_INDEX))
+    lags = [s.total(LAG, consumer=INDEXER) for s in run.scrapes]
+    indexed_total = run.drained.total(f"{TO_INDEX}_count") - run.before.total(f"{TO_INDEX}_count")
+    return {
+        "mode": run.mode,
+        "options": run.options,
+        "window_s": span,
+        "end_to_end": {
+            "indexed_pings_per_s": indexed_events * per_event / span,
+            "indexed_events": indexed_events,
+            "pings_per_event": per_event,
+            "service_accepted_pings_per_s": (b.total(ACCEPTED) - a.total(ACCEPTED)) / span,
+            "ping_to_index_p50_s": bucket_quantile(buckets, 0.50),
+            "ping_to_index_p99_s": bucket_quantile(buckets, 0.99),
+            "ping_to_index_buckets": buckets,
+            "index_lag_records": {
+                "window_start": lags[0], "window_end": lags[-1], "max": max(lags),
+            },
+            "traces_lag_records_window_end": b.total(LAG, consumer=TRACES),
+            "drain_after_load_s": run.drain_s,
+            "events_published": published,
+            "events_not_indexed_after_drain": published - indexed_total,
+        },
+        "timeline": _timeline(run.scrapes, per_event),
+        "client": _client(run, everything),
+        "cpu_cores_busy": run.cpu,
+        "targets": {"pings_per_s": TARGET_PINGS_PER_S, "ping_to_index_p99_s": TARGET_P99_S},
+    }
+
+
+def _client(run: Run, everything: Tally) -> dict[str, Any]:
+    win = run.tallies["window"]
+    span = run.window.measure_to - run.window.measure_from
+    return {
+        "requests_per_s": win.requests / span,
+        "accepted_pings_per_s": win.pings_accepted / span,
+        "latency_p50_s": percentile(win.latencies_s, 0.50),
+        "latency_p99_s": percentile(win.latencies_s, 0.99),
+        "latency_max_s": max(win.latencies_s, default=float("nan")),
+        "window": _tally_doc(win),
+        "all_phases": _tally_doc(everything),
+    }
+
+
+def _timeline(scrapes: list[Scrape], per_event: float) -> list[dict[str, float]]:
+    rows = []
+    count = f"{TO_INDEX}_count"
+    for prev, cur in zip(scrapes, scrapes[1:], strict=False):
+        dt = cur.at - prev.at
+        rows.append({
+            "t_s": round(cur.at - scrapes[0].at, 2),
+            "accepted_pings_per_s": (cur.total(ACCEPTED) - prev.total(ACCEPTED)) / dt,
+            "indexed_pings_per_s": (cur.total(count) - prev.total(count)) * per_event / dt,
+            "index_lag_records": cur.total(LAG, consumer=INDEXER),
+            "traces_lag_records": cur.total(LAG, consumer=TRACES),
+        })
+    return rows
+
+
+def _tally_doc(t: Tally) -> dict[str, Any]:
+    return {
+        "requests": t.requests,
+        "pings_sent": t.pings_sent,
+        "pings_accepted": t.pings_accepted,
+        "pings_rejected": sum(t.rejected.values()),
+        "rejected_by_reason": dict(t.rejected),
+        "errors": dict(t.errors),
+        "drivers_dropped": t.drivers_dropped,
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def render(doc: dict[str, Any]) -> str:
+    e2e, client, cpu, o = doc["end_to_end"], doc["client"], doc["cpu_cores_busy"], doc["options"]
+    rate, p99 = e2e["indexed_pings_per_s"], e2e["ping_to_index_p99_s"]
+    allp, lag = client["all_phases"], e2e["index_lag_records"]
+    latencies = (client[k] * 1000 for k in ("latency_p50_s", "latency_p99_s", "latency_max_s"))
+    rows = [
+        ("end-to-end pings/s (reached index)",
+         f"{fmt(rate, '', 0)}   target ≥ 50,000: {_verdict(rate >= TARGET_PINGS_PER_S)}"),
+        ("service accepted pings/s (metrics)", fmt(e2e["service_accepted_pings_per_s"], "", 0)),
+        ("ping→index p50 (bucket-interpolated)", fmt(e2e["ping_to_index_p50_s"] * 1000, " ms")),
+        ("ping→index p99 (bucket-interpolated)",
+         f"{fmt(p99 * 1000, ' ms')}   target ≤ 250 ms: {_verdict(p99 <= TARGET_P99_S)}"),
+        ("index lag start / end / max (records)",
+         f"{lag['window_start']:.0f} / {lag['window_end']:.0f} / {lag['max']:.0f}"),
+        ("trace-writer lag at window end", f"{e2e['traces_lag_records_window_end']:.0f} records"),
+        ("index caught up after load stopped",
+         f"{fmt(e2e['drain_after_load_s'], ' s', 2)} "
+         f"({e2e['events_not_indexed_after_drain']:.0f} events missing)"),
+        ("client accepted pings/s", fmt(client["accepted_pings_per_s"], "", 0)),
+        ("client requests/s", fmt(client["requests_per_s"], "", 0)),
+        ("client latency p50 / p99 / max", " / ".join(fmt(v, " ms") for v in latencies)),
+        ("pings sent / accepted / rejected (all)",
+         f"{allp['pings_sent']:,} / {allp['pings_accepted']:,} / {allp['pings_rejected']:,}"),
+        ("rejections by reason", str(allp["rejected_by_reason"] or "none")),
+        ("errors (drivers dropped)", f"{allp['errors'] or 'none'} ({allp['drivers_dropped']})"),
+        ("CPU cores busy: service / loadgen",
+         f"{cpu['service']:.2f} / {cpu['loadgen']:.2f}"),
+        ("CPU cores busy: broker / postgres / harness",
+         f"{cpu['broker']:.2f} / {cpu['postgres']:.2f} / {cpu['harness']:.2f}"),
+        ("CPU cores busy: whole box / anything else",
+         f"{cpu['box']:.2f} of {os.cpu_count()} / {cpu['other']:.2f}"),
+    ]
+    offered = f"{o['rate']:,.0f} pings/s offered" if o["rate"] else "unpaced (closed loop)"
+    title = (
+        f"ingest over {doc['mode'].upper()}: {o['drivers']:,} drivers, batch {o['batch']}, "
+        f"{o['procs']} procs x {o['concurrency']} in flight, {offered}, "
+        f"{doc['window_s']:.1f} s window"
+    )
+    return table(title, rows)
