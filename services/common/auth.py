@@ -83,7 +83,7 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip()
 
 
-def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request) -> Principal:
     settings: Settings = request.app.state.settings
     return verify_token(settings, bearer_token(request.headers.get("authorization")))
 

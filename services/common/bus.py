@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,6 +132,7 @@ class Consumer:
         self.max_records = max_records
         self.retry_backoff_s = retry_backoff_s
         self.ready = asyncio.Event()
+        self._lag_checked = 0.0
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=self.group_id,
@@ -139,6 +141,7 @@ class Consumer:
             auto_offset_reset="earliest" if self.group_id else "latest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=settings.kafka_session_timeout_ms,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_ms,
         )
 
@@ -245,13 +248,20 @@ class Consumer:
         log.warning("dead-lettered a record", consumer=self.name, reason=str(exc)[:200])
 
     async def _record_lag(self) -> None:
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is None:
-                continue
+        """Lag against the log end, asked of the broker at most once a second (the high
+        watermark seen at the last fetch would hide a slow consumer's delay)."""
+        now = time.monotonic()
+        if now - self._lag_checked < 1.0:
+            return
+        self._lag_checked = now
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return
+        ends = await self._consumer.end_offsets(assigned)
+        for tp in assigned:
             position = await self._consumer.position(tp)
             self.metrics.consumer_lag.labels(self.name, tp.topic, str(tp.partition)).set(
-                max(0, high - position)
+                max(0, ends[tp] - position)
             )
 
 

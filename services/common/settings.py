@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # only forgets a stopped member when its session expires, so tests use short values.
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_ms: int = 1_000
+    # How long the broker may hold a fetch waiting for data. Tansu answers only when this runs
+    # out, so it bounds the delay of every consumer (aiokafka's default of 500 ms would be
+    # most of the ping→index budget).
+    kafka_fetch_max_wait_ms: int = 20
     # Isolation: appended to topic names (".ns") and Postgres schemas ("_ns"), so tests and
     # parallel deployments on one broker/database never see each other's data.
     namespace: str = Field(default="", pattern=r"^[a-z0-9_]*$")

@@ -71,13 +71,15 @@ class Ingest:
         doc: dict[str, object] = {
             "lat": p.lat,
             "lng": p.lng,
-            "recorded_at": format_time(p.recorded_at),
-            "cell": h3.int_to_str(h3.latlng_to_cell(p.lat, p.lng, self.resolution)),
+            # epoch ms: a tenth of the cost of an RFC 3339 string, both to write and to read
+            "recorded_at_ms": int(p.recorded_at.timestamp() * 1000),
         }
-        for name in ("accuracy_m", "speed_mps", "heading_deg"):
-            value = getattr(p, name)
-            if value is not None:
-                doc[name] = value
+        if p.accuracy_m is not None:
+            doc["accuracy_m"] = p.accuracy_m
+        if p.speed_mps is not None:
+            doc["speed_mps"] = p.speed_mps
+        if p.heading_deg is not None:
+            doc["heading_deg"] = p.heading_deg
         return doc
 
     def forget_expired(self) -> None:
@@ -105,9 +107,10 @@ class IndexUpdater:
 class TraceWriter:
     """Writes accepted pings to ``pings``; an event id seen before writes nothing (replays)."""
 
-    def __init__(self, pool: Pool, metrics: LocationMetrics) -> None:
+    def __init__(self, pool: Pool, metrics: LocationMetrics, resolution: int) -> None:
         self.pool = pool
         self.metrics = metrics
+        self.resolution = resolution
 
     async def __call__(self, records: Sequence[Received]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -123,11 +126,11 @@ class TraceWriter:
             rows = [
                 (
                     r.event.data["driver_id"],
-                    parse_time(p["recorded_at"]),
+                    datetime.fromtimestamp(p["recorded_at_ms"] / 1000, UTC),
                     parse_time(r.event.data["received_at"]),
                     p["lat"],
                     p["lng"],
-                    h3.str_to_int(p["cell"]),
+                    h3.latlng_to_cell(p["lat"], p["lng"], self.resolution),
                     p.get("accuracy_m"),
                     p.get("speed_mps"),
                     p.get("heading_deg"),

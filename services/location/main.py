@@ -74,7 +74,7 @@ def build_app(settings: Settings) -> FastAPI:
                 bus=bus,
                 metrics=metrics,
                 topics=[DRIVER_LOCATIONS],
-                handler=TraceWriter(pool, metrics),
+                handler=TraceWriter(pool, metrics, settings.index_resolution),
                 group_id=TRACE_CONSUMER,
             )
             tasks = [

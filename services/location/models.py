@@ -62,4 +62,5 @@ class SupplyOut(BaseModel):
 
 
 BATCH = TypeAdapter(PingBatchIn)
-FRAME = TypeAdapter(PingIn | list[PingIn])
+ONE_PING = TypeAdapter(PingIn)
+PING_LIST = TypeAdapter(list[PingIn])

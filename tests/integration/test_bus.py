@@ -29,8 +29,7 @@ def pings_data(driver: str = "d1") -> dict[str, object]:
             {
                 "lat": 52.37,
                 "lng": 4.89,
-                "recorded_at": "2026-11-29T11:59:59.000Z",
-                "cell": "891969c9b67ffff",
+                "recorded_at_ms": 1_795_996_799_000,
             }
         ],
     }

@@ -70,8 +70,7 @@ class Dispatch:
                     {
                         "lat": lat,
                         "lng": lng,
-                        "recorded_at": format_time(now),
-                        "cell": "891969c9b67ffff",
+                        "recorded_at_ms": int(now.timestamp() * 1000),
                     }
                 ],
             },

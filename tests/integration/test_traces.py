@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import h3.api.basic_int as h3
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -30,8 +31,7 @@ def recorded(driver: str, n: int) -> Event:
                 {
                     "lat": 52.37 + i * 1e-4,
                     "lng": 4.89,
-                    "recorded_at": f"2026-11-29T11:59:{i:02d}.000Z",
-                    "cell": "891969c9b67ffff",
+                    "recorded_at_ms": 1_795_996_740_000 + i * 1000,
                     "speed_mps": 4.5,
                 }
                 for i in range(n)
@@ -49,7 +49,7 @@ async def test_pings_are_written_once_across_duplicates_and_replays(settings: Se
     pool = await create_pool(settings.database_url, schema)
     try:
         await migrate(pool, schema, "polder.location.migrations")
-        writer = TraceWriter(pool, LocationMetrics(CollectorRegistry()))
+        writer = TraceWriter(pool, LocationMetrics(CollectorRegistry()), resolution=9)
         a, b = recorded("d1", 3), recorded("d2", 2)
         # a duplicate inside one batch, then the whole batch replayed
         await writer([received(a, 0), received(b, 1), received(a, 2)])
@@ -62,7 +62,8 @@ async def test_pings_are_written_once_across_duplicates_and_replays(settings: Se
             "SELECT * FROM pings WHERE driver_id = 'd1' ORDER BY recorded_at LIMIT 1"
         )
         assert first["lat"] == 52.37 and first["speed_mps"] == 4.5 and first["accuracy_m"] is None
-        assert first["cell"] == int("891969c9b67ffff", 16) and first["event_id"] == a.id
+        assert first["cell"] == h3.latlng_to_cell(52.37, 4.89, 9) and first["event_id"] == a.id
+        assert first["recorded_at"] == datetime.fromtimestamp(1_795_996_740, UTC)
         assert first["received_at"] == datetime(2026, 11, 29, 12, tzinfo=UTC)
     finally:
         await pool.close()

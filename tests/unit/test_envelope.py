@@ -17,8 +17,7 @@ def pings_event(**data_over: object) -> Event:
             {
                 "lat": 52.37,
                 "lng": 4.89,
-                "recorded_at": "2026-11-29T11:59:59.000Z",
-                "cell": "891969c9b67ffff",
+                "recorded_at_ms": 1_795_996_799_000,
             }
         ],
     }
@@ -69,7 +68,7 @@ def test_envelope_and_data_are_validated() -> None:
 
 def test_producers_cannot_encode_an_invalid_event() -> None:
     with pytest.raises(SchemaError):
-        REG.encode(pings_event(pings=[{"lat": 100, "lng": 0, "recorded_at": "x", "cell": "zz"}]))
+        REG.encode(pings_event(pings=[{"lat": 100, "lng": 0, "recorded_at_ms": "x"}]))
 
 
 def test_time_format_is_rfc3339_utc_millis() -> None:

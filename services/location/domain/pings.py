@@ -76,12 +76,16 @@ def distance_m(a_lat: float, a_lng: float, b_lat: float, b_lng: float) -> float:
     return float(h3.great_circle_distance((a_lat, a_lng), (b_lat, b_lng), unit="m"))
 
 
-def _motion_problem(p: Ping, last: Fix | None, now: datetime, limits: Limits) -> Reason | None:
-    if (p.recorded_at - now).total_seconds() > limits.max_future_skew_s:
+def _motion_problem(
+    p: Ping, t: float, last: Fix | None, last_t: float, now_t: float, limits: Limits
+) -> Reason | None:
+    """``t``, ``last_t`` and ``now_t`` are epoch seconds: float arithmetic, not timedeltas,
+    since this runs for every ping."""
+    if t - now_t > limits.max_future_skew_s:
         return Reason.FUTURE
     if last is None:
         return None
-    dt = (p.recorded_at - last.recorded_at).total_seconds()
+    dt = t - last_t
     if dt <= 0:
         return Reason.STALE
     if distance_m(last.lat, last.lng, p.lat, p.lng) / dt > limits.max_speed_mps:
@@ -98,14 +102,16 @@ def screen(pings: Sequence[Ping], last: Fix | None, now: datetime, limits: Limit
     """
     accepted: list[tuple[int, Ping]] = []
     rejected: list[tuple[int, Reason]] = []
-    order = sorted(range(len(pings)), key=lambda i: pings[i].recorded_at)
-    for i in order:
+    times = [p.recorded_at.timestamp() for p in pings]
+    now_t = now.timestamp()
+    last_t = last.recorded_at.timestamp() if last is not None else 0.0
+    for i in sorted(range(len(pings)), key=times.__getitem__):
         p = pings[i]
-        reason = _shape_problem(p) or _motion_problem(p, last, now, limits)
+        reason = _shape_problem(p) or _motion_problem(p, times[i], last, last_t, now_t, limits)
         if reason is not None:
             rejected.append((i, reason))
             continue
         accepted.append((i, p))
-        last = Fix(p.lat, p.lng, p.recorded_at)
+        last, last_t = Fix(p.lat, p.lng, p.recorded_at), times[i]
     rejected.sort()
     return Screened(accepted=accepted, rejected=rejected, last=last)
