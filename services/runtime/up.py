@@ -18,7 +18,13 @@ from polder.common.bus import create_topics
 from polder.common.db import create_pool, migrate
 from polder.common.settings import Settings
 from polder.runtime.catalog import available_services, service_module
-from polder.runtime.infra import EmbeddedBroker, EmbeddedPostgres, ensure_database, wait_for_broker
+from polder.runtime.infra import (
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    die_with_parent,
+    ensure_database,
+    wait_for_broker,
+)
 
 log = structlog.get_logger("polder.up")
 
@@ -98,7 +104,10 @@ def start_services(system: System, settings: Settings) -> dict[str, str]:
     env = child_env(settings)
     for name in available_services():
         system.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "polder", "serve", name], env=env, stdin=subprocess.DEVNULL
+            [sys.executable, "-m", "polder", "serve", name],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         urls[name] = f"http://{settings.host}:{settings.port_of(name)}"
     return urls
