@@ -1,0 +1,1 @@
+"""Billing service: every online second accounted — segments, fares, pay policies, ledger."""
