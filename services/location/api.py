@@ -22,7 +22,6 @@ from polder.common.auth import (
 )
 from polder.common.errors import ApiError
 from polder.common.http import raw_json_body
-from polder.location.domain.pings import Ping
 from polder.location.models import (
     BATCH,
     ONE_PING,
@@ -79,9 +78,8 @@ async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> I
             "too_many_pings",
             f"{len(pings)} pings in one batch; at most {rt.settings.max_pings_per_batch}",
         )
-    domain: list[Ping] = [p.to_domain() for p in pings]
     try:
-        result = await rt.ingest(driver_id, domain, datetime.now(UTC))
+        result = await rt.ingest(driver_id, pings, datetime.now(UTC))
     except ApiError:
         raise
     except Exception as exc:  # broker unreachable or timed out: nothing was accepted

@@ -14,7 +14,7 @@ from polder.common.envelope import format_time, parse_time
 from polder.common.geoindex import LocationIndex
 from polder.common.positions import apply_pings
 from polder.common.topics import DRIVER_LOCATIONS
-from polder.location.domain.pings import Fix, Limits, Ping, Screened, screen
+from polder.location.domain.pings import Fix, Limits, PingLike, Screened, screen
 from polder.location.metrics import LocationMetrics
 
 PINGS_RECORDED = "polder.location.pings_recorded.v1"
@@ -45,7 +45,7 @@ class Ingest:
             return from_index
         return mine
 
-    async def __call__(self, driver_id: str, pings: Sequence[Ping], now: datetime) -> Screened:
+    async def __call__(self, driver_id: str, pings: Sequence[PingLike], now: datetime) -> Screened:
         result = screen(pings, self.last_fix(driver_id), now, self.limits)
         self.metrics.batch_size.observe(len(pings))
         for _, reason in result.rejected:
@@ -67,7 +67,7 @@ class Ingest:
             self._last[driver_id] = result.last
         return result
 
-    def _ping_doc(self, p: Ping) -> dict[str, object]:
+    def _ping_doc(self, p: PingLike) -> dict[str, object]:
         doc: dict[str, object] = {
             "lat": p.lat,
             "lng": p.lng,

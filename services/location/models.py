@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
-from polder.location.domain.pings import Ping
-
 
 class PingIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -16,11 +14,6 @@ class PingIn(BaseModel):
     accuracy_m: float | None = None
     speed_mps: float | None = None
     heading_deg: float | None = None
-
-    def to_domain(self) -> Ping:
-        return Ping(
-            self.lat, self.lng, self.recorded_at, self.accuracy_m, self.speed_mps, self.heading_deg
-        )
 
 
 class PingBatchIn(BaseModel):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 import h3
 
@@ -21,6 +22,24 @@ class Reason(StrEnum):
     FUTURE = "recorded_in_future"
     STALE = "stale"
     IMPOSSIBLE_JUMP = "impossible_jump"
+
+
+class PingLike(Protocol):
+    """What screening reads of a ping. The API's parsed bodies satisfy it as they are, so the
+    hot path builds no second object per ping."""
+
+    @property
+    def lat(self) -> float: ...
+    @property
+    def lng(self) -> float: ...
+    @property
+    def recorded_at(self) -> datetime: ...
+    @property
+    def accuracy_m(self) -> float | None: ...
+    @property
+    def speed_mps(self) -> float | None: ...
+    @property
+    def heading_deg(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +69,12 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Screened:
-    accepted: list[tuple[int, Ping]]
+    accepted: list[tuple[int, PingLike]]
     rejected: list[tuple[int, Reason]]
     last: Fix | None
 
 
-def _shape_problem(p: Ping) -> Reason | None:
+def _shape_problem(p: PingLike) -> Reason | None:
     numbers = (p.lat, p.lng, p.accuracy_m, p.speed_mps, p.heading_deg)
     if any(x is not None and not math.isfinite(x) for x in numbers):
         return Reason.NOT_FINITE
@@ -77,7 +96,7 @@ def distance_m(a_lat: float, a_lng: float, b_lat: float, b_lng: float) -> float:
 
 
 def _motion_problem(
-    p: Ping, t: float, last: Fix | None, last_t: float, now_t: float, limits: Limits
+    p: PingLike, t: float, last: Fix | None, last_t: float, now_t: float, limits: Limits
 ) -> Reason | None:
     """``t``, ``last_t`` and ``now_t`` are epoch seconds: float arithmetic, not timedeltas,
     since this runs for every ping."""
@@ -93,14 +112,14 @@ def _motion_problem(
     return None
 
 
-def screen(pings: Sequence[Ping], last: Fix | None, now: datetime, limits: Limits) -> Screened:
+def screen(pings: Sequence[PingLike], last: Fix | None, now: datetime, limits: Limits) -> Screened:
     """Check a batch in recorded order against the driver's last accepted fix.
 
     Pings are taken in the order they were recorded (a phone may flush its buffer out of order);
     indices in the result refer to the batch as sent. A ping no newer than the last accepted one
     is stale, so a retried batch is not indexed twice.
     """
-    accepted: list[tuple[int, Ping]] = []
+    accepted: list[tuple[int, PingLike]] = []
     rejected: list[tuple[int, Reason]] = []
     times = [p.recorded_at.timestamp() for p in pings]
     now_t = now.timestamp()
