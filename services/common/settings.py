@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     fairness_weight: float = 0.5  # measured: half the ETA cost of 1.0 for the same wait gain
     driver_share: float = 0.75  # of the fare, for the estimated pay shown with an offer
 
+    # Billing service.
+    billing_silence_timeout_s: float = 900.0
+    default_policy: str = "nl_hourly"
+
     @model_validator(mode="after")
     def _production_needs_a_real_key(self) -> Settings:
         if self.mode == "production" and self.jwt_secret in ("", DEV_SIGNING_KEY):

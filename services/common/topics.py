@@ -40,6 +40,12 @@ DISPATCH = Topic(
     key="order_id",
     messages=("polder.dispatch.offer_made.v1", "polder.dispatch.offer_resolved.v1"),
 )
+BILLING = Topic(
+    "polder.billing",
+    partitions=4,
+    key="driver_id",
+    messages=("polder.billing.posted.v1",),
+)
 DLQ = Topic(
     "polder.dlq",
     partitions=1,
@@ -47,4 +53,4 @@ DLQ = Topic(
     messages=("polder.dlq.dead_letter.v1",),
 )
 
-TOPICS: tuple[Topic, ...] = (DRIVER_LOCATIONS, DRIVER_EVENTS, ORDERS, DISPATCH, DLQ)
+TOPICS: tuple[Topic, ...] = (DRIVER_LOCATIONS, DRIVER_EVENTS, ORDERS, DISPATCH, BILLING, DLQ)

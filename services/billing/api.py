@@ -1,0 +1,80 @@
+"""Billing routes: statements for workers and operators, trip fares for both parties."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from polder.billing.runtime import BillingRuntime
+from polder.billing.statements import parse_range
+from polder.common.auth import CurrentPrincipal, Role
+from polder.common.errors import ApiError
+
+router = APIRouter(prefix="/v1")
+DriverId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
+
+
+def _rt(request: Request) -> BillingRuntime:
+    rt: BillingRuntime = request.app.state.runtime
+    return rt
+
+
+@router.get(
+    "/drivers/{driver_id}/statement",
+    responses={**ERRORS, 200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+async def statement(
+    driver_id: DriverId,
+    request: Request,
+    principal: CurrentPrincipal,
+    start: Annotated[str | None, Query(alias="from")] = None,
+    end: Annotated[str | None, Query(alias="to")] = None,
+    policy: Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,40}$")] = None,
+) -> Response:
+    """A worker's time and money over a range under a pay policy (any policy can be asked
+    for, to compare rules on the same record). The worker itself, or an operator."""
+    if not (
+        principal.role is Role.OPERATOR
+        or (principal.role is Role.DRIVER and principal.sub == driver_id)
+    ):
+        raise ApiError(403, "forbidden", "only the worker itself or an operator")
+    rt = _rt(request)
+    now = datetime.now(UTC)
+    a, b = parse_range(start, end, now)
+    chosen = policy or rt.settings.default_policy
+    result = await rt.statements.statement(driver_id, a, b, chosen, now)
+    rt.metrics.waiting_seconds.labels(chosen, "yes").inc(result.paid_waiting_ms / 1000)
+    rt.metrics.waiting_seconds.labels(chosen, "no").inc(result.unpaid_waiting_ms / 1000)
+    if "text/csv" in request.headers.get("accept", ""):
+        return Response(result.to_csv(), media_type="text/csv")
+    return JSONResponse(result.to_dict())
+
+
+@router.get("/trips/{trip_id}/fare", responses=ERRORS)
+async def trip_fare(
+    trip_id: uuid.UUID, request: Request, principal: CurrentPrincipal
+) -> dict[str, Any]:
+    """The fare lines of a trip: the same wait minutes and fees for the customer and the
+    driver. The order's customer, the trip's driver, or an operator."""
+    view = await _rt(request).statements.trip(trip_id)
+    allowed = view is not None and (
+        principal.role is Role.OPERATOR
+        or (principal.role is Role.DRIVER and principal.sub == view.driver_id)
+        or (principal.role is Role.CUSTOMER and principal.sub == view.customer_id)
+    )
+    if view is None or not allowed:
+        raise ApiError(404, "not_found", "trip not found (or not ended yet)")
+    trip = view.trip
+    return {
+        "trip_id": str(trip_id),
+        "order_id": trip.order.order_id,
+        "driver_id": trip.driver_id,
+        "outcome": trip.record.outcome.value,
+        "pickup_wait_s": trip.pickup_wait_ms / 1000,
+        "fare": trip.fare.to_dict(),
+    }

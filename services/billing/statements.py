@@ -1,0 +1,141 @@
+"""Statements and trip fares, computed on request from the stored facts with the pure domain."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from polder.billing.domain.policies_rates import RateBook
+from polder.billing.domain.segments import Product
+from polder.billing.domain.statement import Statement, build_statement
+from polder.billing.domain.timeline import build_timeline
+from polder.billing.domain.trips import OrderFacts, Trip, trip_from_changes
+from polder.billing.ingest import change_from_row
+from polder.common.db import Pool
+from polder.common.errors import ApiError
+from polder.common.settings import Settings
+from polder.fares.money import CurrencyMismatch
+from polder.fares.tariff import TariffBook
+
+# How far before a statement's start the history is read, to know the state the worker was in.
+LOOKBACK = timedelta(days=2)
+
+
+@dataclass(frozen=True, slots=True)
+class TripView:
+    trip: Trip
+    driver_id: str
+    customer_id: str
+
+
+class Statements:
+    def __init__(
+        self, pool: Pool, tariffs: TariffBook, rates: RateBook, settings: Settings
+    ) -> None:
+        self.pool = pool
+        self.tariffs = tariffs
+        self.rates = rates
+        self.settings = settings
+
+    def grace_ms(self, product: Product | None, at: datetime) -> int:
+        tariff = self.tariffs.get(self.settings.city, product or "ride", at)
+        return tariff.wait_grace_s * 1000
+
+    async def statement(
+        self, driver_id: str, start: datetime, end: datetime, policy: str, now: datetime
+    ) -> Statement:
+        rows = await self.pool.fetch(
+            "SELECT event_id, at, data FROM driver_events WHERE driver_id = $1 "
+            "AND at >= $2 AND at < $3 ORDER BY at, seq",
+            driver_id,
+            start - LOOKBACK,
+            end,
+        )
+        changes = [change_from_row(r) for r in rows]
+        until = min(end, now)
+        until_ms = int(until.timestamp() * 1000)
+        timeline = build_timeline(
+            changes,
+            until_ms=until_ms,
+            # Billing does not read pings yet: a worker is alive until the statement's end.
+            last_sign_of_life_ms=until_ms,
+            silence_timeout_ms=int(self.settings.billing_silence_timeout_s * 1000),
+            grace_ms=lambda product: self.grace_ms(product, until),
+            driver_id=driver_id,
+        )
+        start_ms = int(start.timestamp() * 1000)
+        end_ms = int(end.timestamp() * 1000)
+        segments = timeline.clip(start_ms, end_ms).segments
+        trips = [t.trip.record for t in await self._trips(changes)]
+        currency = self.tariffs.get(self.settings.city, "ride", until).currency
+        jurisdiction = self.rates.jurisdiction_of_city(self.settings.city).id
+        try:
+            return build_statement(
+                driver_id,
+                start_ms,
+                end_ms,
+                policy,
+                segments,
+                trips,
+                self.rates,
+                currency,
+                jurisdiction=jurisdiction,
+            )
+        except (KeyError, CurrencyMismatch) as exc:
+            # e.g. prop22 for a worker paid in EUR: rates are never converted between currencies
+            raise ApiError(
+                422, "policy_not_applicable", f"policy {policy!r} has no rates here: {exc}"
+            ) from exc
+
+    async def _trips(self, changes: list[Any]) -> list[TripView]:
+        trip_ids = sorted({c.trip_id for c in changes if c.trip_id})
+        views = []
+        for trip_id in trip_ids:
+            view = await self.trip(uuid.UUID(trip_id))
+            if view is not None:
+                views.append(view)
+        return views
+
+    async def trip(self, trip_id: uuid.UUID) -> TripView | None:
+        rows = await self.pool.fetch(
+            "SELECT event_id, at, data FROM driver_events WHERE data ->> 'trip_id' = $1",
+            str(trip_id),
+        )
+        if not rows:
+            return None
+        changes = [change_from_row(r) for r in rows]
+        order_id = next((c.order_id for c in changes if c.order_id), None)
+        order_row = await self.pool.fetchrow(
+            "SELECT * FROM orders WHERE order_id = $1::uuid", order_id
+        )
+        if order_row is None:
+            return None
+        no_show = await self.pool.fetchval(
+            "SELECT 1 FROM order_changes WHERE order_id = $1 AND data ->> 'reason' = 'no_show'",
+            order_row["order_id"],
+        )
+        order = OrderFacts.from_row(order_row)
+        tariff = self.tariffs.get(order_row["city"], order.product, order_row["placed_at"])
+        trip = trip_from_changes(str(trip_id), changes, order, tariff, no_show=bool(no_show))
+        if trip is None:
+            return None
+        return TripView(trip, trip.driver_id, order.customer_id)
+
+
+def parse_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
+    """``from``/``to`` as RFC 3339; by default the current UTC day."""
+    try:
+        day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        a = datetime.fromisoformat(start) if start else day
+        b = datetime.fromisoformat(end) if end else a + timedelta(days=1)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", f"from/to must be RFC 3339: {exc}") from exc
+    if a.tzinfo is None or b.tzinfo is None:
+        raise ApiError(422, "invalid_request", "from/to need a UTC offset")
+    if b <= a:
+        raise ApiError(422, "invalid_request", "to must be after from")
+    if b - a > timedelta(days=62):
+        raise ApiError(422, "invalid_request", "a statement covers at most 62 days")
+    return a, b

@@ -1,0 +1,215 @@
+"""Billing for real: a ride through dispatch's API ends in a fare, a ledger posting and a
+statement, computed from the events billing consumed from the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from polder.billing.main import build_app as build_billing
+from polder.billing.runtime import BillingRuntime
+from polder.common.auth import issue_token
+from polder.common.settings import Settings
+from tests.conftest import eventually
+from tests.integration.test_dispatch import CENTRE, Dispatch, running
+from tests.support import serve
+
+pytestmark = pytest.mark.integration
+
+
+class Billing:
+    def __init__(self, base: str, rt: BillingRuntime, client: httpx.AsyncClient) -> None:
+        self.base, self.rt, self.client = base, rt, client
+
+    async def get(self, path: str, role: str, sub: str, **kw: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {issue_token(self.rt.settings, role, sub)}"}
+        headers.update(kw.pop("headers", {}))
+        return await self.client.get(f"{self.base}{path}", headers=headers, **kw)
+
+    @property
+    def pool(self) -> Any:
+        return self.rt.statements.pool
+
+
+@contextlib.asynccontextmanager
+async def billing_service(settings: Settings) -> AsyncIterator[Billing]:
+    app = build_billing(settings)
+    async with serve(app) as base, httpx.AsyncClient(timeout=15) as client:
+        yield Billing(base, app.state.runtime, client)
+
+
+async def ride(d: Dispatch, driver: str, customer: str) -> str:
+    await d.online(driver, *CENTRE)
+    await d.order(customer)
+    await d.batch()
+    [offer] = await d.offers(driver)
+    r = await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", driver)
+    trip_id: str = r.json()["trip_id"]
+    for step in ("arrived_pickup", "picked_up", "arrived_dropoff", "completed"):
+        r = await d.call(
+            "POST", f"/v1/trips/{trip_id}/events", "driver", driver, json={"type": step}
+        )
+        assert r.status_code == 200, r.text
+        await asyncio.sleep(0.2)
+    return trip_id
+
+
+async def test_a_ride_is_priced_posted_and_on_the_statement(settings: Settings) -> None:
+    async with running(settings) as d, billing_service(settings) as b:
+        trip_id = await ride(d, "drv-b1", "cust-b1")
+
+        async def fare() -> httpx.Response:
+            return await b.get(f"/v1/trips/{trip_id}/fare", "customer", "cust-b1")
+
+        customer_view = (await eventually(fare, until=lambda r: r.status_code == 200)).json()
+        driver_view = (await b.get(f"/v1/trips/{trip_id}/fare", "driver", "drv-b1")).json()
+        operator_view = (await b.get(f"/v1/trips/{trip_id}/fare", "operator", "ops")).json()
+        assert customer_view == driver_view == operator_view
+        assert customer_view["outcome"] == "completed"
+        fare = customer_view["fare"]
+        assert fare["currency"] == "EUR" and fare["total_minor"] > 0
+        assert sum(line["amount_minor"] for line in fare["lines"]) == fare["total_minor"]
+        assert (
+            await b.get(f"/v1/trips/{trip_id}/fare", "customer", "someone-else")
+        ).status_code == 404
+        assert (
+            await b.get(f"/v1/trips/{trip_id}/fare", "driver", "other-driver")
+        ).status_code == 404
+
+        async def postings() -> list[Any]:
+            rows: list[Any] = await b.pool.fetch("SELECT * FROM ledger_transactions")
+            return rows
+
+        [tx] = await eventually(postings, until=lambda rows: len(rows) == 1)
+        assert tx["kind"] == "trip_settlement" and str(tx["trip_id"]) == trip_id
+        entries = await b.pool.fetch("SELECT * FROM ledger_entries WHERE tx_id = $1", tx["tx_id"])
+        assert sum(e["amount_minor"] for e in entries) == 0
+        assert {e["account"] for e in entries} >= {
+            "customer:cust-b1:receivable",
+            "driver:drv-b1:payable",
+        }
+        customer_debit = next(e for e in entries if e["account"].startswith("customer:"))
+        assert customer_debit["amount_minor"] == fare["total_minor"]
+
+        # a window that has ended, so every request sees the same seconds
+        now = datetime.now(UTC)
+        window = {"from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()}
+        r = await b.get("/v1/drivers/drv-b1/statement", "driver", "drv-b1", params=window)
+        assert r.status_code == 200, r.text
+        s = r.json()
+        t = s["time"]
+        assert s["driver_id"] == "drv-b1" and s["policy"] == "nl_hourly"
+        assert t["on_trip_s"] > 0 and t["at_pickup_s"] > 0 and t["idle_s"] > 0
+        parts = sum(
+            t[k]
+            for k in (
+                "idle_s",
+                "offered_s",
+                "en_route_pickup_s",
+                "at_pickup_s",
+                "on_trip_s",
+                "at_dropoff_s",
+            )
+        )
+        assert t["online_s"] == pytest.approx(parts, abs=0.01)
+        waiting = t["idle_s"] + t["offered_s"] + t["at_pickup_s"] + t["at_dropoff_s"]
+        assert s["waiting"]["total_s"] == pytest.approx(waiting, abs=0.01)
+        assert s["waiting"]["paid_s"] + s["waiting"]["unpaid_s"] == pytest.approx(waiting, abs=0.01)
+        assert s["earnings"]["currency"] == "EUR" and s["earnings"]["total_minor"] > 0
+        assert 0 <= s["unpaid_share"] <= 1
+
+        # the same record under another policy: the same seconds, other money
+        prop22 = (
+            await b.get(
+                "/v1/drivers/drv-b1/statement",
+                "operator",
+                "ops",
+                params={**window, "policy": "platform_share"},
+            )
+        ).json()
+        assert prop22["time"] == s["time"] and prop22["policy"] == "platform_share"
+        csv = await b.get(
+            "/v1/drivers/drv-b1/statement",
+            "driver",
+            "drv-b1",
+            params=window,
+            headers={"accept": "text/csv"},
+        )
+        assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+        assert "drv-b1" in csv.text or "total" in csv.text
+        assert (
+            await b.get("/v1/drivers/drv-b1/statement", "driver", "drv-b2", params=window)
+        ).status_code == 403
+        assert (
+            await b.get("/v1/drivers/drv-b1/statement", "customer", "drv-b1", params=window)
+        ).status_code == 403
+        bad = await b.get(
+            "/v1/drivers/drv-b1/statement", "operator", "ops", params={"from": "yesterday"}
+        )
+        assert bad.status_code == 422
+
+
+async def test_a_replayed_topic_posts_nothing_twice(settings: Settings) -> None:
+    async with running(settings) as d, billing_service(settings) as b:
+        await ride(d, "drv-r", "cust-r")
+
+        async def count() -> int:
+            n: int = await b.pool.fetchval("SELECT count(*) FROM ledger_transactions")
+            return n
+
+        await eventually(count, until=lambda n: n == 1)
+        stored = await b.pool.fetchval("SELECT count(*) FROM driver_events")
+    # A second billing instance on a fresh consumer group reads both topics from offset 0:
+    # every event is a duplicate of one already processed.
+    replay = settings.model_copy(update={"namespace": settings.namespace})
+    async with billing_service(replay) as again:
+        metrics = again.rt.metrics
+        await asyncio.sleep(0.5)
+        assert await again.pool.fetchval("SELECT count(*) FROM ledger_transactions") == 1
+        assert await again.pool.fetchval("SELECT count(*) FROM driver_events") == stored
+        assert metrics.postings.labels("trip_settlement")._value.get() == 0
+
+
+async def test_the_database_keeps_the_ledger_balanced_and_append_only(settings: Settings) -> None:
+    async with billing_service(settings) as b:
+        tx = uuid.uuid4()
+        async with b.pool.acquire() as conn:
+            with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO ledger_transactions (tx_id, kind, occurred_at, caused_by) "
+                        "VALUES ($1, 'test', now(), 'test')",
+                        tx,
+                    )
+                    await conn.execute(
+                        "INSERT INTO ledger_entries VALUES "
+                        "($1, $2, 'a', 'EUR', 100), ($3, $2, 'b', 'EUR', -99)",
+                        uuid.uuid4(),
+                        tx,
+                        uuid.uuid4(),
+                    )
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO ledger_transactions (tx_id, kind, occurred_at, caused_by) "
+                    "VALUES ($1, 'test', now(), 'test')",
+                    tx,
+                )
+                await conn.execute(
+                    "INSERT INTO ledger_entries VALUES "
+                    "($1, $2, 'a', 'EUR', 100), ($3, $2, 'b', 'EUR', -100)",
+                    uuid.uuid4(),
+                    tx,
+                    uuid.uuid4(),
+                )
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute("UPDATE ledger_entries SET amount_minor = 1")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute("DELETE FROM ledger_transactions")
