@@ -30,6 +30,7 @@ class Up:
             POLDER_BROKER_PORT=str(free_port()),
             POLDER_LOCATION_PORT=str(free_port()),
             POLDER_DISPATCH_PORT=str(free_port()),
+            POLDER_BILLING_PORT=str(free_port()),
             POLDER_KAFKA_SESSION_TIMEOUT_MS="2000",
             POLDER_KAFKA_HEARTBEAT_MS="400",
         )
@@ -135,7 +136,10 @@ def test_polder_up_runs_the_system_and_stops_everything_it_started(up: Up) -> No
     output = "".join(up.lines)
     assert "Stopped." in output
     assert port_is_free("127.0.0.1", int(up.env["POLDER_BROKER_PORT"]))
-    assert port_is_free("127.0.0.1", int(up.env["POLDER_LOCATION_PORT"]))
+    for service in ("LOCATION", "DISPATCH", "BILLING"):
+        assert port_is_free("127.0.0.1", int(up.env[f"POLDER_{service}_PORT"]))
+    for name in ("location", "dispatch", "billing"):
+        assert f"  {name}" in output  # every service was started and announced
     assert not (Path(up.env["POLDER_DATA_DIR"]) / "pgdata" / "postmaster.pid").exists()
 
     # The data directory persists: a second run finds the first run's traces.
