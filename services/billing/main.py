@@ -14,6 +14,8 @@ from polder.billing.api import router
 from polder.billing.domain.policies_rates import load_rates
 from polder.billing.ingest import CONSUMER, BillingIngest
 from polder.billing.metrics import BillingMetrics
+from polder.billing.pings import CONSUMER as PINGS_CONSUMER
+from polder.billing.pings import PingKeeper
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import Statements
 from polder.common.bus import Bus, Consumer
@@ -22,8 +24,8 @@ from polder.common.http import service_app
 from polder.common.outbox import OutboxRelay
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
-from polder.common.tasks import stop_tasks, tasks_alive, wait_for_start
-from polder.common.topics import DRIVER_EVENTS, ORDERS
+from polder.common.tasks import stop_tasks, tasks_alive
+from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
 from polder.fares.tariff import load_tariffs
 
 SERVICE = "billing"
@@ -58,13 +60,21 @@ def build_app(settings: Settings) -> FastAPI:
                 handler=ingest,
                 group_id=CONSUMER,
             )
+            pings = Consumer(
+                name=PINGS_CONSUMER,
+                settings=settings,
+                registry=bus.registry,
+                bus=bus,
+                metrics=metrics,
+                topics=[DRIVER_LOCATIONS],
+                handler=PingKeeper(pool, metrics, int(settings.billing_ping_spacing_s * 1000)),
+                group_id=PINGS_CONSUMER,
+            )
             tasks = [
                 asyncio.create_task(consumer.run(stop), name="billing-consumer"),
+                asyncio.create_task(pings.run(stop), name="billing-pings"),
                 asyncio.create_task(relay.run(stop), name="billing-outbox"),
             ]
-            ready = asyncio.Event()
-            ready.set()  # the group join can take seconds on Tansu; readiness needs the DB
-            await wait_for_start(ready, tasks, "billing consumer")
             app.state.settings = settings
             app.state.runtime = BillingRuntime(
                 settings=settings,

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from polder.billing.domain.distance import (
+    Ping,
+    TripDistance,
+    engaged_distance,
+    estimate_clock_offset_ms,
+)
+from polder.billing.domain.policies_base import TripRecord
 from polder.billing.domain.policies_rates import RateBook
 from polder.billing.domain.segments import Product
 from polder.billing.domain.statement import Statement, build_statement
-from polder.billing.domain.timeline import build_timeline
+from polder.billing.domain.timeline import build_timeline, epoch_ms
 from polder.billing.domain.trips import OrderFacts, Trip, trip_from_changes
 from polder.billing.ingest import change_from_row
 from polder.common.db import Pool
@@ -54,21 +61,41 @@ class Statements:
             end,
         )
         changes = [change_from_row(r) for r in rows]
+        ping_rows = await self.pool.fetch(
+            "SELECT recorded_at_ms, received_at, lat, lng, accuracy_m FROM pings "
+            "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3 "
+            "ORDER BY recorded_at_ms",
+            driver_id,
+            start - LOOKBACK,
+            end,
+        )
         until = min(end, now)
-        until_ms = int(until.timestamp() * 1000)
+        signs = [epoch_ms(r["received_at"]) for r in ping_rows]
+        last_sign = max([*signs, *(c.at_ms for c in changes)], default=None)
         timeline = build_timeline(
             changes,
-            until_ms=until_ms,
-            # Billing does not read pings yet: a worker is alive until the statement's end.
-            last_sign_of_life_ms=until_ms,
+            until_ms=epoch_ms(until),
+            last_sign_of_life_ms=last_sign,
             silence_timeout_ms=int(self.settings.billing_silence_timeout_s * 1000),
             grace_ms=lambda product: self.grace_ms(product, until),
+            signs_of_life_ms=signs,
             driver_id=driver_id,
         )
-        start_ms = int(start.timestamp() * 1000)
-        end_ms = int(end.timestamp() * 1000)
-        segments = timeline.clip(start_ms, end_ms).segments
-        trips = [t.trip.record for t in await self._trips(changes)]
+        # Phones' clocks drift: pings are placed on the server's clock before measuring.
+        offset = estimate_clock_offset_ms(
+            (epoch_ms(r["received_at"]), r["recorded_at_ms"]) for r in ping_rows
+        )
+        measured = engaged_distance(
+            timeline.segments,
+            [Ping(r["recorded_at_ms"], r["lat"], r["lng"], r["accuracy_m"]) for r in ping_rows],
+            clock_offset_ms=offset,
+        )
+        start_ms, end_ms = epoch_ms(start), epoch_ms(end)
+        segments = replace(timeline, segments=measured.segments).clip(start_ms, end_ms).segments
+        trips = [
+            _with_measured(t.trip.record, measured.trips.get(t.trip.trip_id))
+            for t in await self._trips(changes)
+        ]
         currency = self.tariffs.get(self.settings.city, "ride", until).currency
         jurisdiction = self.rates.jurisdiction_of_city(self.settings.city).id
         try:
@@ -139,3 +166,10 @@ def parse_range(start: str | None, end: str | None, now: datetime) -> tuple[date
     if b - a > timedelta(days=62):
         raise ApiError(422, "invalid_request", "a statement covers at most 62 days")
     return a, b
+
+
+def _with_measured(record: TripRecord, measured: TripDistance | None) -> TripRecord:
+    """Distances driven as the pings tell them, where there are pings; else the quote's."""
+    if measured is None or measured.engaged_m <= 0:
+        return record
+    return replace(record, p3_distance_m=measured.p3_m, engaged_distance_m=measured.engaged_m)

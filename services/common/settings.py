@@ -78,6 +78,7 @@ class Settings(BaseSettings):
 
     # Billing service.
     billing_silence_timeout_s: float = 900.0
+    billing_ping_spacing_s: float = 5.0
     default_policy: str = "nl_hourly"
 
     @model_validator(mode="after")
