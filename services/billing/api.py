@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import parse_range
-from polder.common.auth import CurrentPrincipal, Role
+from polder.common.auth import CurrentPrincipal, Role, require_role
 from polder.common.errors import ApiError
 
 router = APIRouter(prefix="/v1")
@@ -78,3 +78,20 @@ async def trip_fare(
         "pickup_wait_s": trip.pickup_wait_ms / 1000,
         "fare": trip.fare.to_dict(),
     }
+
+
+@router.get("/reports/waiting", responses=ERRORS)
+async def waiting_report(
+    request: Request,
+    principal: CurrentPrincipal,
+    start: Annotated[str | None, Query(alias="from")] = None,
+    end: Annotated[str | None, Query(alias="to")] = None,
+    group_by: Annotated[Literal["driver", "cell", "hour"], Query()] = "driver",
+) -> dict[str, Any]:
+    """P1/P2/P3 and waiting shares, paid and unpaid waiting hours, the share of workers below
+    each policy's floor per online hour, and the Gini of unpaid waiting (operators)."""
+    require_role(principal, Role.OPERATOR)
+    rt = _rt(request)
+    now = datetime.now(UTC)
+    a, b = parse_range(start, end, now)
+    return await rt.reports.waiting(a, b, group_by, now)

@@ -17,7 +17,7 @@ from polder.billing.metrics import BillingMetrics
 from polder.billing.pings import CONSUMER as PINGS_CONSUMER
 from polder.billing.pings import PingKeeper
 from polder.billing.runtime import BillingRuntime
-from polder.billing.statements import Statements
+from polder.billing.statements import Reports, Statements
 from polder.common.bus import Bus, Consumer
 from polder.common.db import create_pool, migrate
 from polder.common.http import service_app
@@ -76,9 +76,11 @@ def build_app(settings: Settings) -> FastAPI:
                 asyncio.create_task(relay.run(stop), name="billing-outbox"),
             ]
             app.state.settings = settings
+            statements = Statements(pool, tariffs, load_rates(), settings)
             app.state.runtime = BillingRuntime(
                 settings=settings,
-                statements=Statements(pool, tariffs, load_rates(), settings),
+                statements=statements,
+                reports=Reports(statements),
                 metrics=metrics,
             )
             app.state.ready_checks = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from polder.billing.metrics import BillingMetrics
-from polder.billing.statements import Statements
+from polder.billing.statements import Reports, Statements
 from polder.common.settings import Settings
 
 
@@ -13,4 +13,5 @@ from polder.common.settings import Settings
 class BillingRuntime:
     settings: Settings
     statements: Statements
+    reports: Reports
     metrics: BillingMetrics

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import h3.api.basic_int as h3
 
 from polder.billing.domain.distance import (
     Ping,
@@ -13,10 +16,17 @@ from polder.billing.domain.distance import (
     engaged_distance,
     estimate_clock_offset_ms,
 )
+from polder.billing.domain.policies import PolicyName, from_ms, get_policy
 from polder.billing.domain.policies_base import TripRecord
 from polder.billing.domain.policies_rates import RateBook
-from polder.billing.domain.segments import Product
-from polder.billing.domain.statement import Statement, build_statement
+from polder.billing.domain.report import Tally, by_cell, by_hour, by_worker, overall
+from polder.billing.domain.segments import Product, Segment
+from polder.billing.domain.statement import (
+    Statement,
+    build_statement,
+    share_below_floor,
+    unpaid_waiting_gini,
+)
 from polder.billing.domain.timeline import build_timeline, epoch_ms
 from polder.billing.domain.trips import OrderFacts, Trip, trip_from_changes
 from polder.billing.ingest import change_from_row
@@ -28,6 +38,7 @@ from polder.fares.tariff import TariffBook
 
 # How far before a statement's start the history is read, to know the state the worker was in.
 LOOKBACK = timedelta(days=2)
+ALL_POLICIES = [p.value for p in PolicyName]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,14 @@ class TripView:
     trip: Trip
     driver_id: str
     customer_id: str
+
+
+class PolicyNotApplicable(ApiError):
+    def __init__(self, policy: str, reason: Exception) -> None:
+        super().__init__(
+            422, "policy_not_applicable", f"policy {policy!r} has no rates here: {reason}"
+        )
+        self.policy = policy
 
 
 class Statements:
@@ -53,6 +72,14 @@ class Statements:
     async def statement(
         self, driver_id: str, start: datetime, end: datetime, policy: str, now: datetime
     ) -> Statement:
+        statement, _, _ = await self.compute(driver_id, start, end, [policy], now)
+        return statement[0]
+
+    async def compute(
+        self, driver_id: str, start: datetime, end: datetime, policies: list[str], now: datetime
+    ) -> tuple[list[Statement], tuple[Segment, ...], list[tuple[int, int]]]:
+        """Statements under each policy, the worker's segments in the range, and its pings as
+        (server time ms, res-8 cell), from one read of its history."""
         rows = await self.pool.fetch(
             "SELECT event_id, at, data FROM driver_events WHERE driver_id = $1 "
             "AND at >= $2 AND at < $3 ORDER BY at, seq",
@@ -62,7 +89,7 @@ class Statements:
         )
         changes = [change_from_row(r) for r in rows]
         ping_rows = await self.pool.fetch(
-            "SELECT recorded_at_ms, received_at, lat, lng, accuracy_m FROM pings "
+            "SELECT recorded_at_ms, received_at, lat, lng, accuracy_m, cell8 FROM pings "
             "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3 "
             "ORDER BY recorded_at_ms",
             driver_id,
@@ -98,23 +125,27 @@ class Statements:
         ]
         currency = self.tariffs.get(self.settings.city, "ride", until).currency
         jurisdiction = self.rates.jurisdiction_of_city(self.settings.city).id
-        try:
-            return build_statement(
-                driver_id,
-                start_ms,
-                end_ms,
-                policy,
-                segments,
-                trips,
-                self.rates,
-                currency,
-                jurisdiction=jurisdiction,
-            )
-        except (KeyError, CurrencyMismatch) as exc:
-            # e.g. prop22 for a worker paid in EUR: rates are never converted between currencies
-            raise ApiError(
-                422, "policy_not_applicable", f"policy {policy!r} has no rates here: {exc}"
-            ) from exc
+        statements = []
+        for policy in policies:
+            try:
+                statements.append(
+                    build_statement(
+                        driver_id,
+                        start_ms,
+                        end_ms,
+                        policy,
+                        segments,
+                        trips,
+                        self.rates,
+                        currency,
+                        jurisdiction=jurisdiction,
+                    )
+                )
+            except (KeyError, CurrencyMismatch) as exc:
+                # e.g. prop22 for a worker paid in EUR: rates are never converted
+                raise PolicyNotApplicable(policy, exc) from exc
+        pings = [(epoch_ms(r["received_at"]), r["cell8"]) for r in ping_rows]
+        return statements, segments, pings
 
     async def _trips(self, changes: list[Any]) -> list[TripView]:
         trip_ids = sorted({c.trip_id for c in changes if c.trip_id})
@@ -173,3 +204,70 @@ def _with_measured(record: TripRecord, measured: TripDistance | None) -> TripRec
     if measured is None or measured.engaged_m <= 0:
         return record
     return replace(record, p3_distance_m=measured.p3_m, engaged_distance_m=measured.engaged_m)
+
+
+class Reports:
+    """The operator's waiting report over every worker active in a range."""
+
+    def __init__(self, statements: Statements, max_workers: int = 5_000) -> None:
+        self.statements = statements
+        self.max_workers = max_workers
+
+    async def waiting(
+        self, start: datetime, end: datetime, group_by: str, now: datetime
+    ) -> dict[str, Any]:
+        st = self.statements
+        drivers = [
+            r["driver_id"]
+            for r in await st.pool.fetch(
+                "SELECT DISTINCT driver_id FROM driver_events WHERE at >= $1 AND at < $2 "
+                "ORDER BY driver_id LIMIT $3",
+                start - LOOKBACK,
+                end,
+                self.max_workers,
+            )
+        ]
+        default = st.settings.default_policy
+        segments: list[Segment] = []
+        pings: dict[str, list[tuple[int, int]]] = {}
+        by_policy: dict[str, list[Statement]] = {}
+        for driver in drivers:
+            statements, segs, trace = await st.compute(driver, start, end, [default], now)
+            segments += segs
+            pings[driver] = trace
+            by_policy.setdefault(default, []).append(statements[0])
+            for policy in ALL_POLICIES:
+                if policy == default:
+                    continue
+                try:
+                    [other], _, _ = await st.compute(driver, start, end, [policy], now)
+                except PolicyNotApplicable:
+                    continue  # another currency: no rates to compare against
+                by_policy.setdefault(policy, []).append(other)
+        classify = get_policy(default).classify
+        groups: Mapping[Any, Tally]
+        if group_by == "driver":
+            groups = by_worker(segments, classify)
+        elif group_by == "hour":
+            groups = {
+                from_ms(k).isoformat(): v for k, v in sorted(by_hour(segments, classify).items())
+            }
+        else:
+            groups = {
+                (h3.int_to_str(k) if k is not None else "unknown"): v
+                for k, v in by_cell(segments, pings, classify).items()
+            }
+        below: dict[str, float] = {}
+        for statements in by_policy.values():
+            below.update({str(k): v for k, v in share_below_floor(statements).items()})
+        return {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "group_by": group_by,
+            "policy": default,
+            "workers": len(drivers),
+            "totals": overall(segments, classify).to_dict(),
+            "groups": [{"key": str(k), **v.to_dict()} for k, v in groups.items()],
+            "below_floor_share": below,
+            "unpaid_waiting_gini": round(unpaid_waiting_gini(by_policy.get(default, [])), 6),
+        }

@@ -213,3 +213,44 @@ async def test_the_database_keeps_the_ledger_balanced_and_append_only(settings: 
                 await conn.execute("UPDATE ledger_entries SET amount_minor = 1")
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
                 await conn.execute("DELETE FROM ledger_transactions")
+
+
+async def test_operators_get_the_waiting_report(settings: Settings) -> None:
+    async with running(settings) as d, billing_service(settings) as b:
+        await ride(d, "drv-w1", "cust-w1")
+        await d.online("drv-w2", CENTRE[0] + 0.01, CENTRE[1])
+
+        async def settled() -> int:
+            n: int = await b.pool.fetchval("SELECT count(*) FROM ledger_transactions")
+            return n
+
+        await eventually(settled, until=lambda n: n == 1)
+        now = datetime.now(UTC)
+        window = {"from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()}
+        r = await b.get(
+            "/v1/reports/waiting", "operator", "ops", params={**window, "group_by": "driver"}
+        )
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert report["workers"] == 2 and report["policy"] == "nl_hourly"
+        totals = report["totals"]
+        assert totals["p1_share"] + totals["p2_share"] + totals["p3_share"] == pytest.approx(
+            1, abs=1e-5
+        )
+        assert {g["key"] for g in report["groups"]} == {"drv-w1", "drv-w2"}
+        assert 0 <= report["unpaid_waiting_gini"] <= 1
+        assert "nl_hourly" in report["below_floor_share"]
+        for group_by in ("hour", "cell"):
+            grouped = await b.get(
+                "/v1/reports/waiting", "operator", "ops", params={**window, "group_by": group_by}
+            )
+            assert grouped.status_code == 200
+            online = sum(g["online_s"] for g in grouped.json()["groups"])
+            assert online == pytest.approx(totals["online_s"], abs=0.01)
+        assert (
+            await b.get("/v1/reports/waiting", "driver", "drv-w1", params=window)
+        ).status_code == 403
+        bad = await b.get(
+            "/v1/reports/waiting", "operator", "ops", params={**window, "group_by": "moon"}
+        )
+        assert bad.status_code == 422
