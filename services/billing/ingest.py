@@ -64,7 +64,10 @@ class BillingIngest:
                     and data.get("trip_id")
                 ):
                     ended_trips.add(data["trip_id"])
-                elif r.event.type == ORDER_PLACED:
+                elif r.event.type == ORDER_PLACED or (
+                    r.event.type == ORDER_CHANGED and data["to"] == "cancelled"
+                ):
+                    # the order, or why it was cancelled (a no-show), may come after the trip's end
                     placed_orders.add(data["order_id"])
             outgoing = await self._settle(conn, ended_trips, placed_orders)
             await add_to_outbox(conn, self.bus, outgoing)

@@ -14,6 +14,7 @@ from polder.billing.api import router
 from polder.billing.domain.policies_rates import load_rates
 from polder.billing.ingest import CONSUMER, BillingIngest
 from polder.billing.metrics import BillingMetrics
+from polder.billing.periods import PeriodCloser
 from polder.billing.pings import CONSUMER as PINGS_CONSUMER
 from polder.billing.pings import PingKeeper
 from polder.billing.runtime import BillingRuntime
@@ -60,6 +61,7 @@ def build_app(settings: Settings) -> FastAPI:
                 handler=ingest,
                 group_id=CONSUMER,
             )
+            statements = Statements(pool, tariffs, load_rates(), settings)
             pings = Consumer(
                 name=PINGS_CONSUMER,
                 settings=settings,
@@ -70,17 +72,19 @@ def build_app(settings: Settings) -> FastAPI:
                 handler=PingKeeper(pool, metrics, int(settings.billing_ping_spacing_s * 1000)),
                 group_id=PINGS_CONSUMER,
             )
+            closer = PeriodCloser(statements, bus, relay, metrics, policy=settings.default_policy)
             tasks = [
                 asyncio.create_task(consumer.run(stop), name="billing-consumer"),
+                asyncio.create_task(closer.run(stop), name="billing-periods"),
                 asyncio.create_task(pings.run(stop), name="billing-pings"),
                 asyncio.create_task(relay.run(stop), name="billing-outbox"),
             ]
             app.state.settings = settings
-            statements = Statements(pool, tariffs, load_rates(), settings)
             app.state.runtime = BillingRuntime(
                 settings=settings,
                 statements=statements,
                 reports=Reports(statements),
+                closer=closer,
                 metrics=metrics,
             )
             app.state.ready_checks = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from polder.billing.metrics import BillingMetrics
+from polder.billing.periods import PeriodCloser
 from polder.billing.statements import Reports, Statements
 from polder.common.settings import Settings
 
@@ -14,4 +15,5 @@ class BillingRuntime:
     settings: Settings
     statements: Statements
     reports: Reports
+    closer: PeriodCloser
     metrics: BillingMetrics

@@ -254,3 +254,88 @@ async def test_operators_get_the_waiting_report(settings: Settings) -> None:
             "/v1/reports/waiting", "operator", "ops", params={**window, "group_by": "moon"}
         )
         assert bad.status_code == 422
+
+
+async def _shift(pool: Any, driver: str, changes: list[tuple[datetime, str, str, str]]) -> None:
+    """Store state changes as the consumer would (server times), bypassing the broker."""
+    seq = await pool.fetchval(
+        "SELECT coalesce(max(seq), 0) FROM driver_events WHERE driver_id = $1", driver
+    )
+    for i, (at, before, after, cause) in enumerate(changes, start=seq + 1):
+        data = {"driver_id": driver, "seq": i, "from": before, "to": after, "cause": cause}
+        await pool.execute(
+            "INSERT INTO driver_events (event_id, driver_id, seq, at, data) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            str(uuid.uuid4()),
+            driver,
+            i,
+            at,
+            data,
+        )
+
+
+async def _alive(pool: Any, driver: str, start: datetime, end: datetime) -> None:
+    """A ping every 5 minutes: the worker's app was on (billing infers silence otherwise)."""
+    t = start
+    while t <= end:
+        await pool.execute(
+            "INSERT INTO pings (driver_id, recorded_at_ms, received_at, lat, lng, cell8) "
+            "VALUES ($1, $2, $3, 52.37, 4.89, 0)",
+            driver,
+            int(t.timestamp() * 1000),
+            t,
+        )
+        t += timedelta(minutes=5)
+
+
+async def test_a_day_below_the_floor_gets_one_top_up_corrected_by_late_events(
+    settings: Settings,
+) -> None:
+    async with billing_service(settings) as b:
+        closer = b.rt.closer
+        day = closer.day_of(datetime.now(UTC)) - timedelta(days=1)
+        nine, eleven = day + timedelta(hours=9), day + timedelta(hours=11)
+        await _shift(
+            b.pool,
+            "drv-t",
+            [(nine, "offline", "idle", "went_online"), (eleven, "idle", "offline", "went_offline")],
+        )
+        await _alive(b.pool, "drv-t", nine, eleven)
+        now = datetime.now(UTC)
+        assert await closer.close(day, now) == 1
+        [tx] = await b.pool.fetch(
+            "SELECT * FROM ledger_transactions WHERE kind = 'topup:nl_hourly'"
+        )
+        entries = await b.pool.fetch("SELECT * FROM ledger_entries WHERE tx_id = $1", tx["tx_id"])
+        # NL minimum wage from 2025-07-01: EUR 14.40/h x 2 online h, nothing earned (policies.json)
+        assert {e["account"]: e["amount_minor"] for e in entries} == {
+            "platform:topup_expense": 2880,
+            "driver:drv-t:payable": -2880,
+        }
+        assert await closer.close(day, now) == 0  # closing again changes nothing
+
+        # a late event: the worker took a 30 min break in the middle (not paid online time)
+        await _shift(
+            b.pool,
+            "drv-t",
+            [
+                (nine + timedelta(minutes=30), "idle", "break", "took_break"),
+                (nine + timedelta(minutes=60), "break", "idle", "went_online"),
+            ],
+        )
+        assert await closer.close(day, now) == 2  # the old top-up reversed, the right one posted
+        live = await b.pool.fetchval(
+            "SELECT -sum(amount_minor) FROM ledger_entries WHERE account = 'driver:drv-t:payable'"
+        )
+        assert live == 2160  # 1.5 h x 1440
+        assert (
+            await b.pool.fetchval(
+                "SELECT count(*) FROM ledger_transactions WHERE reverses IS NOT NULL"
+            )
+            == 1
+        )
+        unbalanced = await b.pool.fetchval(
+            "SELECT count(*) FROM (SELECT tx_id FROM ledger_entries GROUP BY tx_id, currency "
+            "HAVING sum(amount_minor) <> 0) x"
+        )
+        assert unbalanced == 0

@@ -113,9 +113,11 @@ def trip_settlement(
 def topup(
     *, driver_id: str, policy: str, period: str, currency: str, amount_minor: int, at: datetime
 ) -> Posting:
-    """A pay floor above what the worker earned in a period: the platform pays the difference."""
+    """A pay floor above what the worker earned in a period: the platform pays the difference.
+    The amount is part of the id: a recount that changes it is a new posting (after the old
+    one's reversal), a recount that does not is the same posting."""
     return Posting(
-        tx_id=derived_id("topup", driver_id, policy, period),
+        tx_id=derived_id("topup", driver_id, policy, period, str(amount_minor)),
         kind=f"topup:{policy}",
         driver_id=driver_id,
         trip_id=None,
