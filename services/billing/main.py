@@ -1,8 +1,7 @@
-"""Composition root of the billing service: settings → pool, producer → app + consumer."""
+"""Composition root of the billing service: settings → pool, producer → app + consumers."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -19,13 +18,10 @@ from polder.billing.pings import CONSUMER as PINGS_CONSUMER
 from polder.billing.pings import PingKeeper
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import Reports, Statements
-from polder.common.bus import Bus, Consumer
-from polder.common.db import create_pool, migrate
 from polder.common.http import service_app
 from polder.common.outbox import OutboxRelay
-from polder.common.schemas import SchemaRegistry
+from polder.common.service import service_resources
 from polder.common.settings import Settings
-from polder.common.tasks import stop_tasks, tasks_alive
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
 from polder.fares.tariff import load_tariffs
 
@@ -38,48 +34,25 @@ def build_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        schema = settings.db_schema(SERVICE)
-        pool = await create_pool(settings.database_url, schema, max_size=10)
-        bus = Bus(settings, SchemaRegistry.load(), source=f"polder/{SERVICE}")
-        stop = asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            await migrate(pool, schema, MIGRATIONS)
-            await bus.start()
-            relay = OutboxRelay(pool, bus)
+        async with service_resources(settings, SERVICE, MIGRATIONS, metrics) as res:
+            relay = OutboxRelay(res.pool, res.bus)
             tariffs = load_tariffs()
-            ingest = BillingIngest(
-                pool, bus, relay, tariffs, Decimal(str(settings.driver_share)), metrics
+            share = Decimal(str(settings.driver_share))
+            ingest = BillingIngest(res.pool, res.bus, relay, tariffs, share, metrics)
+            statements = Statements(res.pool, tariffs, load_rates(), settings)
+            closer = PeriodCloser(
+                statements, res.bus, relay, metrics, policy=settings.default_policy
             )
-            consumer = Consumer(
-                name=CONSUMER,
-                settings=settings,
-                registry=bus.registry,
-                bus=bus,
-                metrics=metrics,
-                topics=[DRIVER_EVENTS, ORDERS],
-                handler=ingest,
-                group_id=CONSUMER,
-            )
-            statements = Statements(pool, tariffs, load_rates(), settings)
-            pings = Consumer(
-                name=PINGS_CONSUMER,
-                settings=settings,
-                registry=bus.registry,
-                bus=bus,
-                metrics=metrics,
-                topics=[DRIVER_LOCATIONS],
-                handler=PingKeeper(pool, metrics, int(settings.billing_ping_spacing_s * 1000)),
+            spacing_ms = int(settings.billing_ping_spacing_s * 1000)
+            res.consumer(CONSUMER, [DRIVER_EVENTS, ORDERS], ingest, group_id=CONSUMER)
+            res.consumer(
+                PINGS_CONSUMER,
+                [DRIVER_LOCATIONS],
+                PingKeeper(res.pool, metrics, spacing_ms),
                 group_id=PINGS_CONSUMER,
             )
-            closer = PeriodCloser(statements, bus, relay, metrics, policy=settings.default_policy)
-            tasks = [
-                asyncio.create_task(consumer.run(stop), name="billing-consumer"),
-                asyncio.create_task(closer.run(stop), name="billing-periods"),
-                asyncio.create_task(pings.run(stop), name="billing-pings"),
-                asyncio.create_task(relay.run(stop), name="billing-outbox"),
-            ]
-            app.state.settings = settings
+            res.run(relay.run(res.stop), "billing-outbox")
+            res.run(closer.run(res.stop), "billing-periods")
             app.state.runtime = BillingRuntime(
                 settings=settings,
                 statements=statements,
@@ -87,24 +60,11 @@ def build_app(settings: Settings) -> FastAPI:
                 closer=closer,
                 metrics=metrics,
             )
-            app.state.ready_checks = {
-                "database": lambda: pool.execute("SELECT 1"),
-                "broker": bus.ping,
-                "tasks": lambda: tasks_alive(tasks),
-            }
+            app.state.ready_checks = res.ready_checks()
             yield
-        finally:
-            stop.set()
-            await stop_tasks(tasks)
-            await bus.stop()
-            await pool.close()
 
     app = service_app(
-        title="Polder billing service",
-        lifespan=lifespan,
-        metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
+        title="Polder billing service", settings=settings, lifespan=lifespan, metrics=metrics
     )
-    app.state.settings = settings
     app.include_router(router)
     return app

@@ -6,17 +6,20 @@ Positions carry two clocks: ``recorded_at`` (device, orders a driver's pings so 
 never overwrites a newer one) and ``seen_at`` (server, decides freshness: a driver with no ping
 for ``ttl_s`` leaves the index). All times are epoch seconds; ``now`` is always passed in.
 
-The index never changes a ``Position`` once made (an upsert makes a new one), so callers may keep
-the ones it hands out; they must not modify them.
+The index never changes a ``Position`` it has handed out (an upsert makes a new one), so
+callers may keep them; they must not modify them.
+
+Layout: drivers are grouped by their cell at the index's resolution; each occupied cell knows
+its centre and how far its members reach from it, so a search can skip it whole. Coarser levels
+group the occupied cells by ancestor, for searches that must walk far (wide radius, few drivers).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from operator import itemgetter
 
 import h3.api.basic_int as h3
 from h3 import H3BaseException
@@ -26,32 +29,52 @@ from h3 import H3BaseException
 _SPACING_SAFETY = 0.5
 # The ring search stops as soon as it has ``limit`` drivers closer than the next ring can hold,
 # so in a busy city it reads a handful of rings whatever the radius. Only sparse areas walk
-# out to the radius; past this many rings a coarser level is cheaper.
+# out to the radius; a level that would need more rings than this for it is not used (unless
+# no coarser one is left).
 _MAX_RINGS = 30
-# Levels kept besides the index's own resolution: this many coarser ones (parents of the
-# index cell), so a wide radius never walks more than ``_MAX_RINGS`` rings of small cells.
+# Coarser levels kept besides the index's own resolution (its cells' ancestors), so that a wide
+# radius never walks more than ``_MAX_RINGS`` rings of small cells.
 _COARSER_LEVELS = 3
 
-_EARTH_RADIUS_M = 6_371_008.8  # as in haversine_m
-_TWO_R = 2 * _EARTH_RADIUS_M
-# x * _HALF_RADIAN == math.radians(x) / 2 bit for bit (scaling by 2 is exact).
+_TWO_R = 2 * 6_371_008.8  # metres, as in haversine_m
+# x * _HALF_RADIAN == math.radians(x) / 2, bit for bit (halving is exact).
 _HALF_RADIAN = math.radians(1.0) / 2
-# The search compares haversine's ``a`` term (cheap) before computing a distance (asin, sqrt).
-# That comparison only discards; a driver that passes it is measured exactly as haversine_m
-# does. The bound is widened far beyond float rounding (a few 1e-16 relative) so it never
-# discards one that haversine_m would keep.
+# nearby() first compares haversine's ``a`` term, which is cheap, with the bound for the
+# distance a driver must beat; only drivers that pass are measured, exactly as haversine_m does.
+# The bound is widened far beyond float rounding (a few 1e-16, relative) so that the cheap
+# comparison can never drop a driver that haversine_m would keep.
 _A_SLACK_REL, _A_SLACK_ABS = 1e-9, 1e-30
-# A cell is skipped when the point is farther from its centre than the search's worst distance
-# plus the cell's reach plus this: float rounding in those distances is well under a millimetre
+# A cell is skipped when the query point is farther from its centre than the distance to beat
+# plus the cell's reach plus this. Float rounding in those distances is far below a millimetre
 # (about 0.2 m next to the antipode, where asin is steep).
 _CELL_SLACK_M = 1.0
-# H3 index bits: resolution (4 bits at 52), then 15 digits of 3 bits, unused digits all 7.
+# Level choice (speed only; every level gives the same answer): a search expected to end within
+# this many rings uses the index's own cells. Otherwise each level's cost is estimated as
+# rings x _COST_RING + cells x _COST_CELL + occupied cells x _COST_BOX (relative costs, in
+# microseconds, of an H3 ring, a cell looked up, an occupied cell checked), and a coarser level
+# must look clearly cheaper to be chosen.
+_FINE_ONLY_RINGS = 4
+_COST_RING, _COST_CELL, _COST_BOX = 3.5, 0.35, 0.5
+_COARSE_HANDICAP = 1.3
+# H3 index bits: the resolution in 4 bits at 52, then 15 digits of 3 bits, unused digits all 7.
 _RES_SHIFT = 52
-_KEEP_ALL_BUT_RES = ~(0xF << _RES_SHIFT)
+_ALL_BUT_RES = ~(0xF << _RES_SHIFT)
+
+
+class _Precomputed:
+    """Values the index derives from a position when it stores it (not dataclass fields)."""
+
+    __slots__ = ("_phi", "_cos_phi")
+    _phi: float  # math.radians(lat)
+    _cos_phi: float  # math.cos(_phi)
+
+    def _set_latitude(self, lat: float) -> None:
+        self._phi = phi = math.radians(lat)
+        self._cos_phi = math.cos(phi)
 
 
 @dataclass(slots=True)
-class Position:
+class Position(_Precomputed):
     driver_id: str
     lat: float
     lng: float
@@ -84,64 +107,55 @@ def _ring(origin: int, k: int) -> list[int]:
 
 
 def _a_bound(distance_m: float) -> float:
-    """A bound on the cheap ``a`` of every point that haversine_m puts within ``distance_m``."""
+    """At least haversine's ``a`` (as nearby() computes it) for any point within distance_m."""
     half_angle = distance_m / _TWO_R
-    if half_angle >= 1.5:  # near the antipode sin() stops growing: no bound
+    if half_angle >= 1.5:  # sin() flattens out towards the antipode: no useful bound
         return math.inf
     return math.sin(half_angle) ** 2 * (1 + _A_SLACK_REL) + _A_SLACK_ABS
 
 
-# What the index keeps per driver: (seen_at, latitude in radians, cos(latitude), longitude in
-# degrees, the Position). Made anew at each upsert, like the Position.
-_Entry = tuple[float, float, float, float, Position]
-_position_of = itemgetter(4)
+class _Cell(dict[str, Position]):
+    """The drivers in one cell at the index's resolution, with how far they reach from its centre.
 
-
-class _Cell:
-    """The drivers in one cell at the index's resolution, and how far they reach from its centre.
-
-    ``reach_m`` only grows while the cell is occupied (it is the farthest any member has been),
-    so it always bounds the distance from the centre to every member: a query farther than
-    ``worst + reach_m`` from the centre can skip the whole cell (triangle inequality).
+    ``reach_m`` only grows while the cell is occupied (it covers every position a member has
+    had), so no member is farther than that from the centre: a query point farther than
+    ``worst + reach_m`` from the centre has no driver closer than ``worst`` here.
     """
 
-    __slots__ = ("members", "phi", "cos_phi", "lng", "reach_a", "reach_m")
+    __slots__ = ("phi", "cos_phi", "lng", "reach_a", "reach_m")
 
     def __init__(self, cell: int) -> None:
+        super().__init__()
         lat, lng = h3.cell_to_latlng(cell)
-        self.members: dict[str, _Entry] = {}
         self.phi = math.radians(lat)
         self.cos_phi = math.cos(self.phi)
         self.lng = lng
-        self.reach_a = 0.0  # haversine's `a` term of reach_m
+        self.reach_a = 0.0  # haversine's `a` term for reach_m
         self.reach_m = 0.0
 
-    def reach(self, phi: float, cos_phi: float, lng: float) -> None:
-        """Widen the reach to cover a member at this point."""
-        s = math.sin((phi - self.phi) * 0.5)
-        t = math.sin((lng - self.lng) * _HALF_RADIAN)
-        a = s * s + self.cos_phi * cos_phi * t * t
-        if a > self.reach_a:
-            self.reach_a = a
-            self.reach_m = _TWO_R * math.asin(min(1.0, math.sqrt(a)))
+    def widen(self, a: float) -> None:
+        """Make the reach cover a member whose `a` from the centre is this."""
+        self.reach_a = a
+        self.reach_m = _TWO_R * math.asin(min(1.0, math.sqrt(a)))
 
 
 class _Level:
-    """The occupied cells of the index, grouped by their ancestor at one resolution."""
+    """Ring geometry at one resolution; below the index's, its occupied cells by ancestor."""
 
-    __slots__ = ("resolution", "min_spacing_m", "cells", "_parent_bits")
+    __slots__ = ("resolution", "min_spacing_m", "cells", "fine_share", "_parent_bits")
 
     def __init__(self, resolution: int) -> None:
         self.resolution = resolution
         edge_m = float(h3.average_hexagon_edge_length(resolution, unit="m"))
         self.min_spacing_m = math.sqrt(3) * edge_m * _SPACING_SAFETY
-        self.cells: dict[int, dict[int, _Cell]] = {}
-        # A cell's ancestor at this resolution: the resolution field set, the finer digits 7.
+        self.cells: dict[int, dict[int, _Cell]] = {}  # ancestor -> occupied cells under it
+        # The part of one of this level's cells that one cell at the index's resolution covers.
+        self.fine_share = 1.0
         self._parent_bits = (resolution << _RES_SHIFT) | ((1 << 3 * (15 - resolution)) - 1)
 
     def key(self, cell: int) -> int:
         """``h3.cell_to_parent(cell, self.resolution)`` for a valid cell at least as fine."""
-        return (cell & _KEEP_ALL_BUT_RES) | self._parent_bits
+        return (cell & _ALL_BUT_RES) | self._parent_bits
 
     def rings_for(self, radius_m: float) -> int:
         return math.ceil(radius_m / self.min_spacing_m) + 1
@@ -155,41 +169,41 @@ class LocationIndex:
     def __init__(self, resolution: int = 9, ttl_s: float = 60.0) -> None:
         self.resolution = resolution
         self.ttl_s = ttl_s
-        self._cells: dict[int, _Cell] = {}  # occupied cells at the index's resolution
-        # Finest first: the index's resolution, then its coarser ancestors.
+        self._cells: dict[int, _Cell] = {}  # the occupied cells at the index's resolution
+        # Finest first: the index's resolution, then the coarser ones.
         self._levels = [
             _Level(r) for r in range(resolution, max(-1, resolution - 1 - _COARSER_LEVELS), -1)
         ]
+        self._coarser = self._levels[1:]
+        for level in self._coarser:
+            level.fine_share = 7.0 ** (level.resolution - resolution)
         # Insertion order = order of last sighting, so expiry pops from the front.
-        self._drivers: OrderedDict[str, _Entry] = OrderedDict()
+        self._drivers: OrderedDict[str, Position] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._drivers)
 
     def __iter__(self) -> Iterator[Position]:
-        return map(_position_of, self._drivers.values())
+        return iter(self._drivers.values())
 
     def get(self, driver_id: str) -> Position | None:
-        entry = self._drivers.get(driver_id)
-        return None if entry is None else entry[4]
+        return self._drivers.get(driver_id)
 
     def upsert(
         self, driver_id: str, lat: float, lng: float, recorded_at: float, seen_at: float
     ) -> bool:
         """Record a position unless the driver already has a newer one. True if it was applied."""
         drivers = self._drivers
-        old_entry = drivers.get(driver_id)
-        old = None if old_entry is None else old_entry[4]
-        if old is not None and recorded_at <= old.recorded_at:
-            return False
+        old = drivers.get(driver_id)
+        if old is not None:
+            if recorded_at <= old.recorded_at:
+                return False
+            if old.seen_at > seen_at:  # max(seen_at, old.seen_at)
+                seen_at = old.seen_at
         cell = h3.latlng_to_cell(lat, lng, self.resolution)
-        pos = Position(
-            driver_id, lat, lng, cell, recorded_at, max(seen_at, old.seen_at if old else seen_at)
-        )
-        phi = math.radians(lat)
-        cos_phi = math.cos(phi)
-        entry = (pos.seen_at, phi, cos_phi, lng, pos)
-        drivers[driver_id] = entry
+        pos = Position(driver_id, lat, lng, cell, recorded_at, seen_at)
+        pos._set_latitude(lat)
+        drivers[driver_id] = pos
         if old is not None:
             drivers.move_to_end(driver_id)
             if old.cell != cell:
@@ -197,23 +211,34 @@ class LocationIndex:
         box = self._cells.get(cell)
         if box is None:
             box = self._open(cell)
-        box.members[driver_id] = entry
-        box.reach(phi, cos_phi, lng)
+        box[driver_id] = pos
+        # haversine's `a` from the centre with x in place of sin(x): never less, and cheaper
+        # (across the antimeridian it is far more, so such a cell is never skipped: still exact).
+        half_dphi = (pos._phi - box.phi) * 0.5
+        half_dlng = (lng - box.lng) * _HALF_RADIAN
+        a = half_dphi * half_dphi + box.cos_phi * pos._cos_phi * half_dlng * half_dlng
+        if a > box.reach_a:
+            box.widen(a)
         return True
 
     def _open(self, cell: int) -> _Cell:
         box = self._cells[cell] = _Cell(cell)
-        for level in self._levels:
-            level.cells.setdefault(level.key(cell), {})[cell] = box
+        for level in self._coarser:
+            key = level.key(cell)
+            children = level.cells.get(key)
+            if children is None:
+                level.cells[key] = {cell: box}
+            else:
+                children[cell] = box
         return box
 
     def _leave(self, cell: int, driver_id: str) -> None:
-        members = self._cells[cell].members
-        del members[driver_id]
-        if members:
+        box = self._cells[cell]
+        del box[driver_id]
+        if box:
             return
         del self._cells[cell]
-        for level in self._levels:
+        for level in self._coarser:
             key = level.key(cell)
             children = level.cells[key]
             del children[cell]
@@ -221,10 +246,10 @@ class LocationIndex:
                 del level.cells[key]
 
     def remove(self, driver_id: str) -> bool:
-        entry = self._drivers.pop(driver_id, None)
-        if entry is None:
+        pos = self._drivers.pop(driver_id, None)
+        if pos is None:
             return False
-        self._leave(entry[4].cell, driver_id)
+        self._leave(pos.cell, driver_id)
         return True
 
     def expire(self, now: float) -> int:
@@ -233,11 +258,11 @@ class LocationIndex:
         drivers = self._drivers
         gone = 0
         while drivers:
-            driver_id, entry = next(iter(drivers.items()))
-            if entry[0] > cutoff:
+            pos = next(iter(drivers.values()))
+            if pos.seen_at > cutoff:
                 break
-            del drivers[driver_id]
-            self._leave(entry[4].cell, driver_id)
+            del drivers[pos.driver_id]
+            self._leave(pos.cell, pos.driver_id)
             gone += 1
         return gone
 
@@ -249,32 +274,33 @@ class LocationIndex:
     ) -> list[Nearby]:
         """Fresh drivers within ``radius_m`` of a point, nearest first, at most ``limit``.
 
-        Exactly what sorting every fresh driver by (haversine_m from the point, driver_id)
-        and keeping those within the radius would give. Rings of cells are searched outwards;
+        The same as sorting every fresh driver by (haversine_m from the point, driver_id) and
+        keeping the first ``limit`` within the radius. Rings of cells are searched outwards;
         the search stops as soon as the ``limit``-th nearest driver found is closer than
-        anything the next ring could hold, and skips a cell whose drivers are all farther.
+        anything the next ring could hold, and skips cells whose drivers are all farther.
         """
         if limit <= 0 or radius_m <= 0:
             return []
-        level = self._levels[-1]
-        for candidate in self._levels:
-            if candidate.rings_for(radius_m) <= _MAX_RINGS:
-                level = candidate
-                break
-        max_ring = level.rings_for(radius_m)
-        origin = h3.latlng_to_cell(lat, lng, level.resolution)
-        cells = level.cells
+        origin = h3.latlng_to_cell(lat, lng, self.resolution)
+        level = self._pick_level(origin, radius_m, limit)
+        fine = self._cells if level is self._levels[0] else None
+        by_ancestor = level.cells
+        if fine is None:
+            origin = h3.latlng_to_cell(lat, lng, level.resolution)
         ttl = self.ttl_s
         sin, asin, sqrt, radians = math.sin, math.asin, math.sqrt, math.radians
+        half_radian, two_r, cell_slack = _HALF_RADIAN, _TWO_R, _CELL_SLACK_M
         phi0 = radians(lat)
         cos0 = math.cos(phi0)
         # (distance, driver_id, position) of drivers that may be among the `limit` nearest;
-        # cut back to the `limit` nearest whenever it holds twice that.
+        # cut back to the `limit` nearest whenever it holds twice as many. Ties in distance go
+        # to the smaller driver_id, as in a full sort.
         found: list[tuple[float, str, Position]] = []
         full = 2 * limit
-        worst = radius_m  # nothing farther than this can be among the `limit` nearest
+        worst = radius_m  # a driver farther than this cannot be among the `limit` nearest
         a_max = _a_bound(worst)
-        for ring in range(max_ring + 1):
+        boxes: Iterable[_Cell]
+        for ring in range(level.rings_for(radius_m) + 1):
             if len(found) >= limit:
                 found.sort()
                 del found[limit:]
@@ -283,26 +309,41 @@ class LocationIndex:
                     break
                 a_max = _a_bound(worst)
             for cell in _ring(origin, ring):
-                boxes = cells.get(cell)
-                if boxes is None:
-                    continue
-                for box in boxes.values():
-                    s = sin((box.phi - phi0) * 0.5)
-                    t = sin((box.lng - lng) * _HALF_RADIAN)
-                    centre_m = _TWO_R * asin(min(1.0, sqrt(s * s + cos0 * box.cos_phi * t * t)))
-                    if centre_m - box.reach_m > worst + _CELL_SLACK_M:
+                if fine is not None:
+                    box = fine.get(cell)
+                    if box is None:
                         continue
-                    for seen_at, phi, cos_phi, plng, pos in box.members.values():
-                        if now - seen_at >= ttl:
+                    boxes = (box,)
+                else:
+                    children = by_ancestor.get(cell)
+                    if children is None:
+                        continue
+                    boxes = children.values()
+                for box in boxes:
+                    # Skip the cell if even its members' reach cannot come within `worst`.
+                    s = sin((box.phi - phi0) * 0.5)
+                    t = sin((box.lng - lng) * half_radian)
+                    centre_m = two_r * asin(min(1.0, sqrt(s * s + cos0 * box.cos_phi * t * t)))
+                    if centre_m - box.reach_m > worst + cell_slack:
+                        continue
+                    for pos in box.values():
+                        if now - pos.seen_at >= ttl:
                             continue
+                        # haversine's `a`, the latitude term first: compared with a_max, it
+                        # drops most drivers that are too far without asin or sqrt.
+                        phi = pos._phi
                         s = sin((phi - phi0) * 0.5)
-                        t = sin((plng - lng) * _HALF_RADIAN)
-                        if s * s + cos0 * cos_phi * t * t > a_max:
+                        s *= s
+                        if s > a_max:
+                            continue
+                        cos_phi = pos._cos_phi
+                        t = sin((pos.lng - lng) * half_radian)
+                        if s + cos0 * cos_phi * t * t > a_max:
                             continue
                         # haversine_m(lat, lng, pos.lat, pos.lng), operation for operation.
-                        dl = radians(plng - lng)
+                        dl = radians(pos.lng - lng)
                         a = sin((phi - phi0) / 2) ** 2 + cos0 * cos_phi * sin(dl / 2) ** 2
-                        d = _TWO_R * asin(min(1.0, sqrt(a)))
+                        d = two_r * asin(min(1.0, sqrt(a)))
                         if d > worst:
                             continue
                         found.append((d, pos.driver_id, pos))
@@ -314,12 +355,47 @@ class LocationIndex:
         found.sort()
         return [Nearby(pos, d) for d, _, pos in found[:limit]]
 
+    def _pick_level(self, origin: int, radius_m: float, limit: int) -> _Level:
+        """The level expected to answer fastest: the index's own cells wherever the search
+        stays within a few rings of them, coarser ones where it must walk far (sparse areas)."""
+        levels = self._levels
+        fine = levels[0]
+        near_m = _FINE_ONLY_RINGS * fine.min_spacing_m
+        if radius_m <= near_m or len(levels) == 1:
+            return fine
+        # Drivers per cell around the query, from the share of occupied cells under the coarsest
+        # level's cell (as if Poisson), and so how far the search should have to walk to find
+        # `limit` of them (a disk of `limit` cells' area holds about `limit` x per_cell).
+        top = levels[-1]
+        children = top.cells.get(top.key(origin))
+        share = 0.0 if children is None else len(children) * top.fine_share
+        walk_m = radius_m
+        if share > 0.0:
+            per_cell = -math.log(1.0 - min(share, 0.99))
+            walk_m = min(radius_m, fine.min_spacing_m * math.sqrt(limit * 1.1 / per_cell))
+            if walk_m <= near_m:
+                return fine
+        best, best_cost = levels[-1], math.inf
+        for level in levels:
+            rings = level.rings_for(radius_m)
+            if rings > _MAX_RINGS:
+                continue
+            rings = min(rings, int(walk_m / level.min_spacing_m) + 3)
+            cells = 3 * rings * (rings + 1) + 1
+            occupied = cells * share / level.fine_share
+            cost = rings * _COST_RING + cells * _COST_CELL + occupied * _COST_BOX
+            if level is not fine:
+                cost *= _COARSE_HANDICAP
+            if cost < best_cost:
+                best, best_cost = level, cost
+        return best
+
     def supply(self, resolution: int, now: float) -> dict[int, int]:
         """Fresh drivers per cell at a resolution no finer than the index's."""
         if not 0 <= resolution <= self.resolution:
             raise ValueError(f"resolution must be between 0 and {self.resolution}")
         counts: dict[int, int] = {}
-        for _, _, _, _, pos in self._drivers.values():
+        for pos in self._drivers.values():
             if now - pos.seen_at >= self.ttl_s:
                 continue
             cell = (

@@ -24,6 +24,7 @@ from polder.common.metrics import (
     Scope,
     Send,
 )
+from polder.common.settings import Settings
 
 ReadyCheck = Callable[[], Awaitable[None]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -87,11 +88,12 @@ def _validation_message(exc: RequestValidationError) -> list[dict[str, Any]]:
 def service_app(
     *,
     title: str,
+    settings: Settings,
     lifespan: Lifespan,
     metrics: CommonMetrics,
-    max_body_bytes: int,
 ) -> FastAPI:
     app = FastAPI(title=title, lifespan=lifespan, default_response_class=ORJSONResponse)
+    app.state.settings = settings
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
@@ -139,7 +141,7 @@ def service_app(
         """Prometheus exposition."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return app
 

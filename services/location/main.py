@@ -10,14 +10,12 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from polder.common.bus import Bus, Consumer
-from polder.common.db import create_pool, migrate
 from polder.common.geoindex import LocationIndex
 from polder.common.http import document_models, service_app
 from polder.common.ratelimit import RateLimiter
-from polder.common.schemas import SchemaRegistry
+from polder.common.service import service_resources
 from polder.common.settings import Settings
-from polder.common.tasks import stop_tasks, tasks_alive, wait_for_start
+from polder.common.tasks import wait_for_start
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.location.api import router
 from polder.location.domain.pings import Limits
@@ -35,75 +33,43 @@ def build_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        schema = settings.db_schema(SERVICE)
-        pool = await create_pool(settings.database_url, schema)
-        bus = Bus(settings, SchemaRegistry.load(), source=f"polder/{SERVICE}")
-        stop = asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            await migrate(pool, schema, MIGRATIONS)
-            await bus.start()
+        async with service_resources(settings, SERVICE, MIGRATIONS, metrics) as res:
             index = LocationIndex(settings.index_resolution, settings.location_ttl_s)
-            ingest = Ingest(
-                bus, index, Limits(settings.max_future_skew_s, settings.max_speed_mps), metrics
-            )
+            limits = Limits(settings.max_future_skew_s, settings.max_speed_mps)
             rt = LocationRuntime(
                 settings=settings,
-                bus=bus,
-                pool=pool,
+                bus=res.bus,
+                pool=res.pool,
                 index=index,
-                ingest=ingest,
+                ingest=Ingest(res.bus, index, limits, metrics),
                 limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
                 metrics=metrics,
             )
-            indexer = Consumer(
-                name="location-index",
-                settings=settings,
-                registry=bus.registry,
-                bus=bus,
-                metrics=metrics,
-                topics=[DRIVER_LOCATIONS],
-                handler=IndexUpdater(index, metrics),
+            indexer = res.consumer(
+                "location-index",
+                [DRIVER_LOCATIONS],
+                IndexUpdater(index, metrics),
                 group_id=None,  # every replica holds the whole index
                 start_at_ms=lambda: int((time.time() - settings.location_ttl_s) * 1000),
             )
-            traces = Consumer(
-                name=TRACE_CONSUMER,
-                settings=settings,
-                registry=bus.registry,
-                bus=bus,
-                metrics=metrics,
-                topics=[DRIVER_LOCATIONS],
-                handler=TraceWriter(pool, metrics, settings.index_resolution),
+            res.consumer(
+                TRACE_CONSUMER,
+                [DRIVER_LOCATIONS],
+                TraceWriter(res.pool, metrics, settings.index_resolution),
                 group_id=TRACE_CONSUMER,
             )
-            tasks = [
-                asyncio.create_task(indexer.run(stop), name="location-index"),
-                asyncio.create_task(traces.run(stop), name=TRACE_CONSUMER),
-                asyncio.create_task(_expire_loop(rt, stop), name="location-expiry"),
-            ]
-            await wait_for_start(indexer.ready, tasks, "location index consumer")
-            app.state.settings = settings
+            res.run(_expire_loop(rt, res.stop), "location-expiry")
+            await wait_for_start(indexer.ready, res.tasks, "location index consumer")
             app.state.runtime = rt
-            app.state.ready_checks = {
-                "database": lambda: pool.execute("SELECT 1"),
-                "broker": bus.ping,
-                "consumers": lambda: tasks_alive(tasks),
-            }
+            app.state.ready_checks = res.ready_checks()
             yield
-        finally:
-            stop.set()
-            await stop_tasks(tasks)
-            await bus.stop()
-            await pool.close()
 
     app = service_app(
         title="Polder location service",
+        settings=settings,
         lifespan=lifespan,
         metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
     )
-    app.state.settings = settings
     app.include_router(router)
     document_models(app, PingBatchIn)
     return app

@@ -323,7 +323,7 @@ async def test_health_readiness_and_metrics(api: Api) -> None:
     assert (await api.client.get(f"{api.base}/healthz")).json() == {"status": "ok"}
     ready = await api.client.get(f"{api.base}/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "consumers": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "tasks": "ok"}
     await api.post_pings("m1", [ping(1)])
     await eventually(lambda: api.nearby(lat=52.37, lng=4.89), until=lambda d: len(d) == 1)
     text = (await api.client.get(f"{api.base}/metrics")).text

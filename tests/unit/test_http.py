@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from polder.common.http import service_app
 from polder.common.metrics import CommonMetrics
+from polder.common.settings import Settings
 
 
 @contextlib.asynccontextmanager
@@ -19,9 +20,9 @@ async def no_lifespan(app: FastAPI) -> AsyncIterator[None]:
 def make_app(checks: dict) -> FastAPI:  # type: ignore[type-arg]
     app = service_app(
         title="t",
+        settings=Settings(max_body_bytes=100),
         lifespan=no_lifespan,
         metrics=CommonMetrics(CollectorRegistry()),
-        max_body_bytes=100,
     )
     app.state.ready_checks = checks
 

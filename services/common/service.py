@@ -1,0 +1,89 @@
+"""What every service's lifespan opens and closes: its pool (migrated), its producer, a stop
+event for its background tasks, and the readiness checks over them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from polder.common.bus import Bus, Consumer, Handler
+from polder.common.db import Pool, create_pool, migrate
+from polder.common.http import ReadyCheck
+from polder.common.metrics import CommonMetrics
+from polder.common.schemas import SchemaRegistry
+from polder.common.settings import Settings
+from polder.common.tasks import stop_tasks, tasks_alive
+from polder.common.topics import Topic
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pool: Pool
+    bus: Bus
+    metrics: CommonMetrics
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def run(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Start a background task; it is stopped (then cancelled) when the service stops."""
+        self.tasks.append(asyncio.create_task(coro, name=name))
+
+    def consumer(
+        self,
+        name: str,
+        topics: Sequence[Topic],
+        handler: Handler,
+        *,
+        group_id: str | None,
+        start_at_ms: Callable[[], int] | None = None,
+    ) -> Consumer:
+        consumer = Consumer(
+            name=name,
+            settings=self.settings,
+            registry=self.bus.registry,
+            bus=self.bus,
+            metrics=self.metrics,
+            topics=topics,
+            handler=handler,
+            group_id=group_id,
+            start_at_ms=start_at_ms,
+        )
+        self.run(consumer.run(self.stop), name)
+        return consumer
+
+    def ready_checks(self) -> dict[str, ReadyCheck]:
+        async def database() -> None:
+            await self.pool.execute("SELECT 1")
+
+        async def tasks() -> None:
+            await tasks_alive(self.tasks)
+
+        return {"database": database, "broker": self.bus.ping, "tasks": tasks}
+
+
+@contextlib.asynccontextmanager
+async def service_resources(
+    settings: Settings,
+    service: str,
+    migrations: str,
+    metrics: CommonMetrics,
+    *,
+    pool_size: int = 10,
+) -> AsyncIterator[Resources]:
+    schema = settings.db_schema(service)
+    pool = await create_pool(settings.database_url, schema, max_size=pool_size)
+    bus = Bus(settings, SchemaRegistry.load(), source=f"polder/{service}")
+    resources = Resources(settings, pool, bus, metrics)
+    try:
+        await migrate(pool, schema, migrations)
+        await bus.start()
+        yield resources
+    finally:
+        resources.stop.set()
+        await stop_tasks(resources.tasks)
+        await bus.stop()
+        await pool.close()
