@@ -10,26 +10,24 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import websockets
-from prometheus_client import CollectorRegistry
 
 from polder.common.auth import issue_token
-from polder.common.bus import Bus, Consumer, Received
+from polder.common.bus import Bus
 from polder.common.envelope import format_time
-from polder.common.metrics import CommonMetrics
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
 from polder.dispatch.main import build_app
 from polder.dispatch.runtime import DispatchRuntime
 from tests.conftest import eventually
-from tests.support import serve
+from tests.support import read_topic, serve
 
 pytestmark = pytest.mark.integration
 
@@ -150,43 +148,6 @@ async def running(settings: Settings) -> AsyncIterator[Dispatch]:
 async def d(settings: Settings) -> AsyncIterator[Dispatch]:
     async with running(settings) as dispatch:
         yield dispatch
-
-
-async def read_topic(
-    settings: Settings, topic: Any, until: Any, within: float = 20
-) -> list[Received]:
-    """Read a topic from the start until ``until(records)`` holds."""
-    seen: list[Received] = []
-
-    async def handler(records: Sequence[Received]) -> None:
-        seen.extend(records)
-
-    bus = Bus(settings, SchemaRegistry.load(), source="reader")
-    await bus.start()
-    stop = asyncio.Event()
-    consumer = Consumer(
-        name="reader",
-        settings=settings,
-        registry=bus.registry,
-        bus=bus,
-        metrics=CommonMetrics(CollectorRegistry()),
-        topics=[topic],
-        handler=handler,
-        group_id=None,
-        start_at_ms=lambda: 0,
-    )
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-
-        async def probe() -> list[Received]:
-            return seen
-
-        await eventually(probe, until=until, within=within)
-    finally:
-        stop.set()
-        await task
-        await bus.stop()
-    return seen
 
 
 async def test_a_ride_from_order_to_completion(d: Dispatch) -> None:

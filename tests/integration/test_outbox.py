@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from polder.common.bus import Bus, Consumer, Received
+from polder.common.bus import Bus, Received
 from polder.common.db import create_pool, migrate
-from polder.common.metrics import CommonMetrics
 from polder.common.outbox import OutboxRelay, add_to_outbox
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS
-from tests.conftest import eventually
+from tests.support import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -36,35 +33,12 @@ def state_event(bus: Bus, driver: str, seq: int) -> tuple:  # type: ignore[type-
     )
 
 
-async def read_all(settings: Settings, bus: Bus, expected: int) -> list[Received]:
-    seen: list[Received] = []
-
-    async def handler(records: Sequence[Received]) -> None:
-        seen.extend(records)
-
-    stop = asyncio.Event()
-    consumer = Consumer(
-        name="reader",
-        settings=settings,
-        registry=bus.registry,
-        bus=bus,
-        metrics=CommonMetrics(CollectorRegistry()),
-        topics=[DRIVER_EVENTS],
-        handler=handler,
-        group_id=None,
-        start_at_ms=lambda: 0,
-    )
-    task = asyncio.create_task(consumer.run(stop))
-
-    async def probe() -> list[Received]:
-        return seen
-
-    try:
-        await eventually(probe, until=lambda s: len(s) >= expected)
-        await asyncio.sleep(0.5)  # and nothing more arrives
-    finally:
-        stop.set()
-        await task
+async def read_all(settings: Settings, expected: int) -> list[Received]:
+    """Everything on the topic once ``expected`` records are there, and nothing arrives after."""
+    seen = await read_topic(settings, DRIVER_EVENTS, until=lambda s: len(s) >= expected)
+    await asyncio.sleep(0.5)
+    again = await read_topic(settings, DRIVER_EVENTS, until=lambda s: len(s) >= len(seen))
+    assert len(again) == len(seen)
     return seen
 
 
@@ -86,7 +60,7 @@ async def test_rolled_back_events_never_leave_and_committed_ones_leave_in_order(
         relay = OutboxRelay(pool, bus)
         assert await relay.relay_once() == 5
         assert await relay.relay_once() == 0
-        seen = await read_all(settings, bus, 5)
+        seen = await read_all(settings, 5)
         assert [r.key for r in seen] == ["d1"] * 5
         assert [r.event.data["seq"] for r in seen] == [1, 2, 3, 4, 5]
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
@@ -125,7 +99,7 @@ async def test_a_relay_killed_after_sending_sends_again_and_ids_let_consumers_de
             await KilledAfterSend(pool, bus).relay_once()
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 2
         assert await OutboxRelay(pool, bus).relay_once() == 2
-        seen = await read_all(settings, bus, 4)
+        seen = await read_all(settings, 4)
         ids = [r.event.id for r in seen]
         assert len(ids) == 4 and len(set(ids)) == 2  # each event twice, with the same id
     finally:

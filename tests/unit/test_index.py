@@ -1,4 +1,6 @@
+import math
 import random
+from dataclasses import fields
 
 import h3.api.basic_int as h3
 import pytest
@@ -6,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Received
 from polder.common.envelope import Event
-from polder.common.geoindex import LocationIndex, haversine_m
+from polder.common.geoindex import LocationIndex, Nearby, Position, haversine_m
 from polder.location.handlers import IndexUpdater
 from polder.location.metrics import LocationMetrics
 
@@ -146,3 +148,179 @@ async def test_index_updater_applies_only_the_newest_ping_of_a_batch() -> None:
     )
     pos = index.get("d")
     assert pos is not None and pos.lat == 52.005
+
+
+# --- nearby() is exactly a full sort, at every level, wherever on the globe -----------------
+
+Hit = tuple[str, float]
+
+
+def hits(found: list[Nearby]) -> list[Hit]:
+    return [(n.position.driver_id, n.distance_m) for n in found]
+
+
+def brute_force_hits(
+    index: LocationIndex, lat: float, lng: float, radius: float, limit: int, now: float
+) -> list[Hit]:
+    """Every fresh driver sorted by (haversine_m, driver_id), cut at the radius and the limit."""
+    found = sorted(
+        (haversine_m(lat, lng, p.lat, p.lng), p.driver_id) for p in index if index.is_fresh(p, now)
+    )
+    return [(d, dist) for dist, d in found if dist <= radius][:limit]
+
+
+def wrap_lng(lng: float) -> float:
+    return (lng + 180.0) % 360.0 - 180.0
+
+
+def scatter_around(
+    index: LocationIndex, lat: float, lng: float, n: int, spread_m: float, seed: int
+) -> None:
+    """n drivers within spread_m of a point (square), 10 % of them stale at now=1000."""
+    rng = random.Random(seed)
+    dlat = spread_m / 111_320.0
+    dlng = dlat / max(0.01, math.cos(math.radians(lat)))
+    for i in range(n):
+        seen_at = 900.0 if rng.random() < 0.1 else 1000.0 - rng.uniform(0, 30)
+        index.upsert(
+            f"d{i:05d}",
+            lat + rng.uniform(-dlat, dlat),
+            wrap_lng(lng + rng.uniform(-dlng, dlng)),
+            recorded_at=seen_at,
+            seen_at=seen_at,
+        )
+
+
+@pytest.mark.parametrize(
+    ("radius", "limit"),
+    [
+        (150, 3),  # resolution 9
+        (1_000, 1),
+        (1_000, 20),
+        (4_000, 300),
+        (12_000, 25),  # resolution 8
+        (25_000, 10),  # resolution 7
+        (40_000, 10),  # resolution 6
+        (150_000, 400),  # resolution 6, past the ring cap
+    ],
+)
+def test_nearby_gives_haversine_distances_in_full_sort_order(radius: float, limit: int) -> None:
+    index = LocationIndex(ttl_s=60)
+    scatter_around(index, *CENTRE, n=2_500, spread_m=30_000, seed=21)
+    rng = random.Random(radius + limit)
+    for _ in range(25):
+        lat = CENTRE[0] + rng.uniform(-0.25, 0.25)
+        lng = CENTRE[1] + rng.uniform(-0.4, 0.4)
+        got = hits(index.nearby(lat, lng, radius, limit, now=1000))
+        assert got == brute_force_hits(index, lat, lng, radius, limit, now=1000)
+
+
+PENTAGON_9 = h3.cell_to_latlng(min(h3.get_pentagons(9)))
+
+
+@pytest.mark.parametrize(
+    "centre",
+    [
+        PENTAGON_9,  # the _ring fallback and distorted cells
+        (-16.5, 179.99),  # across the antimeridian
+        (78.2, 15.6),  # far north: narrow longitudes
+        (-89.9, 0.0),  # at the pole
+    ],
+)
+def test_nearby_is_exact_near_pentagons_the_antimeridian_and_the_poles(
+    centre: tuple[float, float],
+) -> None:
+    index = LocationIndex(ttl_s=60)
+    scatter_around(index, *centre, n=1_500, spread_m=8_000, seed=4)
+    rng = random.Random(8)
+    lng_scale = 1 / max(0.01, math.cos(math.radians(centre[0])))
+    queries = [centre] + [
+        (
+            centre[0] + rng.uniform(-0.06, 0.06),
+            wrap_lng(centre[1] + rng.uniform(-0.06, 0.06) * lng_scale),
+        )
+        for _ in range(12)
+    ]
+    for lat, lng in queries:
+        for radius, limit in ((300, 5), (1_500, 20), (6_000, 50), (20_000, 2_000)):
+            got = hits(index.nearby(lat, lng, radius, limit, now=1000))
+            assert got == brute_force_hits(index, lat, lng, radius, limit, now=1000)
+
+
+def test_ties_are_broken_by_driver_id_as_a_full_sort_would() -> None:
+    index = LocationIndex()
+    # Two points exactly as far from the query (binary fractions: every step is exact), ~530 m
+    # apart so in different cells, each holding drivers of both halves of the alphabet.
+    lat, lng, step = 52.375, 4.875, 0.0078125
+    ids = [f"t{i:02d}" for i in range(16)]
+    random.Random(3).shuffle(ids)
+    for i, driver_id in enumerate(ids):
+        index.upsert(driver_id, lat, lng + (step if i % 2 else -step), recorded_at=1, seen_at=1)
+    for limit in (1, 3, 8, 11):
+        found = index.nearby(lat, lng, 1_000, limit, now=1)
+        assert [n.position.driver_id for n in found] == sorted(ids)[:limit]
+        assert len({n.distance_m for n in found}) == 1
+    # Drivers on the query point itself: all at 0 m.
+    for driver_id in ("z2", "z0", "z1"):
+        index.upsert(driver_id, lat, lng, recorded_at=1, seen_at=1)
+    found = index.nearby(lat, lng, 1_000, 2, now=1)
+    assert hits(found) == [("z0", 0.0), ("z1", 0.0)]
+
+
+def test_moves_removals_and_expiry_keep_nearby_exact() -> None:
+    index = LocationIndex(ttl_s=60)
+    rng = random.Random(12)
+    for step in range(8):
+        now = 1_000.0 + 10 * step
+        for i in range(700):
+            driver_id = f"m{i}"
+            if rng.random() < 0.08:
+                index.remove(driver_id)
+                continue
+            pos = index.get(driver_id)
+            if pos is not None and rng.random() < 0.7:  # a short drive, often within its cell
+                lat = pos.lat + rng.uniform(-0.002, 0.002)
+                lng = pos.lng + rng.uniform(-0.003, 0.003)
+            else:  # a jump anywhere in town
+                lat = CENTRE[0] + rng.uniform(-0.05, 0.05)
+                lng = CENTRE[1] + rng.uniform(-0.08, 0.08)
+            index.upsert(driver_id, lat, lng, recorded_at=now, seen_at=now - rng.uniform(0, 70))
+        index.expire(now)
+        for _ in range(15):
+            lat = CENTRE[0] + rng.uniform(-0.05, 0.05)
+            lng = CENTRE[1] + rng.uniform(-0.08, 0.08)
+            for radius, limit in ((400, 4), (2_000, 25), (15_000, 10_000)):
+                got = hits(index.nearby(lat, lng, radius, limit, now))
+                assert got == brute_force_hits(index, lat, lng, radius, limit, now)
+    everyone = index.nearby(*CENTRE, radius_m=50_000, limit=10_000, now=1_000.0 + 70)
+    assert {n.position.driver_id for n in everyone} == {
+        p.driver_id for p in index if index.is_fresh(p, 1_000.0 + 70)
+    }
+    while len(index):
+        assert index.remove(next(iter(index)).driver_id)
+    assert index.nearby(*CENTRE, radius_m=50_000, limit=10, now=1_000.0) == []
+
+
+def test_positions_are_plain_snapshots() -> None:
+    index = LocationIndex()
+    index.upsert("d", 52.37, 4.89, recorded_at=5, seen_at=6)
+    pos = index.get("d")
+    cell = h3.latlng_to_cell(52.37, 4.89, 9)
+    assert pos == Position("d", 52.37, 4.89, cell, 5, 6)
+    assert repr(pos) == f"Position(driver_id='d', lat=52.37, lng=4.89, cell={cell}, " + (
+        "recorded_at=5, seen_at=6)"
+    )
+    assert [f.name for f in fields(Position)] == [
+        "driver_id",
+        "lat",
+        "lng",
+        "cell",
+        "recorded_at",
+        "seen_at",
+    ]
+    assert index.upsert("d", 52.38, 4.89, recorded_at=7, seen_at=3)  # seen earlier: keeps 6
+    newer = index.get("d")
+    assert newer is not None and (newer.lat, newer.recorded_at, newer.seen_at) == (52.38, 7, 6)
+    assert pos is not None and (pos.lat, pos.recorded_at) == (52.37, 5)  # untouched
+    [hit] = index.nearby(52.38, 4.89, 10, 5, now=6)
+    assert hit.position is newer and hit.distance_m == 0.0
