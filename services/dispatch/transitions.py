@@ -61,6 +61,65 @@ async def lock_offer(conn: Conn, offer_id: uuid.UUID) -> Row | None:
     return row
 
 
+def worker_event(
+    bus: Bus,
+    driver_id: str,
+    seq: int,
+    before: WorkerStatus,
+    after: WorkerStatus,
+    cause: Cause,
+    now: datetime,
+    *,
+    offer_id: uuid.UUID | None = None,
+    trip_id: uuid.UUID | None = None,
+    order_id: uuid.UUID | None = None,
+    kind: str | None = None,
+) -> Outgoing:
+    data = {
+        "driver_id": driver_id,
+        "seq": seq,
+        "from": before.value,
+        "to": after.value,
+        "cause": cause.value,
+        "order_id": _id(order_id),
+        "trip_id": _id(trip_id),
+        "offer_id": _id(offer_id),
+        "kind": kind,
+    }
+    return (
+        DRIVER_EVENTS,
+        driver_id,
+        bus.event("polder.driver.state_changed.v1", driver_id, data, now),
+    )
+
+
+def order_event(
+    bus: Bus,
+    order_id: uuid.UUID,
+    before: OrderStatus,
+    after: OrderStatus,
+    cause: Cause,
+    now: datetime,
+    *,
+    driver_id: str | None = None,
+    trip_id: uuid.UUID | None = None,
+    offer_id: uuid.UUID | None = None,
+    reason: str | None = None,
+) -> Outgoing:
+    data = {
+        "order_id": str(order_id),
+        "from": before.value,
+        "to": after.value,
+        "cause": cause.value,
+        "driver_id": driver_id,
+        "trip_id": _id(trip_id),
+        "offer_id": _id(offer_id),
+        "reason": reason,
+    }
+    key = str(order_id)
+    return ORDERS, key, bus.event("polder.order.status_changed.v1", key, data, now)
+
+
 async def move_worker(
     conn: Conn,
     bus: Bus,
@@ -92,19 +151,20 @@ async def move_worker(
         offer_id if after is WorkerStatus.OFFERED else None,
         trip_id if after in _ON_TRIP else None,
     )
-    data = {
-        "driver_id": worker["driver_id"],
-        "seq": new["seq"],
-        "from": before.value,
-        "to": after.value,
-        "cause": cause.value,
-        "order_id": _id(order_id),
-        "trip_id": _id(trip_id),
-        "offer_id": _id(offer_id),
-        "kind": kind,
-    }
-    event = bus.event("polder.driver.state_changed.v1", worker["driver_id"], data, now)
-    return new, (DRIVER_EVENTS, worker["driver_id"], event)
+    event = worker_event(
+        bus,
+        worker["driver_id"],
+        new["seq"],
+        before,
+        after,
+        cause,
+        now,
+        offer_id=offer_id,
+        trip_id=trip_id,
+        order_id=order_id,
+        kind=kind,
+    )
+    return new, event
 
 
 _ON_TRIP = frozenset(
@@ -138,18 +198,19 @@ async def move_order(
         order["order_id"],
         *values,
     )
-    data = {
-        "order_id": str(order["order_id"]),
-        "from": before.value,
-        "to": after.value,
-        "cause": cause.value,
-        "driver_id": new["driver_id"],
-        "trip_id": _id(new["trip_id"]),
-        "offer_id": _id(new["offer_id"]),
-        "reason": reason,
-    }
-    event = bus.event("polder.order.status_changed.v1", str(order["order_id"]), data, now)
-    return new, (ORDERS, str(order["order_id"]), event)
+    event = order_event(
+        bus,
+        order["order_id"],
+        before,
+        after,
+        cause,
+        now,
+        driver_id=new["driver_id"],
+        trip_id=new["trip_id"],
+        offer_id=new["offer_id"],
+        reason=reason,
+    )
+    return new, event
 
 
 async def resolve_offer(
