@@ -124,8 +124,7 @@ class _Cell(dict[str, Position]):
 
     __slots__ = ("phi", "cos_phi", "lng", "reach_a", "reach_m")
 
-    def __init__(self, cell: int) -> None:
-        super().__init__()
+    def __init__(self, cell: int) -> None:  # starts empty: dict.__init__ has nothing to do
         lat, lng = h3.cell_to_latlng(cell)
         self.phi = math.radians(lat)
         self.cos_phi = math.cos(self.phi)
@@ -142,7 +141,7 @@ class _Cell(dict[str, Position]):
 class _Level:
     """Ring geometry at one resolution; below the index's, its occupied cells by ancestor."""
 
-    __slots__ = ("resolution", "min_spacing_m", "cells", "fine_share", "_parent_bits")
+    __slots__ = ("resolution", "min_spacing_m", "cells", "fine_share", "parent_bits")
 
     def __init__(self, resolution: int) -> None:
         self.resolution = resolution
@@ -151,11 +150,11 @@ class _Level:
         self.cells: dict[int, dict[int, _Cell]] = {}  # ancestor -> occupied cells under it
         # The part of one of this level's cells that one cell at the index's resolution covers.
         self.fine_share = 1.0
-        self._parent_bits = (resolution << _RES_SHIFT) | ((1 << 3 * (15 - resolution)) - 1)
+        self.parent_bits = (resolution << _RES_SHIFT) | ((1 << 3 * (15 - resolution)) - 1)
 
     def key(self, cell: int) -> int:
         """``h3.cell_to_parent(cell, self.resolution)`` for a valid cell at least as fine."""
-        return (cell & _ALL_BUT_RES) | self._parent_bits
+        return (cell & _ALL_BUT_RES) | self.parent_bits
 
     def rings_for(self, radius_m: float) -> int:
         return math.ceil(radius_m / self.min_spacing_m) + 1
@@ -223,8 +222,9 @@ class LocationIndex:
 
     def _open(self, cell: int) -> _Cell:
         box = self._cells[cell] = _Cell(cell)
+        base = cell & _ALL_BUT_RES
         for level in self._coarser:
-            key = level.key(cell)
+            key = base | level.parent_bits  # level.key(cell)
             children = level.cells.get(key)
             if children is None:
                 level.cells[key] = {cell: box}
