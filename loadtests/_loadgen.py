@@ -297,6 +297,20 @@ async def _worker(worker: int, plan: Plan, out: Queue[Any], windows: Queue[Any])
     return WorkerReport(worker, rec.tallies)
 
 
+def wait_for(out: Queue[Any], kind: str, n: int, timeout_s: float) -> list[Any]:
+    """Collect ``n`` messages ``(kind, worker, payload)`` of ``kind`` from load processes; a
+    report whose ``fatal`` is set ends the wait with an error."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n:
+        msg_kind, worker, payload = out.get(timeout=max(0.1, deadline - time.monotonic()))
+        if msg_kind == "report" and getattr(payload, "fatal", None):
+            raise RuntimeError(f"load generator {worker} failed: {payload.fatal}")
+        if msg_kind == kind:
+            got.append(payload)
+    return got
+
+
 def worker_entry(worker: int, plan: Plan, out: Queue[Any], windows: Queue[Any]) -> None:
     """Process entry point: run the plan, then put ("report", worker, WorkerReport) on ``out``."""
     try:

@@ -14,24 +14,27 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import shlex
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
-from types import FrameType
 from typing import Any
 
 import httpx
 
 from loadtests._ingest_report import Run, render, summarise
-from loadtests._loadgen import Mode, Plan, Window, WorkerReport, worker_entry
+from loadtests._loadgen import Mode, Plan, Window, WorkerReport, wait_for, worker_entry
 from loadtests._report import write_result
 from loadtests._stats import Scrape, cpu_snapshot, pids_matching
-from loadtests._system import RunningService, describe_machine, location_service
+from loadtests._system import (
+    RunningService,
+    describe_machine,
+    location_service,
+    raise_fd_limit,
+    stop_on_sigterm,
+)
 
 TO_INDEX_COUNT = "polder_location_ping_to_index_seconds_count"
 BATCHES_COUNT = "polder_location_batch_size_pings_count"
@@ -75,14 +78,6 @@ def parse_args(argv: list[str] | None) -> Options:
     )
 
 
-def _raise_fd_limit(wanted: int) -> None:
-    """One socket per simulated driver in WS mode, on both ends: children inherit the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def _scrape(client: httpx.Client, url: str) -> Scrape:
     at = time.time()
     resp = client.get(f"{url}/metrics")
@@ -92,19 +87,6 @@ def _scrape(client: httpx.Client, url: str) -> Scrape:
 
 def _sleep_until(t: float) -> None:
     time.sleep(max(0.0, t - time.time()))
-
-
-def _wait_for(out: Queue[Any], kind: str, n: int, timeout_s: float) -> list[Any]:
-    """Collect ``n`` messages of ``kind``; a fatal worker report ends the wait with an error."""
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < n:
-        msg_kind, worker, payload = out.get(timeout=max(0.1, deadline - time.monotonic()))
-        if msg_kind == "report" and isinstance(payload, WorkerReport) and payload.fatal:
-            raise RuntimeError(f"load generator {worker} failed: {payload.fatal}")
-        if msg_kind == kind:
-            got.append(payload)
-    return got
 
 
 def _plans(svc: RunningService, mode: Mode, opts: Options) -> list[Plan]:
@@ -164,7 +146,7 @@ def _drain(client: httpx.Client, url: str, run: Run, limit_s: float = 30.0) -> N
 def _measure(svc: RunningService, mode: Mode, opts: Options, workers: list[SpawnProcess],
              out: Queue[Any], windows: Queue[Any]) -> Run:
     started = time.time()
-    _wait_for(out, "ready", len(workers), timeout_s=300)
+    wait_for(out, "ready", len(workers), timeout_s=300)
     print(f"[{mode}] {len(workers)} load generators ready in {time.time() - started:.1f} s",
           flush=True)
     start = time.time() + 0.5
@@ -176,7 +158,7 @@ def _measure(svc: RunningService, mode: Mode, opts: Options, workers: list[Spawn
         run = Run(mode, options, window, before=_scrape(client, svc.base_url))
         _observe(client, svc.base_url, run, _cpu_groups(svc, workers))
         _drain(client, svc.base_url, run)
-    reports: list[WorkerReport] = _wait_for(out, "report", len(workers), timeout_s=120)
+    reports: list[WorkerReport] = wait_for(out, "report", len(workers), timeout_s=120)
     for r in reports:
         for phase, tally in r.tallies.items():
             run.tallies[phase].add(tally)
@@ -204,18 +186,11 @@ def run_mode(svc: RunningService, mode: Mode, opts: Options) -> Run:
                 w.join()
 
 
-def _stop_on_sigterm() -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     command = "python -m loadtests.ingest " + shlex.join(sys.argv[1:] if argv is None else argv)
-    _stop_on_sigterm()
-    _raise_fd_limit(4 * opts.drivers + 1024)
+    stop_on_sigterm()
+    raise_fd_limit(4 * opts.drivers + 1024)
     print(f"Machine: {describe_machine()}", flush=True)
     clean = True
     with location_service() as svc:

@@ -123,9 +123,7 @@ async def accept(
     """Accept an offer: exactly one of concurrent accept / expire / cancel wins."""
     require_role(principal, Role.DRIVER)
     rt = _rt(request)
-    result = await rt.handlers.accept(offer_id, principal.sub, _now())
-    rt.metrics.offers.labels("accepted").inc()
-    return result
+    return await rt.handlers.accept(offer_id, principal.sub, _now())
 
 
 @router.post("/offers/{offer_id}/decline", response_model=DeclineOut, responses=ERRORS)
@@ -134,7 +132,6 @@ async def decline(offer_id: uuid.UUID, request: Request, principal: CurrentPrinc
     require_role(principal, Role.DRIVER)
     rt = _rt(request)
     await rt.handlers.decline(offer_id, principal.sub, _now())
-    rt.metrics.offers.labels("declined").inc()
     return DeclineOut(offer_id=str(offer_id), status="declined")
 
 

@@ -24,6 +24,7 @@ from polder.dispatch.domain.states import (
     WorkerStatus,
 )
 from polder.dispatch.feed import Feed
+from polder.dispatch.metrics import DispatchMetrics
 from polder.dispatch.transitions import (
     Conn,
     Row,
@@ -63,11 +64,14 @@ class TripStepResult:
 
 
 class Handlers:
-    def __init__(self, pool: Pool, bus: Bus, relay: OutboxRelay, feed: Feed) -> None:
+    def __init__(
+        self, pool: Pool, bus: Bus, relay: OutboxRelay, feed: Feed, metrics: DispatchMetrics
+    ) -> None:
         self.pool = pool
         self.bus = bus
         self.relay = relay
         self.feed = feed
+        self.metrics = metrics
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[tuple[Conn, list[Outgoing]]]:
@@ -81,13 +85,14 @@ class Handlers:
             raise conflict(exc) from exc
         if events:
             self.relay.notify()
-            self._tell_drivers(events)
+            self._after_commit(events)
 
-    def _tell_drivers(self, events: list[Outgoing]) -> None:
-        """Push closed offers to the drivers' feeds, once the change is committed."""
+    def _after_commit(self, events: list[Outgoing]) -> None:
+        """Count offers by outcome and push closed offers to the drivers' feeds."""
         for _, _, event in events:
             if event.type == "polder.dispatch.offer_resolved.v1":
                 data = event.data
+                self.metrics.offers.labels(data["outcome"]).inc()
                 self.feed.publish(
                     data["driver_id"],
                     {
@@ -170,6 +175,7 @@ class Handlers:
                 now,
                 offer["pickup_eta_s"],
             )
+            self.metrics.order_to_assignment.observe((now - order["created_at"]).total_seconds())
             _, order_event = await move_order(
                 conn,
                 self.bus,

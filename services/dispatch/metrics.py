@@ -47,13 +47,28 @@ class DispatchMetrics(CommonMetrics):
         self.solve_time = Histogram(
             "polder_dispatch_batch_solve_seconds",
             "Time to build candidates and solve one batch's assignment",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+            ),
             registry=registry,
         )
         self.apply_time = Histogram(
             "polder_dispatch_batch_apply_seconds",
             "Time to write one batch's offers (one transaction)",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
         self.pickup_eta = Histogram(

@@ -27,7 +27,8 @@ class InfraError(RuntimeError):
 
 def die_with_parent() -> None:
     """Run in a child before exec: on Linux, SIGTERM the child if its parent dies, so a
-    killed `polder up` (or test run) never leaves a broker or a service behind."""
+    killed `polder up` (or test run) never leaves a broker or a service behind. The "parent"
+    is the thread that forked: start children from a thread that lives as long as they do."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1

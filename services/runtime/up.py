@@ -75,7 +75,9 @@ async def start_infrastructure(system: System) -> Settings:
         system.broker = EmbeddedBroker(
             port=s.broker_port, host=s.host, log_path=data_dir / "broker.log"
         )
-        bootstrap = await asyncio.to_thread(system.broker.start)
+        # Started from the main thread on purpose: PR_SET_PDEATHSIG fires when the *thread*
+        # that forked the child exits, and a worker thread of asyncio's pool may.
+        bootstrap = system.broker.start()
         log.info("embedded broker running", bootstrap=bootstrap)
     await wait_for_broker(bootstrap)
     settings = s.model_copy(update={"database_url": database_url, "kafka_bootstrap": bootstrap})

@@ -547,6 +547,8 @@ async def test_metrics_report_dispatch(d: Dispatch) -> None:
     await d.online("drv-m", *CENTRE)
     await d.order("cust-m")
     await d.batch()
+    [offer] = await d.offers("drv-m")
+    await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "drv-m")
     text = (await d.client.get(f"{d.base}/metrics")).text
     for name in (
         "polder_dispatch_order_to_offer_seconds_count 1.0",
@@ -554,6 +556,8 @@ async def test_metrics_report_dispatch(d: Dispatch) -> None:
         "polder_dispatch_available_workers 1.0",
         "polder_dispatch_batch_solve_seconds_count",
         "polder_dispatch_pickup_eta_seconds_count 1.0",
+        "polder_dispatch_order_to_assignment_seconds_count 1.0",
+        'polder_dispatch_offers_total{outcome="accepted"} 1.0',
     ):
         assert name in text, name
     assert (await d.client.get(f"{d.base}/readyz")).status_code == 200
