@@ -121,8 +121,11 @@ class Matcher:
         result = assign_batch(orders, workers, available, ts, self.config, self.eta)
         self.metrics.solve_time.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(orders))
+        # Offers are stamped when they are written, not when the batch started: a driver's 15 s
+        # to answer must not shrink by the time the batch took to solve.
+        written_at = max(now, datetime.fromtimestamp(self.clock(), UTC))
         offered = (
-            await self._apply(result, {str(r["order_id"]): r for r in open_rows}, now)
+            await self._apply(result, {str(r["order_id"]): r for r in open_rows}, written_at)
             if orders
             else 0
         )
