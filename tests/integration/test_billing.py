@@ -225,6 +225,14 @@ async def test_operators_get_the_waiting_report(settings: Settings) -> None:
             return n
 
         await eventually(settled, until=lambda n: n == 1)
+
+        async def second_worker_seen() -> int:
+            n: int = await b.pool.fetchval(
+                "SELECT count(*) FROM driver_events WHERE driver_id = 'drv-w2'"
+            )
+            return n
+
+        await eventually(second_worker_seen, until=lambda n: n >= 1)  # its own topic partition
         now = datetime.now(UTC)
         window = {"from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()}
         r = await b.get(
