@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from loadtests._city import CENTRE_LAT, CENTRE_LNG, HOTSPOTS, M_PER_DEG_LAT, Point, offset
 from loadtests._loadgen import FAILURES, Window, decode
 from polder.common.auth import issue_token
 from polder.common.bus import Bus
@@ -51,35 +52,14 @@ from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DISPATCH, DRIVER_LOCATIONS, ORDERS
 
-CENTRE_LAT, CENTRE_LNG = 52.37, 4.89
 HALF_SIDE_M = 10_000.0  # 20 km x 20 km
-M_PER_DEG_LAT = 111_320.0
-# Busy places (lat, lng, spread in metres), as in the nearby benchmark.
-HOTSPOTS = (
-    (52.3731, 4.8922, 600.0),  # Dam
-    (52.3791, 4.9003, 400.0),  # Centraal
-    (52.3383, 4.8727, 700.0),  # Zuidas
-    (52.3644, 4.8835, 500.0),  # Leidseplein
-    (52.3601, 4.9261, 800.0),  # Oost
-    (52.3894, 4.8376, 900.0),  # Sloterdijk
-    (52.3124, 4.9470, 900.0),  # Bijlmer ArenA
-    (52.3993, 4.9155, 700.0),  # Noord
-)
 DRIVERS_NEAR_HOTSPOTS = 0.4
 PICKUPS_NEAR_HOTSPOTS = 0.7
 TRIP_STEPS = ("arrived_pickup", "picked_up", "arrived_dropoff", "completed")
 OFFER_MADE = "polder.dispatch.offer_made.v1"
-Point = tuple[float, float]
 
 
 # --- the city ---------------------------------------------------------------------------------
-
-
-def offset(lat: float, lng: float, north_m: float, east_m: float) -> Point:
-    return (
-        lat + north_m / M_PER_DEG_LAT,
-        lng + east_m / (M_PER_DEG_LAT * math.cos(math.radians(lat))),
-    )
 
 
 def clamp(p: Point) -> Point:

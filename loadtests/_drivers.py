@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-CENTRE_LAT, CENTRE_LNG = 52.37, 4.89
+from loadtests._city import CENTRE_LAT, CENTRE_LNG, M_PER_DEG_LAT
+
 HALF_LAT, HALF_LNG = 0.11, 0.18  # about 25 km x 25 km
-M_PER_DEG_LAT = 111_320.0
 Ping = dict[str, Any]
 
 

@@ -25,7 +25,6 @@ separately). Solve time is the wall time of one call, candidate search included.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import shlex
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from loadtests._city import CENTRE_LAT, CENTRE_LNG, Point, offset
 from loadtests._report import write_result
 from loadtests._stats import percentile
 from polder.common.geoindex import LocationIndex
@@ -50,9 +50,7 @@ from polder.dispatch.domain.matching import (
     sequential_greedy,
 )
 
-CENTRE_LAT, CENTRE_LNG = 52.37, 4.89
 HALF_SIDE_M = 5_000.0
-M_PER_DEG_LAT = 111_320.0
 EARTH_RADIUS_M = 6_371_008.8  # as polder.common.geoindex.haversine_m
 NOW = 1_750_000_000.0
 MEAN_WAIT_S = 300.0
@@ -72,7 +70,6 @@ FAIRNESS_WEIGHTS = (0.5, 1.0)
 FAIR = tuple(f"polder_fair_{w:g}" for w in FAIRNESS_WEIGHTS)
 METHODS = ("polder", *FAIR, "polder_fallback", "greedy")
 
-Point = tuple[float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,19 +111,12 @@ def parse_args(argv: list[str] | None) -> Options:
 # --- scenarios ------------------------------------------------------------------------------
 
 
-def _offset(lat: float, lng: float, north_m: float, east_m: float) -> Point:
-    return (
-        lat + north_m / M_PER_DEG_LAT,
-        lng + east_m / (M_PER_DEG_LAT * math.cos(math.radians(lat))),
-    )
-
-
 def _point(rng: random.Random, hotspot_share: float) -> Point:
     if rng.random() < hotspot_share:
         lat, lng, spread = rng.choice(HOTSPOTS)
-        return _offset(lat, lng, rng.gauss(0.0, spread), rng.gauss(0.0, spread))
+        return offset(lat, lng, rng.gauss(0.0, spread), rng.gauss(0.0, spread))
     north, east = rng.uniform(-HALF_SIDE_M, HALF_SIDE_M), rng.uniform(-HALF_SIDE_M, HALF_SIDE_M)
-    return _offset(CENTRE_LAT, CENTRE_LNG, north, east)
+    return offset(CENTRE_LAT, CENTRE_LNG, north, east)
 
 
 def draw_batch(rng: random.Random, orders: int, workers: int, layout: str) -> Batch:

@@ -12,7 +12,6 @@ both return the same drivers for every query, and writes ``loadtests/results/nea
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import shlex
 import sys
@@ -24,29 +23,16 @@ from typing import Any
 
 import redis
 
+from loadtests._city import CENTRE_LAT, CENTRE_LNG, HOTSPOTS, Point, offset
 from loadtests._report import fmt, table, write_result
 from loadtests._stats import percentile
 from polder.common.geoindex import LocationIndex, haversine_m
 
-CENTRE_LAT, CENTRE_LNG = 52.37, 4.89
 HALF_SIDE_M = 12_500.0
-M_PER_DEG_LAT = 111_320.0
-# Busy places (lat, lng, spread in metres): centre, stations, business districts, nightlife.
-HOTSPOTS = (
-    (52.3731, 4.8922, 600.0),  # Dam
-    (52.3791, 4.9003, 400.0),  # Centraal
-    (52.3383, 4.8727, 700.0),  # Zuidas
-    (52.3644, 4.8835, 500.0),  # Leidseplein
-    (52.3601, 4.9261, 800.0),  # Oost
-    (52.3894, 4.8376, 900.0),  # Sloterdijk
-    (52.3124, 4.9470, 900.0),  # Bijlmer ArenA
-    (52.3993, 4.9155, 700.0),  # Noord
-)
 CLUSTERED_SHARE = 0.4
 # Redis rounds positions to 52-bit geohash cells (~0.6 m) and uses an earth radius 0.028 % larger.
 BOUNDARY_SLACK_M, BOUNDARY_RELATIVE = 1.0, 3e-4
 
-Point = tuple[float, float]
 Hit = tuple[str, float]  # driver id, distance in metres
 Ask = Callable[[float, float], list[Hit]]
 
@@ -92,21 +78,14 @@ def parse_args(argv: list[str] | None) -> Options:
     return Options(a.drivers, a.queries, a.radius, a.limit, a.seed, a.redis, a.out)
 
 
-def _offset(lat: float, lng: float, north_m: float, east_m: float) -> Point:
-    return (
-        lat + north_m / M_PER_DEG_LAT,
-        lng + east_m / (M_PER_DEG_LAT * math.cos(math.radians(lat))),
-    )
-
-
 def _uniform(rng: random.Random) -> Point:
-    return _offset(CENTRE_LAT, CENTRE_LNG, rng.uniform(-HALF_SIDE_M, HALF_SIDE_M),
+    return offset(CENTRE_LAT, CENTRE_LNG, rng.uniform(-HALF_SIDE_M, HALF_SIDE_M),
                    rng.uniform(-HALF_SIDE_M, HALF_SIDE_M))
 
 
 def _clustered(rng: random.Random) -> Point:
     lat, lng, spread = rng.choice(HOTSPOTS)
-    return _offset(lat, lng, rng.gauss(0.0, spread), rng.gauss(0.0, spread))
+    return offset(lat, lng, rng.gauss(0.0, spread), rng.gauss(0.0, spread))
 
 
 def city_points(n: int, rng: random.Random, clustered_share: float = CLUSTERED_SHARE
