@@ -38,8 +38,6 @@ def build_app(settings: Settings) -> FastAPI:
             limits = Limits(settings.max_future_skew_s, settings.max_speed_mps)
             rt = LocationRuntime(
                 settings=settings,
-                bus=res.bus,
-                pool=res.pool,
                 index=index,
                 ingest=Ingest(res.bus, index, limits, metrics),
                 limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),

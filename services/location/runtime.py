@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from polder.common.bus import Bus
-from polder.common.db import Pool
 from polder.common.geoindex import LocationIndex
 from polder.common.ratelimit import RateLimiter
 from polder.common.settings import Settings
@@ -16,8 +14,6 @@ from polder.location.metrics import LocationMetrics
 @dataclass(frozen=True, slots=True)
 class LocationRuntime:
     settings: Settings
-    bus: Bus
-    pool: Pool
     index: LocationIndex
     ingest: Ingest
     limiter: RateLimiter
