@@ -153,14 +153,7 @@ class Handlers:
 
     async def accept(self, offer_id: uuid.UUID, driver_id: str, now: datetime) -> dict[str, str]:
         async with self.transaction() as (conn, events):
-            order, offer = await self._lock_offer_of(conn, offer_id, driver_id)
-            if offer["status"] != "pending":
-                raise ApiError(
-                    409,
-                    "offer_closed",
-                    f"offer is {offer['status']}",
-                    current_state=offer["status"],
-                )
+            order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
             if offer["expires_at"] <= now:
                 raise ApiError(409, "offer_closed", "offer has expired", current_state="expired")
             worker = await lock_worker(conn, driver_id, now)
@@ -203,23 +196,18 @@ class Handlers:
 
     async def decline(self, offer_id: uuid.UUID, driver_id: str, now: datetime) -> None:
         async with self.transaction() as (conn, events):
-            order, offer = await self._lock_offer_of(conn, offer_id, driver_id)
-            if offer["status"] != "pending":
-                raise ApiError(
-                    409,
-                    "offer_closed",
-                    f"offer is {offer['status']}",
-                    current_state=offer["status"],
-                )
+            order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
             worker = await lock_worker(conn, driver_id, now)
             _, _, released = await release_offer(
                 conn, self.bus, order, offer, worker, "declined", now
             )
             events += released
 
-    async def _lock_offer_of(
+    async def _lock_pending_offer(
         self, conn: Conn, offer_id: uuid.UUID, driver_id: str
     ) -> tuple[Row, Row]:
+        """Lock the offer (and its order first); 404 if it is not this driver's, 409 if it was
+        already answered, expired or withdrawn."""
         owner = await conn.fetchrow(
             "SELECT order_id, driver_id FROM offers WHERE offer_id = $1", offer_id
         )
@@ -228,6 +216,10 @@ class Handlers:
         order = await lock_order(conn, owner["order_id"])
         offer = await lock_offer(conn, offer_id)
         assert order is not None and offer is not None
+        if offer["status"] != "pending":
+            raise ApiError(
+                409, "offer_closed", f"offer is {offer['status']}", current_state=offer["status"]
+            )
         return order, offer
 
     async def expire_offers(self, now: datetime, limit: int = 500) -> int:
