@@ -75,7 +75,8 @@ async def service_resources(
     pool_size: int = 10,
 ) -> AsyncIterator[Resources]:
     schema = settings.db_schema(service)
-    pool = await create_pool(settings.database_url, schema, max_size=pool_size)
+    size = settings.db_pool_size or pool_size
+    pool = await create_pool(settings.database_url, schema, max_size=size)
     bus = Bus(settings, SchemaRegistry.load(), source=f"polder/{service}")
     resources = Resources(settings, pool, bus, metrics)
     try:

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # out, so it bounds the delay of every consumer (aiokafka's default of 500 ms would be
     # most of the ping→index budget).
     kafka_fetch_max_wait_ms: int = 20
+    # Connections per service process; 0 takes the service's own default (dispatch 20, else 10).
+    db_pool_size: int = Field(default=0, ge=0)
     # Isolation: appended to topic names (".ns") and Postgres schemas ("_ns"), so tests and
     # parallel deployments on one broker/database never see each other's data.
     namespace: str = Field(default="", pattern=r"^[a-z0-9_]*$")
