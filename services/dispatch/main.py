@@ -19,6 +19,7 @@ from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.dispatch.api import router
+from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.matching import GreatCircleEta
 from polder.dispatch.domain.surge import SurgeModel
 from polder.dispatch.feed import Feed
@@ -42,7 +43,8 @@ def build_app(settings: Settings, *, run_matcher: bool = True) -> FastAPI:
         async with service_resources(settings, SERVICE, MIGRATIONS, metrics, pool_size=20) as res:
             relay = OutboxRelay(res.pool, res.bus)
             feed = Feed()
-            handlers = Handlers(res.pool, res.bus, relay, feed, metrics)
+            availability = Availability()
+            handlers = Handlers(res.pool, res.bus, relay, feed, metrics, availability)
             positions = LocationIndex(settings.index_resolution, settings.location_ttl_s)
             surge = SurgeModel()
             matcher = Matcher(
@@ -55,7 +57,9 @@ def build_app(settings: Settings, *, run_matcher: bool = True) -> FastAPI:
                 metrics=metrics,
                 feed=feed,
                 surge=surge,
+                availability=availability,
             )
+            await matcher.load_availability()
 
             async def track_positions(records: Sequence[Received]) -> None:
                 apply_pings(positions, records)

@@ -20,6 +20,7 @@ from polder.common.geoindex import LocationIndex
 from polder.common.outbox import Outgoing
 from polder.common.settings import Settings
 from polder.common.topics import DISPATCH
+from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.matching import (
     BatchResult,
     EtaProvider,
@@ -71,8 +72,10 @@ class Matcher:
         metrics: DispatchMetrics,
         feed: Feed,
         surge: SurgeModel,
+        availability: Availability,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.availability = availability
         self.handlers = handlers
         self.positions = positions
         self.eta = eta
@@ -108,17 +111,14 @@ class Matcher:
             "AND (scheduled_for IS NULL OR scheduled_for <= $1) ORDER BY created_at LIMIT 5000",
             now + timedelta(seconds=self.settings.schedule_lead_s),
         )
-        idle_rows = await pool.fetch(
-            "SELECT driver_id, waiting_since FROM workers WHERE status = 'idle'"
-        )
         ts = now.timestamp()
-        workers, available = self._available(idle_rows, ts)
-        self.surge.observe_supply(count_by_cell7(p.cell for p in available), ts)
+        workers, cells = self._available(ts)
+        self.surge.observe_supply(count_by_cell7(cells), ts)
         self.metrics.open_orders.set(len(open_rows))
         self.metrics.available_workers.set(len(workers))
         orders = [_open_order(r) for r in open_rows]
         started = time.perf_counter()
-        result = assign_batch(orders, workers, available, ts, self.config, self.eta)
+        result = assign_batch(orders, workers, self.positions, ts, self.config, self.eta)
         self.metrics.solve_time.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(orders))
         # Offers are stamped when they are written, not when the batch started: a driver's 15 s
@@ -131,22 +131,31 @@ class Matcher:
         )
         return BatchOutcome(len(orders), offered, result)
 
-    def _available(
-        self, idle_rows: list[Any], now: float
-    ) -> tuple[dict[str, Worker], LocationIndex]:
-        """Idle workers with a fresh position, and an index of just them."""
-        available = LocationIndex(self.positions.resolution, self.positions.ttl_s)
+    async def load_availability(self) -> int:
+        """Read every worker's state once (at start-up); events keep it current afterwards."""
+        rows = await self.handlers.pool.fetch(
+            "SELECT driver_id, seq, status, waiting_since FROM workers"
+        )
+        self.availability.load(
+            (r["driver_id"], r["seq"], r["status"], _epoch(r["waiting_since"])) for r in rows
+        )
+        return len(rows)
+
+    def _available(self, now: float) -> tuple[dict[str, Worker], list[int]]:
+        """Idle workers with a fresh position, and their cells. The batch searches the
+        service's own position index; ``workers`` is the eligibility filter (no copy of it)."""
         workers: dict[str, Worker] = {}
-        for row in idle_rows:
-            pos = self.positions.get(row["driver_id"])
-            if pos is None or not self.positions.is_fresh(pos, now):
+        cells: list[int] = []
+        get, ttl = self.positions.get, self.positions.ttl_s
+        for driver_id, since in self.availability.idle.items():
+            pos = get(driver_id)
+            if pos is None or now - pos.seen_at >= ttl:
                 continue
-            since = row["waiting_since"]
-            workers[pos.driver_id] = Worker(
-                pos.driver_id, pos.lat, pos.lng, since.timestamp() if since else now
+            workers[driver_id] = Worker(
+                driver_id, pos.lat, pos.lng, since if since is not None else now
             )
-            available.upsert(pos.driver_id, pos.lat, pos.lng, pos.recorded_at, pos.seen_at)
-        return workers, available
+            cells.append(pos.cell)
+        return workers, cells
 
     async def _apply(self, result: BatchResult, rows: Mapping[str, Any], now: datetime) -> int:
         started = time.perf_counter()
@@ -302,6 +311,10 @@ class Matcher:
         share = Decimal(str(self.settings.driver_share))
         amount = int((Decimal(quote["amount_minor"]) * share).to_integral_value())
         return {"currency": quote["currency"], "amount_minor": amount}
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
 
 
 def _open_order(r: Any) -> OpenOrder:
