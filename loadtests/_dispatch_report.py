@@ -329,9 +329,9 @@ def render(doc: dict[str, Any]) -> str:
          _ms(svc["metrics_scrape"], "p50_ms", "max_ms")),
         ("errors", ", ".join(f"{k}: {v}" for k, v in doc["errors"]["by_kind"].items()) or "none"),
         ("checks", "; ".join(doc["checks"]["failed"]) or "all passed"),
-        ("CPU cores: service / loadgen / broker / postgres",
+        ("CPU cores: API / matcher / loadgen / broker / postgres",
          " / ".join(fmt(cpu.get(k, math.nan), "", 2)
-                    for k in ("service", "loadgen", "broker", "postgres"))),
+                    for k in ("service", "matcher", "loadgen", "broker", "postgres"))),
         ("CPU cores: harness / whole box / anything else",
          " / ".join(fmt(cpu.get(k, math.nan), "", 2) for k in ("harness", "box", "other"))),
         (f"target: beyond-window p99 ≤ {TARGET_BEYOND_P99_MS:.0f} ms",

@@ -24,7 +24,6 @@ from polder.dispatch.domain.states import (
     OrderStatus,
     WorkerStatus,
 )
-from polder.dispatch.feed import Feed
 from polder.dispatch.metrics import DispatchMetrics
 from polder.dispatch.transitions import (
     Conn,
@@ -70,7 +69,6 @@ class Handlers:
         pool: Pool,
         bus: Bus,
         relay: OutboxRelay | None,
-        feed: Feed,
         metrics: DispatchMetrics,
         availability: Availability | None = None,
     ) -> None:
@@ -81,7 +79,6 @@ class Handlers:
         self.availability = availability
         self.bus = bus
         self.relay = relay
-        self.feed = feed
         self.metrics = metrics
 
     @contextlib.asynccontextmanager
@@ -100,23 +97,13 @@ class Handlers:
             self._after_commit(events)
 
     def _after_commit(self, events: list[Outgoing]) -> None:
-        """Count offers by outcome, keep the available workers current, and push closed offers
-        to the drivers' feeds."""
+        """Count offers by outcome and keep the available workers current."""
         for _, _, event in events:
             if event.type == "polder.driver.state_changed.v1":
                 if self.availability is not None:
                     self.availability.apply_event(event.data, event.time.timestamp())
             elif event.type == "polder.dispatch.offer_resolved.v1":
-                data = event.data
-                self.metrics.offers.labels(data["outcome"]).inc()
-                self.feed.publish(
-                    data["driver_id"],
-                    {
-                        "type": "offer_closed",
-                        "offer_id": data["offer_id"],
-                        "outcome": data["outcome"],
-                    },
-                )
+                self.metrics.offers.labels(event.data["outcome"]).inc()
 
     # --- workers -------------------------------------------------------------------------
 

@@ -37,8 +37,7 @@ from polder.dispatch.domain.states import (
     next_worker_status,
 )
 from polder.dispatch.domain.surge import SurgeModel, count_by_cell7
-from polder.dispatch.feed import Feed
-from polder.dispatch.handlers import Handlers, offer_view
+from polder.dispatch.handlers import Handlers
 from polder.dispatch.metrics import DispatchMetrics
 from polder.dispatch.transitions import order_event, worker_event
 
@@ -70,19 +69,20 @@ class Matcher:
         eta: EtaProvider,
         settings: Settings,
         metrics: DispatchMetrics,
-        feed: Feed,
         surge: SurgeModel,
         availability: Availability,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.availability = availability
+        # Told every batch's supply snapshot (the matcher process shares it with the API's
+        # surge model, which prices the quotes).
+        self.on_supply: Callable[[dict[int, int], float], None] | None = None
         self.handlers = handlers
         self.positions = positions
         self.eta = eta
         self.settings = settings
         self.config = match_config(settings)
         self.metrics = metrics
-        self.feed = feed
         self.surge = surge
         self.clock = clock
 
@@ -113,7 +113,10 @@ class Matcher:
         )
         ts = now.timestamp()
         workers, cells = self._available(ts)
-        self.surge.observe_supply(count_by_cell7(cells), ts)
+        supply = count_by_cell7(cells)
+        self.surge.observe_supply(supply, ts)
+        if self.on_supply is not None:
+            self.on_supply(supply, ts)
         self.metrics.open_orders.set(len(open_rows))
         self.metrics.available_workers.set(len(workers))
         orders = [_open_order(r) for r in open_rows]
@@ -160,7 +163,7 @@ class Matcher:
     async def _apply(self, result: BatchResult, rows: Mapping[str, Any], now: datetime) -> int:
         started = time.perf_counter()
         batch_id = uuid.uuid4()
-        made: list[dict[str, Any]] = []
+        made = 0
         async with self.handlers.transaction() as (conn, events):
             order_ids = sorted(uuid.UUID(a.order_id) for a in result.assignments)
             driver_ids = sorted(a.driver_id for a in result.assignments)
@@ -208,9 +211,7 @@ class Matcher:
                 if order["first_offer_at"] is None:
                     self.metrics.order_to_offer.observe((now - order["created_at"]).total_seconds())
                 self.metrics.pickup_eta.observe(a.eta_s)
-                made.append(
-                    _offer_row(order, offer_id, a.driver_id, expires, a.eta_s, a.distance_m, pay)
-                )
+                made += 1
             # One statement per table for the whole batch: row by row, a 200-order batch spent
             # most of a second in round trips.
             await conn.execute(
@@ -246,11 +247,9 @@ class Matcher:
                     if order_id in rows
                 ],
             )
-        self.metrics.offers.labels("made").inc(len(made))
+        self.metrics.offers.labels("made").inc(made)
         self.metrics.apply_time.observe(time.perf_counter() - started)
-        for offer in made:
-            self.feed.publish(offer["driver_id"], {"type": "offer", "offer": offer_view(offer)})
-        return len(made)
+        return made
 
     def _offer_events(
         self,
@@ -327,28 +326,3 @@ def _open_order(r: Any) -> OpenOrder:
         ready_at=r["ready_at"].timestamp() if r["ready_at"] else None,
         excluded=frozenset(r["excluded"]),
     )
-
-
-def _offer_row(
-    order: Any,
-    offer_id: uuid.UUID,
-    driver_id: str,
-    expires: datetime,
-    eta_s: float,
-    distance_m: float,
-    pay: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "offer_id": offer_id,
-        "order_id": order["order_id"],
-        "driver_id": driver_id,
-        "kind": order["kind"],
-        "pickup_lat": order["pickup_lat"],
-        "pickup_lng": order["pickup_lng"],
-        "dropoff_lat": order["dropoff_lat"],
-        "dropoff_lng": order["dropoff_lng"],
-        "expires_at": expires,
-        "pickup_eta_s": eta_s,
-        "pickup_distance_m": distance_m,
-        "estimated_pay": pay,
-    }

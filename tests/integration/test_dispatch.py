@@ -135,7 +135,7 @@ class Dispatch:
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Dispatch]:
-    app = build_app(settings, run_matcher=False)
+    app = build_app(settings, matcher="none")
     bus = Bus(settings, SchemaRegistry.load(), source="test")
     await bus.start()
     try:
