@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Received
+from polder.common.children import ChildProcess, MergedRegistry
 from polder.common.http import service_app
 from polder.common.outbox import OutboxRelay
 from polder.common.positions import apply_pings
@@ -31,13 +32,7 @@ from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.surge import SurgeModel
 from polder.dispatch.feed import Feed
 from polder.dispatch.handlers import Handlers
-from polder.dispatch.matcher_process import (
-    RELAY_BATCH,
-    MatcherProcess,
-    MergedRegistry,
-    SupplyReader,
-    build_matcher,
-)
+from polder.dispatch.matcher_process import RELAY_BATCH, SUPPLY_FILE, SupplyReader, build_matcher
 from polder.dispatch.metrics import DispatchMetrics
 from polder.dispatch.orders import OrderDesk
 from polder.dispatch.runtime import DispatchRuntime
@@ -85,9 +80,9 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
             ready = [(feeder, "dispatch feed consumer")]
             if separate:
                 assert share is not None
-                process = MatcherProcess(settings, share)
+                process = ChildProcess("polder.dispatch.matcher_process", settings, share)
                 metrics.registry = MergedRegistry(own_registry, process.metrics_file)
-                desk.supply = SupplyReader(process.supply_file, surge)
+                desk.supply = SupplyReader(share / SUPPLY_FILE, surge)
                 res.run(process.run(res.stop), "dispatch-matcher-process")
                 app.state.matcher_process = process
             else:

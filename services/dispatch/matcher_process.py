@@ -1,15 +1,15 @@
 """The matcher in its own process, so batches never wait behind the API's requests.
 
-The API process starts it (``MatcherProcess``) and restarts it if it dies; it dies with the API
-process. It has its own pool, producer, position index and outbox relay (the only relay while it
-runs: it publishes the API's events too). Its view of the available workers is loaded from
-Postgres at start and then follows ``polder.driver.events`` (see ``domain/availability``).
-Postgres stays the truth: a batch locks its orders ``searching`` and its workers ``idle``, so a
-second matcher (another API replica's) could only find its choices taken, never double-book;
-an advisory lock keeps all but one of them idle anyway.
+The API process starts it (``common.children.ChildProcess``), restarts it if it dies, and it
+dies with the API process. It has its own pool, producer, position index and outbox relay (the
+only relay while it runs: it publishes the API's events too). Its view of the available workers
+is loaded from Postgres at start and then follows ``polder.driver.events`` (see
+``domain/availability``). Postgres stays the truth: a batch locks its orders ``searching`` and
+its workers ``idle``, so a second matcher (another API replica's) could only find its choices
+taken, never double-book; an advisory lock keeps all but one of them idle anyway.
 
-Its metrics reach the API's ``/metrics``: it writes its registry's text exposition to a file
-every ``METRICS_INTERVAL_S``, and the API merges that into its own (``MergedRegistry``).
+Its metrics reach the API's ``/metrics`` through ``common.children``; its supply snapshots reach
+the API's surge model (which prices quotes) through ``SUPPLY_FILE`` in the same folder.
 
     python -m polder.dispatch.matcher_process   (settings from POLDER_* as for any service)
 """
@@ -19,25 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
-import json
-import os
-import signal
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import structlog
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Received
+from polder.common.children import child_main, run_until_stopped, write_metrics
 from polder.common.db import Pool
 from polder.common.geoindex import LocationIndex
-from polder.common.logging import configure_logging
 from polder.common.outbox import OutboxRelay
 from polder.common.positions import apply_pings
 from polder.common.service import service_resources
@@ -55,12 +48,9 @@ log = structlog.get_logger(__name__)
 
 SERVICE = "dispatch"
 MIGRATIONS = "polder.dispatch.migrations"
-SHARE_DIR_ENV = "POLDER_MATCHER_SHARE_DIR"
-METRICS_INTERVAL_S = 0.5
 # The relay here publishes every process's outbox rows: the API's are found by polling.
 RELAY_POLL_S = 0.02
 RELAY_BATCH = 2000
-METRICS_FILE = "metrics.prom"
 SUPPLY_FILE = "supply.json"
 
 
@@ -124,18 +114,8 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
         res.run(relay.run(res.stop), "dispatch-outbox")
         res.run(_lead(res.pool, settings, matcher, res.stop), "dispatch-matcher")
         if share is not None:
-            res.run(
-                _write_metrics(metrics.registry, share / METRICS_FILE, res.stop), "matcher-metrics"
-            )
-        stopped = asyncio.create_task(stop.wait())
-        try:
-            while not stopped.done():
-                await asyncio.wait([stopped, *res.tasks], return_when=asyncio.FIRST_COMPLETED)
-                failed = [t for t in res.tasks if t.done()]
-                if failed:
-                    raise RuntimeError(f"matcher task ended: {failed[0].get_name()}")
-        finally:
-            stopped.cancel()
+            res.run(write_metrics(metrics.registry, share, res.stop), "matcher-metrics")
+        await run_until_stopped(res, stop)
 
 
 async def _lead(pool: Pool, settings: Settings, matcher: Matcher, stop: asyncio.Event) -> None:
@@ -181,159 +161,8 @@ class SupplyReader:
         self.surge.observe_supply({int(c): n for c, n in doc["cells"].items()}, doc["at"])
 
 
-async def _write_metrics(registry: CollectorRegistry, path: Path, stop: asyncio.Event) -> None:
-    tmp = path.with_suffix(".tmp")
-    while not stop.is_set():
-        tmp.write_bytes(generate_latest(registry))
-        tmp.replace(path)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=METRICS_INTERVAL_S)
-
-
-async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
-    """Stop when the process that started this one is gone."""
-    while not stop.is_set():
-        if os.getppid() != parent:
-            log.warning("parent process gone; matcher stopping")
-            stop.set()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-
-
-async def _main() -> None:
-    settings = Settings()
-    configure_logging(settings.log_level, json=settings.log_json)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_watch_parent(os.getppid(), stop))
-    share = os.environ.get(SHARE_DIR_ENV)
-    try:
-        await run(settings, Path(share) if share else None, stop)
-    finally:
-        watcher.cancel()
-
-
-# --- in the API process ---------------------------------------------------------------------
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process these settings (POLDER_* wins over the
-    inherited environment)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POLDER_")}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        text = value if isinstance(value, str) else json.dumps(value)
-        env[f"POLDER_{name.upper()}"] = text
-    return env
-
-
-class MatcherProcess:
-    """Starts the matcher process and keeps one running until ``stop``."""
-
-    def __init__(self, settings: Settings, share: Path) -> None:
-        self.settings = settings
-        self.share = share
-        self.metrics_file = share / METRICS_FILE
-        self.supply_file = share / SUPPLY_FILE
-        self.process: asyncio.subprocess.Process | None = None
-        self.starts = 0
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    async def run(self, stop: asyncio.Event) -> None:
-        env = {**settings_env(self.settings), SHARE_DIR_ENV: str(self.share)}
-        while not stop.is_set():
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "polder.dispatch.matcher_process", env=env
-            )
-            self.starts += 1
-            waiter = asyncio.create_task(self.process.wait())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if waiter.done():
-                log.error("matcher process exited; restarting", code=waiter.result())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-                continue
-            await self.terminate()
-
-    async def terminate(self) -> None:
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-class MergedRegistry(CollectorRegistry):
-    """The API's own metrics plus the matcher process's (from its exposition file), summed by
-    name and labels: both processes count offers, each by the outcomes it decides."""
-
-    def __init__(self, own: CollectorRegistry, file: Path) -> None:
-        super().__init__(auto_describe=False)
-        self.own = own
-        self.file = file
-
-    def collect(self) -> Iterable[Metric]:
-        families: dict[str, Metric] = {}
-        for family in self.own.collect():
-            families[family.name] = _copy(family)
-        for family in self._matcher_families():
-            mine = families.get(family.name)
-            if mine is None:
-                families[family.name] = family
-                continue
-            index = {
-                (s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(mine.samples)
-            }
-            for s in family.samples:
-                at = index.get((s.name, tuple(sorted(s.labels.items()))))
-                if at is None:
-                    mine.samples.append(s)
-                elif s.name.endswith("_created"):
-                    mine.samples[at] = mine.samples[at]._replace(
-                        value=min(mine.samples[at].value, s.value)
-                    )
-                else:
-                    mine.samples[at] = mine.samples[at]._replace(
-                        value=mine.samples[at].value + s.value
-                    )
-        return list(families.values())
-
-    def _matcher_families(self) -> list[Metric]:
-        try:
-            text = self.file.read_text()
-        except FileNotFoundError:
-            return []
-        return list(text_string_to_metric_families(text))
-
-
-def _copy(family: Metric) -> Metric:
-    copy = Metric(family.name, family.documentation, family.type, family.unit)
-    copy.samples = list(family.samples)
-    return copy
-
-
 def main() -> None:
-    import uvloop  # comes with uvicorn[standard], as for the API process
-
-    # As `polder serve` does for the API: freeze what start-up built, collect less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1_000)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_main())
+    child_main(run)
 
 
 if __name__ == "__main__":

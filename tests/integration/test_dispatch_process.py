@@ -22,12 +22,12 @@ import websockets
 
 from polder.common.auth import issue_token
 from polder.common.bus import Bus
+from polder.common.children import ChildProcess
 from polder.common.envelope import format_time
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.dispatch.main import build_app
-from polder.dispatch.matcher_process import MatcherProcess
 from tests.conftest import eventually
 from tests.support import serve
 
@@ -82,7 +82,7 @@ class Api:
 
 
 @pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[tuple[Api, MatcherProcess]]:
+async def api(settings: Settings) -> AsyncIterator[tuple[Api, ChildProcess]]:
     app = build_app(settings.model_copy(update={"batch_window_s": 0.2}), matcher="process")
     bus = Bus(settings, SchemaRegistry.load(), source="test")
     await bus.start()
@@ -96,7 +96,7 @@ async def api(settings: Settings) -> AsyncIterator[tuple[Api, MatcherProcess]]:
 
 
 async def test_the_matcher_process_offers_pushes_and_survives_a_kill(
-    api: tuple[Api, MatcherProcess],
+    api: tuple[Api, ChildProcess],
 ) -> None:
     d, process = api
     await eventually(lambda: _ready(d), until=lambda status: status == 200, within=30)

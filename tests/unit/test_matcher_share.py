@@ -9,14 +9,10 @@ import h3.api.basic_int as h3
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from polder.common.children import MergedRegistry, settings_env
 from polder.common.settings import Settings
 from polder.dispatch.domain.surge import SurgeModel
-from polder.dispatch.matcher_process import (
-    MergedRegistry,
-    SupplyReader,
-    settings_env,
-    write_supply,
-)
+from polder.dispatch.matcher_process import SupplyReader, write_supply
 from polder.dispatch.metrics import DispatchMetrics
 
 
