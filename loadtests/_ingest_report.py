@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,8 +146,8 @@ def render(doc: dict[str, Any]) -> str:
          f"{allp['pings_sent']:,} / {allp['pings_accepted']:,} / {allp['pings_rejected']:,}"),
         ("rejections by reason", str(allp["rejected_by_reason"] or "none")),
         ("errors (drivers dropped)", f"{allp['errors'] or 'none'} ({allp['drivers_dropped']})"),
-        ("CPU cores busy: service / loadgen",
-         f"{cpu['service']:.2f} / {cpu['loadgen']:.2f}"),
+        ("CPU cores busy: service / trace writer / loadgen",
+         f"{cpu['service']:.2f} / {cpu.get('traces', math.nan):.2f} / {cpu['loadgen']:.2f}"),
         ("CPU cores busy: broker / postgres / harness",
          f"{cpu['broker']:.2f} / {cpu['postgres']:.2f} / {cpu['harness']:.2f}"),
         ("CPU cores busy: whole box / anything else",

@@ -44,10 +44,9 @@ from loadtests._dispatch_load import (
 from loadtests._dispatch_report import render, summarise
 from loadtests._loadgen import Window, wait_for
 from loadtests._report import write_result
-from loadtests._stats import Scrape, cpu_snapshot, pids_matching
+from loadtests._stats import Scrape, cpu_snapshot, pids_matching, process_table
 from loadtests._system import (
     RunningService,
-    describe_machine,
     raise_fd_limit,
     service,
     stop_on_sigterm,
@@ -239,8 +238,11 @@ async def _drain(run: Run, limit_s: float) -> None:
 
 
 def _cpu_groups(svc: RunningService, procs: list[SpawnProcess]) -> dict[str, list[int]]:
+    table = process_table()
     return {
-        "service": [svc.pid],
+        "service": [svc.pid],  # the API process
+        # the matcher process (and anything else the service started)
+        "matcher": [pid for pid, (ppid, _) in table.items() if ppid == svc.pid],
         "loadgen": [p.pid for p in procs if p.pid is not None],
         "broker": pids_matching(f"tcp://{svc.settings.kafka_bootstrap}"),
         "postgres": pids_matching(str(svc.pgdata)),
@@ -253,7 +255,8 @@ def _start_profile(svc: RunningService, opts: Options) -> subprocess.Popen[bytes
         return None
     py_spy = Path(sys.executable).with_name("py-spy")
     return subprocess.Popen(
-        [str(py_spy), "record", "-p", str(svc.pid), "-d", str(math.ceil(opts.seconds)),
+        [str(py_spy), "record", "-p", str(svc.pid), "--subprocesses",
+         "-d", str(math.ceil(opts.seconds)),
          "--format", "raw", "--nonblocking", "-o", opts.profile],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
@@ -333,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     stop_on_sigterm()
     raise_fd_limit(4 * (opts.feed_drivers + opts.connections + opts.driver_connections) + 4096)
-    print(f"Machine: {describe_machine('dispatch')}", flush=True)
+    print(
+        f"Machine: {os.cpu_count()} cores. The dispatch service is two Python processes (API, "
+        "matcher); the load generators, the Tansu broker and Postgres share the box with them.",
+        flush=True,
+    )
     # Dispatch has no rate limiter today; should it get one, it must not bite here.
     with service("dispatch", rate_per_s=100_000.0, burst=100_000, env=_service_env(opts)) as svc:
         print(f"Dispatch service at {svc.base_url} (pid {svc.pid}), "

@@ -27,10 +27,9 @@ import httpx
 from loadtests._ingest_report import Run, render, summarise
 from loadtests._loadgen import Mode, Plan, Window, WorkerReport, wait_for, worker_entry
 from loadtests._report import write_result
-from loadtests._stats import Scrape, cpu_snapshot, pids_matching
+from loadtests._stats import Scrape, cpu_snapshot, pids_matching, process_table
 from loadtests._system import (
     RunningService,
-    describe_machine,
     location_service,
     raise_fd_limit,
     stop_on_sigterm,
@@ -102,6 +101,8 @@ def _plans(svc: RunningService, mode: Mode, opts: Options) -> list[Plan]:
 def _cpu_groups(svc: RunningService, workers: list[SpawnProcess]) -> dict[str, list[int]]:
     return {
         "service": [svc.pid],
+        # the trace writer's process (and anything else the service started)
+        "traces": [pid for pid, (ppid, _) in process_table().items() if ppid == svc.pid],
         "loadgen": [w.pid for w in workers if w.pid is not None],
         "broker": pids_matching(f"tcp://{svc.settings.kafka_bootstrap}"),
         "postgres": pids_matching(str(svc.pgdata)),
@@ -191,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m loadtests.ingest " + shlex.join(sys.argv[1:] if argv is None else argv)
     stop_on_sigterm()
     raise_fd_limit(4 * opts.drivers + 1024)
-    print(f"Machine: {describe_machine()}", flush=True)
+    print(
+        f"Machine: {os.cpu_count()} cores. The location service is one Python process for "
+        "ingest and the index (one core at most) plus one for the trace writer; the load "
+        "generators, the Tansu broker and Postgres share the box with them.",
+        flush=True,
+    )
     clean = True
     with location_service() as svc:
         print(f"Location service at {svc.base_url} (pid {svc.pid}), "

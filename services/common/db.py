@@ -36,6 +36,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN,
+    RESET ALL: a round trip on every release). Services keep no session state: their advisory
+    locks are transaction-scoped or released explicitly, and asyncpg still rolls back an open
+    transaction on release."""
+
+
 async def create_pool(
     database_url: str, schema: str, *, min_size: int = 1, max_size: int = 10
 ) -> Pool:
@@ -44,6 +51,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_no_session_reset,
         server_settings={"search_path": f'"{schema}",public', "application_name": schema},
         command_timeout=30,
     )

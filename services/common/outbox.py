@@ -65,25 +65,36 @@ class OutboxRelay:
                     await asyncio.wait_for(self.wake.wait(), timeout=self.idle_poll_s)
 
     async def relay_once(self) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
+        """Send one batch. The advisory lock is held for the session, not in a transaction, so
+        no transaction stays open across the broker's round trip; it is released afterwards
+        (the connection is closed instead if that fails, which releases it too)."""
+        async with self.pool.acquire() as conn:
             got_lock = await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock(hashtext('outbox-relay:' || current_schema()))"
+                "SELECT pg_try_advisory_lock(hashtext('outbox-relay:' || current_schema()))"
             )
             if not got_lock:
                 return 0
-            rows = await conn.fetch(
-                "SELECT id, topic, key, event FROM outbox WHERE sent_at IS NULL "
-                "ORDER BY id LIMIT $1",
-                self.batch,
-            )
-            if not rows:
-                return 0
-            await self.bus.send_many(
-                [(r["topic"], r["key"].encode(), orjson.dumps(r["event"])) for r in rows]
-            )
-            await conn.execute(
-                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in rows],
-            )
+            try:
+                rows = await conn.fetch(
+                    "SELECT id, topic, key, event FROM outbox WHERE sent_at IS NULL "
+                    "ORDER BY id LIMIT $1",
+                    self.batch,
+                )
+                if rows:
+                    await self.bus.send_many(
+                        [(r["topic"], r["key"].encode(), orjson.dumps(r["event"])) for r in rows]
+                    )
+                    await conn.execute(
+                        "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                        [r["id"] for r in rows],
+                    )
+            finally:
+                try:
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock(hashtext('outbox-relay:' || current_schema()))"
+                    )
+                except BaseException:
+                    conn.terminate()  # the session ends, and the lock with it
+                    raise
         self.published += len(rows)
         return len(rows)

@@ -179,7 +179,7 @@ async def place_order(
         return status, response
 
     status, response = await run_once(rt.handlers.pool, principal.sub, key, digest, effect)
-    if emitted:
+    if emitted and rt.handlers.relay is not None:
         rt.handlers.relay.notify()
     return JSONResponse(response, status_code=status)
 

@@ -1,16 +1,26 @@
-"""In-process fan-out of offer news to the drivers' WebSocket feeds.
+"""Fan-out of offer news to the drivers' WebSocket feeds, from the ``polder.dispatch`` topic.
 
-Each connected feed has a bounded queue; a slow client loses the oldest news rather than
-holding memory (it can always GET its offers). Offers are made by this process's matcher, so
-one process sees every message it must push.
+Offers are made by the matcher (in its own process) and answered, expired or withdrawn by
+whichever process handled that; every API process reads the topic and pushes to the feeds
+connected to it. Each connected feed has a bounded queue; a slow client loses the oldest news
+rather than holding memory (it can always GET its offers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+from polder.common.bus import Received
+from polder.common.db import Pool
+from polder.dispatch.handlers import offer_view
+
+OFFER_VIEW_SQL = (
+    "SELECT f.*, o.kind, o.pickup_lat, o.pickup_lng, o.dropoff_lat, o.dropoff_lng "
+    "FROM offers f JOIN orders o USING (order_id) WHERE f.offer_id = ANY($1::uuid[])"
+)
 
 
 class Feed:
@@ -38,3 +48,32 @@ class Feed:
 
     def connected(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
+
+    async def fan_out(self, pool: Pool, records: Sequence[Received]) -> None:
+        """Push the offer events of connected drivers: a new offer with what the app shows
+        (read from Postgres, one query per batch of records), a closed one as it closed."""
+        subscribed = self._subscribers
+        made = [
+            r.event.data["offer_id"]
+            for r in records
+            if r.event.type == "polder.dispatch.offer_made.v1"
+            and r.event.data["driver_id"] in subscribed
+        ]
+        views = {}
+        if made:
+            views = {str(row["offer_id"]): row for row in await pool.fetch(OFFER_VIEW_SQL, made)}
+        for r in records:
+            data = r.event.data
+            if data["driver_id"] not in subscribed:
+                continue
+            if r.event.type == "polder.dispatch.offer_made.v1":
+                row = views.get(data["offer_id"])
+                if row is not None:
+                    self.publish(data["driver_id"], {"type": "offer", "offer": offer_view(row)})
+            elif r.event.type == "polder.dispatch.offer_resolved.v1":
+                message = {
+                    "type": "offer_closed",
+                    "offer_id": data["offer_id"],
+                    "outcome": data["outcome"],
+                }
+                self.publish(data["driver_id"], message)

@@ -14,6 +14,7 @@ from polder.common.bus import Bus
 from polder.common.db import Pool
 from polder.common.errors import ApiError
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
+from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.states import (
     ON_A_JOB,
     STATUS_REQUESTS,
@@ -23,7 +24,6 @@ from polder.dispatch.domain.states import (
     OrderStatus,
     WorkerStatus,
 )
-from polder.dispatch.feed import Feed
 from polder.dispatch.metrics import DispatchMetrics
 from polder.dispatch.transitions import (
     Conn,
@@ -65,12 +65,20 @@ class TripStepResult:
 
 class Handlers:
     def __init__(
-        self, pool: Pool, bus: Bus, relay: OutboxRelay, feed: Feed, metrics: DispatchMetrics
+        self,
+        pool: Pool,
+        bus: Bus,
+        relay: OutboxRelay | None,
+        metrics: DispatchMetrics,
+        availability: Availability | None = None,
     ) -> None:
+        """``relay``: this process's outbox relay, woken after each commit (None: another
+        process relays). ``availability``: the matcher's view, kept current by every commit
+        made here (None: this process does not match)."""
         self.pool = pool
+        self.availability = availability
         self.bus = bus
         self.relay = relay
-        self.feed = feed
         self.metrics = metrics
 
     @contextlib.asynccontextmanager
@@ -84,23 +92,18 @@ class Handlers:
         except IllegalTransition as exc:
             raise conflict(exc) from exc
         if events:
-            self.relay.notify()
+            if self.relay is not None:
+                self.relay.notify()
             self._after_commit(events)
 
     def _after_commit(self, events: list[Outgoing]) -> None:
-        """Count offers by outcome and push closed offers to the drivers' feeds."""
+        """Count offers by outcome and keep the available workers current."""
         for _, _, event in events:
-            if event.type == "polder.dispatch.offer_resolved.v1":
-                data = event.data
-                self.metrics.offers.labels(data["outcome"]).inc()
-                self.feed.publish(
-                    data["driver_id"],
-                    {
-                        "type": "offer_closed",
-                        "offer_id": data["offer_id"],
-                        "outcome": data["outcome"],
-                    },
-                )
+            if event.type == "polder.driver.state_changed.v1":
+                if self.availability is not None:
+                    self.availability.apply_event(event.data, event.time.timestamp())
+            elif event.type == "polder.dispatch.offer_resolved.v1":
+                self.metrics.offers.labels(event.data["outcome"]).inc()
 
     # --- workers -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from polder.common.geoindex import LocationIndex
 from polder.common.outbox import Outgoing
 from polder.common.settings import Settings
 from polder.common.topics import DISPATCH
+from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.matching import (
     BatchResult,
     EtaProvider,
@@ -36,8 +37,7 @@ from polder.dispatch.domain.states import (
     next_worker_status,
 )
 from polder.dispatch.domain.surge import SurgeModel, count_by_cell7
-from polder.dispatch.feed import Feed
-from polder.dispatch.handlers import Handlers, offer_view
+from polder.dispatch.handlers import Handlers
 from polder.dispatch.metrics import DispatchMetrics
 from polder.dispatch.transitions import order_event, worker_event
 
@@ -69,17 +69,20 @@ class Matcher:
         eta: EtaProvider,
         settings: Settings,
         metrics: DispatchMetrics,
-        feed: Feed,
         surge: SurgeModel,
+        availability: Availability,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.availability = availability
+        # Told every batch's supply snapshot (the matcher process shares it with the API's
+        # surge model, which prices the quotes).
+        self.on_supply: Callable[[dict[int, int], float], None] | None = None
         self.handlers = handlers
         self.positions = positions
         self.eta = eta
         self.settings = settings
         self.config = match_config(settings)
         self.metrics = metrics
-        self.feed = feed
         self.surge = surge
         self.clock = clock
 
@@ -108,17 +111,17 @@ class Matcher:
             "AND (scheduled_for IS NULL OR scheduled_for <= $1) ORDER BY created_at LIMIT 5000",
             now + timedelta(seconds=self.settings.schedule_lead_s),
         )
-        idle_rows = await pool.fetch(
-            "SELECT driver_id, waiting_since FROM workers WHERE status = 'idle'"
-        )
         ts = now.timestamp()
-        workers, available = self._available(idle_rows, ts)
-        self.surge.observe_supply(count_by_cell7(p.cell for p in available), ts)
+        workers, cells = self._available(ts)
+        supply = count_by_cell7(cells)
+        self.surge.observe_supply(supply, ts)
+        if self.on_supply is not None:
+            self.on_supply(supply, ts)
         self.metrics.open_orders.set(len(open_rows))
         self.metrics.available_workers.set(len(workers))
         orders = [_open_order(r) for r in open_rows]
         started = time.perf_counter()
-        result = assign_batch(orders, workers, available, ts, self.config, self.eta)
+        result = assign_batch(orders, workers, self.positions, ts, self.config, self.eta)
         self.metrics.solve_time.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(orders))
         # Offers are stamped when they are written, not when the batch started: a driver's 15 s
@@ -131,27 +134,36 @@ class Matcher:
         )
         return BatchOutcome(len(orders), offered, result)
 
-    def _available(
-        self, idle_rows: list[Any], now: float
-    ) -> tuple[dict[str, Worker], LocationIndex]:
-        """Idle workers with a fresh position, and an index of just them."""
-        available = LocationIndex(self.positions.resolution, self.positions.ttl_s)
+    async def load_availability(self) -> int:
+        """Read every worker's state once (at start-up); events keep it current afterwards."""
+        rows = await self.handlers.pool.fetch(
+            "SELECT driver_id, seq, status, waiting_since FROM workers"
+        )
+        self.availability.load(
+            (r["driver_id"], r["seq"], r["status"], _epoch(r["waiting_since"])) for r in rows
+        )
+        return len(rows)
+
+    def _available(self, now: float) -> tuple[dict[str, Worker], list[int]]:
+        """Idle workers with a fresh position, and their cells. The batch searches the
+        service's own position index; ``workers`` is the eligibility filter (no copy of it)."""
         workers: dict[str, Worker] = {}
-        for row in idle_rows:
-            pos = self.positions.get(row["driver_id"])
-            if pos is None or not self.positions.is_fresh(pos, now):
+        cells: list[int] = []
+        get, ttl = self.positions.get, self.positions.ttl_s
+        for driver_id, since in self.availability.idle.items():
+            pos = get(driver_id)
+            if pos is None or now - pos.seen_at >= ttl:
                 continue
-            since = row["waiting_since"]
-            workers[pos.driver_id] = Worker(
-                pos.driver_id, pos.lat, pos.lng, since.timestamp() if since else now
+            workers[driver_id] = Worker(
+                driver_id, pos.lat, pos.lng, since if since is not None else now
             )
-            available.upsert(pos.driver_id, pos.lat, pos.lng, pos.recorded_at, pos.seen_at)
-        return workers, available
+            cells.append(pos.cell)
+        return workers, cells
 
     async def _apply(self, result: BatchResult, rows: Mapping[str, Any], now: datetime) -> int:
         started = time.perf_counter()
         batch_id = uuid.uuid4()
-        made: list[dict[str, Any]] = []
+        made = 0
         async with self.handlers.transaction() as (conn, events):
             order_ids = sorted(uuid.UUID(a.order_id) for a in result.assignments)
             driver_ids = sorted(a.driver_id for a in result.assignments)
@@ -199,9 +211,7 @@ class Matcher:
                 if order["first_offer_at"] is None:
                     self.metrics.order_to_offer.observe((now - order["created_at"]).total_seconds())
                 self.metrics.pickup_eta.observe(a.eta_s)
-                made.append(
-                    _offer_row(order, offer_id, a.driver_id, expires, a.eta_s, a.distance_m, pay)
-                )
+                made += 1
             # One statement per table for the whole batch: row by row, a 200-order batch spent
             # most of a second in round trips.
             await conn.execute(
@@ -237,11 +247,9 @@ class Matcher:
                     if order_id in rows
                 ],
             )
-        self.metrics.offers.labels("made").inc(len(made))
+        self.metrics.offers.labels("made").inc(made)
         self.metrics.apply_time.observe(time.perf_counter() - started)
-        for offer in made:
-            self.feed.publish(offer["driver_id"], {"type": "offer", "offer": offer_view(offer)})
-        return len(made)
+        return made
 
     def _offer_events(
         self,
@@ -304,6 +312,10 @@ class Matcher:
         return {"currency": quote["currency"], "amount_minor": amount}
 
 
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
 def _open_order(r: Any) -> OpenOrder:
     return OpenOrder(
         order_id=str(r["order_id"]),
@@ -314,28 +326,3 @@ def _open_order(r: Any) -> OpenOrder:
         ready_at=r["ready_at"].timestamp() if r["ready_at"] else None,
         excluded=frozenset(r["excluded"]),
     )
-
-
-def _offer_row(
-    order: Any,
-    offer_id: uuid.UUID,
-    driver_id: str,
-    expires: datetime,
-    eta_s: float,
-    distance_m: float,
-    pay: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "offer_id": offer_id,
-        "order_id": order["order_id"],
-        "driver_id": driver_id,
-        "kind": order["kind"],
-        "pickup_lat": order["pickup_lat"],
-        "pickup_lng": order["pickup_lng"],
-        "dropoff_lat": order["dropoff_lat"],
-        "dropoff_lng": order["dropoff_lng"],
-        "expires_at": expires,
-        "pickup_eta_s": eta_s,
-        "pickup_distance_m": distance_m,
-        "estimated_pay": pay,
-    }

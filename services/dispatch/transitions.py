@@ -41,16 +41,21 @@ async def lock_order(conn: Conn, order_id: uuid.UUID) -> Row | None:
 
 
 async def lock_worker(conn: Conn, driver_id: str, now: datetime) -> Row:
-    """Lock the worker's row, creating it (offline) on first sight."""
+    """Lock the worker's row, creating it (offline) on first sight (one round trip when it
+    exists, which is every time but the first)."""
+    row: Row | None = await conn.fetchrow(
+        "SELECT * FROM workers WHERE driver_id = $1 FOR UPDATE", driver_id
+    )
+    if row is not None:
+        return row
     await conn.execute(
         "INSERT INTO workers (driver_id, status, status_since) VALUES ($1, 'offline', $2) "
         "ON CONFLICT DO NOTHING",
         driver_id,
         now,
     )
-    row: Row = await conn.fetchrow(
-        "SELECT * FROM workers WHERE driver_id = $1 FOR UPDATE", driver_id
-    )
+    row = await conn.fetchrow("SELECT * FROM workers WHERE driver_id = $1 FOR UPDATE", driver_id)
+    assert row is not None
     return row
 
 

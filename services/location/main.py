@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from polder.common.children import ChildProcess, MergedRegistry
 from polder.common.geoindex import LocationIndex
 from polder.common.http import document_models, service_app
 from polder.common.ratelimit import RateLimiter
@@ -28,11 +33,28 @@ SERVICE = "location"
 MIGRATIONS = "polder.location.migrations"
 
 
-def build_app(settings: Settings) -> FastAPI:
-    metrics = LocationMetrics(CollectorRegistry())
+def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "process") -> FastAPI:
+    """``traces``: the trace writer in a process of its own (as deployed: it no longer takes
+    turns with ingest on this event loop) or as a task here."""
+    own_registry = CollectorRegistry()
+    metrics = LocationMetrics(own_registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if traces == "inline":
+            async with serve(app, None):
+                yield
+            return
+        # Where the trace process leaves its metrics for this one.
+        share = Path(tempfile.mkdtemp(prefix="polder-traces-"))
+        try:
+            async with serve(app, share):
+                yield
+        finally:
+            shutil.rmtree(share, ignore_errors=True)
+
+    @contextlib.asynccontextmanager
+    async def serve(app: FastAPI, share: Path | None) -> AsyncIterator[None]:
         async with service_resources(settings, SERVICE, MIGRATIONS, metrics) as res:
             index = LocationIndex(settings.index_resolution, settings.location_ttl_s)
             limits = Limits(settings.max_future_skew_s, settings.max_speed_mps)
@@ -50,12 +72,18 @@ def build_app(settings: Settings) -> FastAPI:
                 group_id=None,  # every replica holds the whole index
                 start_at_ms=lambda: int((time.time() - settings.location_ttl_s) * 1000),
             )
-            res.consumer(
-                TRACE_CONSUMER,
-                [DRIVER_LOCATIONS],
-                TraceWriter(res.pool, metrics, settings.index_resolution),
-                group_id=TRACE_CONSUMER,
-            )
+            if share is None:
+                res.consumer(
+                    TRACE_CONSUMER,
+                    [DRIVER_LOCATIONS],
+                    TraceWriter(res.pool, metrics, settings.index_resolution),
+                    group_id=TRACE_CONSUMER,
+                )
+            else:
+                process = ChildProcess("polder.location.trace_process", settings, share)
+                metrics.registry = MergedRegistry(own_registry, process.metrics_file)
+                res.run(process.run(res.stop), "location-trace-process")
+                app.state.trace_process = process
             res.run(_expire_loop(rt, res.stop), "location-expiry")
             await wait_for_start(indexer.ready, res.tasks, "location index consumer")
             app.state.runtime = rt

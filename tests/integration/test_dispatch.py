@@ -24,6 +24,7 @@ from polder.common.envelope import format_time
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
+from polder.dispatch.domain.availability import Availability
 from polder.dispatch.main import build_app
 from polder.dispatch.runtime import DispatchRuntime
 from tests.conftest import eventually
@@ -134,7 +135,7 @@ class Dispatch:
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Dispatch]:
-    app = build_app(settings, run_matcher=False)
+    app = build_app(settings, matcher="none")
     bus = Bus(settings, SchemaRegistry.load(), source="test")
     await bus.start()
     try:
@@ -626,3 +627,106 @@ async def test_bad_order_bodies_are_422_and_create_nothing(
     )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
     assert await d.rt.handlers.pool.fetchval("SELECT count(*) FROM orders") == 0
+
+
+async def _idle_in_postgres(d: Dispatch) -> dict[str, float | None]:
+    rows = await d.rt.handlers.pool.fetch(
+        "SELECT driver_id, waiting_since FROM workers WHERE status = 'idle'"
+    )
+    return {
+        r["driver_id"]: r["waiting_since"].timestamp() if r["waiting_since"] else None for r in rows
+    }
+
+
+async def _rebuilt_idle(d: Dispatch) -> dict[str, float | None]:
+    """What a restarted matcher would start from: a fresh view loaded from Postgres."""
+    fresh = Availability()
+    rows = await d.rt.handlers.pool.fetch(
+        "SELECT driver_id, seq, status, waiting_since FROM workers"
+    )
+    fresh.load(
+        (
+            r["driver_id"],
+            r["seq"],
+            r["status"],
+            r["waiting_since"].timestamp() if r["waiting_since"] else None,
+        )
+        for r in rows
+    )
+    return dict(fresh.idle)
+
+
+async def test_the_matchers_available_workers_follow_postgres(settings: Settings) -> None:
+    """Every transition (status, offer, decline, expiry, accept, trip, cancel) keeps the
+    in-memory idle set and each worker's waiting_since equal to the workers table."""
+    async with running(settings.model_copy(update={"offer_ttl_s": 0.3})) as d:
+
+        async def same() -> None:
+            live = dict(d.rt.matcher.availability.idle)
+            assert live == await _idle_in_postgres(d)
+            assert live == await _rebuilt_idle(d)
+
+        for i, driver in enumerate(["av-1", "av-2", "av-3"]):
+            await d.online(driver, CENTRE[0] + 0.001 * (i + 1), CENTRE[1])
+        await same()
+        assert set(d.rt.matcher.availability.idle) == {"av-1", "av-2", "av-3"}
+        r = await d.call(
+            "POST", "/v1/drivers/av-3/status", "driver", "av-3", json={"status": "break"}
+        )
+        assert r.status_code == 200
+        await same()
+
+        async def offered() -> tuple[str, dict[str, Any]]:
+            found = [(drv, o) for drv in ("av-1", "av-2") for o in await d.offers(drv)]
+            assert len(found) == 1, found
+            return found[0]
+
+        first = await d.order("cust-av")
+        await d.batch()
+        declining, offer = await offered()
+        await same()
+        assert declining not in d.rt.matcher.availability.idle
+        r = await d.call("POST", f"/v1/offers/{offer['offer_id']}/decline", "driver", declining)
+        assert r.status_code == 200
+        await same()  # back to idle, still waiting since going online
+
+        await d.batch()
+        ignoring, offer = await offered()
+        assert ignoring != declining
+        await asyncio.sleep(0.4)
+        assert await d.rt.handlers.expire_offers(datetime.now(UTC)) == 1
+        await same()
+
+        # Both have been excluded from this order now: av-3 comes back from its break for it.
+        r = await d.call(
+            "POST", "/v1/drivers/av-3/status", "driver", "av-3", json={"status": "online"}
+        )
+        assert r.status_code == 200
+        await same()
+        await d.batch()
+        [offer] = await d.offers("av-3")
+        r = await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", "av-3")
+        assert r.status_code == 200
+        trip_id = r.json()["trip_id"]
+        await same()
+        for step in ("arrived_pickup", "picked_up", "arrived_dropoff", "completed"):
+            r = await d.call(
+                "POST", f"/v1/trips/{trip_id}/events", "driver", "av-3", json={"type": step}
+            )
+            assert r.status_code == 200, r.text
+            await same()
+        assert (await d.get_order(first["order_id"]))["status"] == "completed"
+
+        second = await d.order("cust-av")
+        await d.batch()
+        cancel = await d.call(
+            "POST", f"/v1/orders/{second['order_id']}/cancel", "customer", "cust-av"
+        )
+        assert cancel.status_code == 200
+        await same()  # the withdrawn offer's worker is idle again
+        r = await d.call(
+            "POST", "/v1/drivers/av-1/status", "driver", "av-1", json={"status": "offline"}
+        )
+        assert r.status_code == 200
+        await same()
+        assert "av-1" not in d.rt.matcher.availability.idle

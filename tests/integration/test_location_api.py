@@ -7,13 +7,14 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
 import websockets
 
 from polder.common.auth import issue_token
+from polder.common.db import create_pool
 from polder.common.settings import Settings
 from polder.location.main import build_app
 from tests.conftest import eventually
@@ -57,8 +58,11 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def start(settings: Settings) -> AsyncIterator[Api]:
-    async with serve(build_app(settings)) as base, httpx.AsyncClient(timeout=10) as client:
+async def start(
+    settings: Settings, traces: Literal["process", "inline"] = "inline"
+) -> AsyncIterator[Api]:
+    app = build_app(settings, traces=traces)
+    async with serve(app) as base, httpx.AsyncClient(timeout=10) as client:
         yield Api(base, settings, client)
 
 
@@ -354,3 +358,37 @@ async def test_unknown_routes_answer_json_404(api: Api) -> None:
     r = await api.client.get(f"{api.base}/v1/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     await asyncio.sleep(0)
+
+
+async def test_the_trace_process_stores_pings_and_reports_through_the_service(
+    settings: Settings,
+) -> None:
+    """As deployed, the trace writer is a process of its own; its metrics show in ours."""
+    async with start(settings, traces="process") as api:
+        sent = [ping(3, lat=52.3701), ping(2, lat=52.3702), ping(1, lat=52.3703)]
+        assert (await api.post_pings("tr-1", sent)).status_code == 202
+        pool = await create_pool(settings.database_url, settings.db_schema("location"))
+        try:
+
+            async def stored() -> list[float]:
+                rows = await pool.fetch(
+                    "SELECT lat FROM pings WHERE driver_id = 'tr-1' ORDER BY recorded_at"
+                )
+                return [r["lat"] for r in rows]
+
+            assert await eventually(stored, until=lambda r: len(r) == 3, within=30) == [
+                52.3701,
+                52.3702,
+                52.3703,
+            ]
+        finally:
+            await pool.close()
+
+        async def metrics() -> str:
+            return (await api.client.get(f"{api.base}/metrics")).text
+
+        text = await eventually(
+            metrics, until=lambda t: "polder_location_trace_pings_written_total 3.0" in t
+        )
+        assert 'polder_consumer_lag_records{consumer="location-traces"' in text
+        assert 'polder_consumer_lag_records{consumer="location-index"' in text

@@ -1,0 +1,169 @@
+"""The matcher in its own process, so batches never wait behind the API's requests.
+
+The API process starts it (``common.children.ChildProcess``), restarts it if it dies, and it
+dies with the API process. It has its own pool, producer, position index and outbox relay (the
+only relay while it runs: it publishes the API's events too). Its view of the available workers
+is loaded from Postgres at start and then follows ``polder.driver.events`` (see
+``domain/availability``). Postgres stays the truth: a batch locks its orders ``searching`` and
+its workers ``idle``, so a second matcher (another API replica's) could only find its choices
+taken, never double-book; an advisory lock keeps all but one of them idle anyway.
+
+Its metrics reach the API's ``/metrics`` through ``common.children``; its supply snapshots reach
+the API's surge model (which prices quotes) through ``SUPPLY_FILE`` in the same folder.
+
+    python -m polder.dispatch.matcher_process   (settings from POLDER_* as for any service)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import structlog
+from prometheus_client import CollectorRegistry
+
+from polder.common.bus import Received
+from polder.common.children import child_main, run_until_stopped, write_metrics
+from polder.common.db import Pool
+from polder.common.geoindex import LocationIndex
+from polder.common.outbox import OutboxRelay
+from polder.common.positions import apply_pings
+from polder.common.service import service_resources
+from polder.common.settings import Settings
+from polder.common.tasks import wait_for_start
+from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS
+from polder.dispatch.domain.availability import Availability
+from polder.dispatch.domain.matching import GreatCircleEta
+from polder.dispatch.domain.surge import SurgeModel
+from polder.dispatch.handlers import Handlers
+from polder.dispatch.matcher import Matcher
+from polder.dispatch.metrics import DispatchMetrics
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "dispatch"
+MIGRATIONS = "polder.dispatch.migrations"
+# The relay here publishes every process's outbox rows: the API's are found by polling.
+RELAY_POLL_S = 0.02
+RELAY_BATCH = 2000
+SUPPLY_FILE = "supply.json"
+
+
+def build_matcher(
+    settings: Settings,
+    handlers: Handlers,
+    metrics: DispatchMetrics,
+    availability: Availability,
+    surge: SurgeModel,
+) -> Matcher:
+    return Matcher(
+        handlers=handlers,
+        positions=LocationIndex(settings.index_resolution, settings.location_ttl_s),
+        eta=GreatCircleEta(road_factor=settings.road_factor, speed_mps=settings.city_speed_mps),
+        settings=settings,
+        metrics=metrics,
+        surge=surge,
+        availability=availability,
+    )
+
+
+async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> None:
+    """``share``: a folder the API process reads this one's metrics and supply from."""
+    metrics = DispatchMetrics(CollectorRegistry())
+    async with service_resources(settings, SERVICE, MIGRATIONS, metrics, pool_size=6) as res:
+        relay = OutboxRelay(res.pool, res.bus, batch=RELAY_BATCH, idle_poll_s=RELAY_POLL_S)
+        availability = Availability()
+        handlers = Handlers(res.pool, res.bus, relay, metrics, availability)
+        matcher = build_matcher(settings, handlers, metrics, availability, SurgeModel())
+        if share is not None:
+            matcher.on_supply = functools.partial(write_supply, share / SUPPLY_FILE)
+
+        async def track_positions(records: Sequence[Received]) -> None:
+            apply_pings(matcher.positions, records)
+
+        async def follow_workers(records: Sequence[Received]) -> None:
+            for r in records:
+                availability.apply_event(r.event.data, r.event.time.timestamp())
+
+        started_ms = int(time.time() * 1000) - 1000
+        positions = res.consumer(
+            "dispatch-positions",
+            [DRIVER_LOCATIONS],
+            track_positions,
+            group_id=None,
+            start_at_ms=lambda: int((time.time() - settings.location_ttl_s) * 1000),
+        )
+        workers = res.consumer(
+            "dispatch-workers",
+            [DRIVER_EVENTS],
+            follow_workers,
+            group_id=None,
+            # Every event committed after the snapshot below is published after it too; older
+            # ones are ignored by their seq.
+            start_at_ms=lambda: started_ms,
+        )
+        await wait_for_start(positions.ready, res.tasks, "matcher position consumer")
+        await wait_for_start(workers.ready, res.tasks, "matcher worker-state consumer")
+        loaded = await matcher.load_availability()
+        log.info("matcher started", workers=loaded, available=len(availability))
+        res.run(relay.run(res.stop), "dispatch-outbox")
+        res.run(_lead(res.pool, settings, matcher, res.stop), "dispatch-matcher")
+        if share is not None:
+            res.run(write_metrics(metrics.registry, share, res.stop), "matcher-metrics")
+        await run_until_stopped(res, stop)
+
+
+async def _lead(pool: Pool, settings: Settings, matcher: Matcher, stop: asyncio.Event) -> None:
+    """Match only while holding the schema's matcher lock (one matcher at a time)."""
+    key = f"matcher:{settings.db_schema(SERVICE)}"
+    async with pool.acquire() as conn:
+        while not stop.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+        try:
+            await matcher.run(stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.execute("SELECT pg_advisory_unlock_all()")
+
+
+def write_supply(path: Path, supply: dict[int, int], at: float) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"at": at, "cells": {str(c): n for c, n in supply.items()}}))
+    tmp.replace(path)
+
+
+class SupplyReader:
+    """The API side: feeds the matcher's supply snapshots into the API's surge model, checking
+    the file (one ``stat``) whenever a quote is about to be priced."""
+
+    def __init__(self, path: Path, surge: SurgeModel) -> None:
+        self.path = path
+        self.surge = surge
+        self._seen: int | None = None
+
+    def refresh(self) -> None:
+        try:
+            stamp = self.path.stat().st_mtime_ns
+            if stamp == self._seen:
+                return
+            doc = orjson.loads(self.path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return  # no batch yet, or caught mid-replace: the next quote looks again
+        self._seen = stamp
+        self.surge.observe_supply({int(c): n for c, n in doc["cells"].items()}, doc["at"])
+
+
+def main() -> None:
+    child_main(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""What the matcher process shares with the API process through files: metrics and supply."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import h3.api.basic_int as h3
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from polder.common.children import MergedRegistry, settings_env
+from polder.common.settings import Settings
+from polder.dispatch.domain.surge import SurgeModel
+from polder.dispatch.matcher_process import SupplyReader, write_supply
+from polder.dispatch.metrics import DispatchMetrics
+
+
+def test_api_and_matcher_metrics_are_summed_by_name_and_labels(tmp_path: Path) -> None:
+    api, matcher = DispatchMetrics(CollectorRegistry()), DispatchMetrics(CollectorRegistry())
+    api.offers.labels("accepted").inc(3)
+    matcher.offers.labels("made").inc(5)
+    matcher.offers.labels("accepted").inc(1)  # e.g. counted by a restarted API: summed
+    matcher.solve_time.observe(0.02)
+    matcher.available_workers.set(42)
+    api.http_requests.labels("/v1/orders", "POST", "201").inc()
+    file = tmp_path / "metrics.prom"
+    file.write_bytes(generate_latest(matcher.registry))
+    text = generate_latest(MergedRegistry(api.registry, file)).decode()
+    assert 'polder_dispatch_offers_total{outcome="made"} 5.0' in text
+    assert 'polder_dispatch_offers_total{outcome="accepted"} 4.0' in text
+    assert "polder_dispatch_batch_solve_seconds_count 1.0" in text
+    assert 'polder_dispatch_batch_solve_seconds_bucket{le="0.025"} 1.0' in text
+    assert "polder_dispatch_available_workers 42.0" in text
+    assert 'polder_http_requests_total{method="POST",route="/v1/orders",status="201"} 1.0' in text
+    assert text.count("# TYPE polder_dispatch_offers_total counter") == 1
+
+
+def test_without_a_matcher_file_the_api_shows_its_own(tmp_path: Path) -> None:
+    api = DispatchMetrics(CollectorRegistry())
+    api.offers.labels("declined").inc()
+    text = generate_latest(MergedRegistry(api.registry, tmp_path / "none.prom")).decode()
+    assert 'polder_dispatch_offers_total{outcome="declined"} 1.0' in text
+
+
+def test_supply_snapshots_reach_the_api_surge_model(tmp_path: Path) -> None:
+    cell7 = h3.latlng_to_cell(52.37, 4.89, 7)
+    surge = SurgeModel()
+    reader = SupplyReader(tmp_path / "supply.json", surge)
+    reader.refresh()  # nothing written yet: no snapshot, no error
+    for t in range(10):
+        surge.record_demand(cell7, 1000.0 + t)
+    assert surge.multiplier(cell7, 1010.0) == Decimal("1.0")  # no supply seen: no evidence
+    write_supply(tmp_path / "supply.json", {cell7: 1}, 1009.0)
+    reader.refresh()
+    reader.refresh()  # the same snapshot is not counted twice
+    pressure = surge.pressure(cell7, 1010.0)
+    assert pressure.supply == Decimal(1) and pressure.multiplier > Decimal("1.0")
+
+
+def test_a_child_gets_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(namespace="abc", batch_window_s=0.25, database_url="postgresql://x/y")
+    env = settings_env(settings)
+    assert env["POLDER_NAMESPACE"] == "abc" and env["POLDER_BATCH_WINDOW_S"] == "0.25"
+    for name, value in env.items():
+        if name.startswith("POLDER_"):
+            monkeypatch.setenv(name, value)
+    assert Settings() == settings
