@@ -177,7 +177,7 @@ async def world(settings: Settings) -> AsyncIterator[World]:
 def all_routes(settings: Settings) -> set[tuple[str, str, str]]:
     apps = {
         "location": build_location(settings),
-        "dispatch": build_dispatch(settings, run_matcher=False),
+        "dispatch": build_dispatch(settings, matcher="none"),
         "billing": build_billing(settings),
     }
     return {(s, m, p) for s, app in apps.items() for m, p in routes(app) if p not in PUBLIC}

@@ -45,7 +45,7 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 @contextlib.asynccontextmanager
 async def services(settings: Settings) -> AsyncIterator[tuple[str, str]]:
     async with (
-        serve(build_dispatch(settings, run_matcher=False)) as dispatch,
+        serve(build_dispatch(settings, matcher="none")) as dispatch,
         serve(build_billing(settings)) as billing,
     ):
         yield dispatch, billing

@@ -76,7 +76,7 @@ def billing_traffic() -> Traffic:
 
 SERVICES: dict[str, tuple[Callable[[Settings], FastAPI], Callable[[], Traffic]]] = {
     "location": (build_location, location_traffic),
-    "dispatch": (lambda s: build_dispatch(s, run_matcher=False), dispatch_traffic),
+    "dispatch": (lambda s: build_dispatch(s, matcher="none"), dispatch_traffic),
     "billing": (build_billing, billing_traffic),
 }
 
