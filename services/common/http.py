@@ -171,13 +171,10 @@ def service_app(
 
 def _document_common_errors(app: FastAPI) -> None:
     """Answers any API route can give, whatever its own code says: 400 for a body that is not
-    JSON (FastAPI's parser), 413 for a body over the limit, 503 while a dependency is down."""
-    build = app.openapi
+    JSON (FastAPI's parser), 413 for a body over the limit, 503 while a dependency is down;
+    and the Idempotency-Key header is required where a route takes one."""
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        doc = build()
+    def amend(doc: dict[str, Any]) -> None:
         for path, operations in doc.get("paths", {}).items():
             if not path.startswith("/v1/"):
                 continue
@@ -189,6 +186,24 @@ def _document_common_errors(app: FastAPI) -> None:
                 responses.setdefault(
                     "503", {"description": "a dependency is down; retry after Retry-After"}
                 )
+                for param in operation.get("parameters", []):
+                    # optional to FastAPI so that check_key() can answer a missing key with its
+                    # own 400, but a client must send one
+                    if param["in"] == "header" and param["name"].lower() == "idempotency-key":
+                        param["required"] = True
+
+    amend_openapi(app, amend)
+
+
+def amend_openapi(app: FastAPI, amend: Callable[[dict[str, Any]], None]) -> None:
+    """Change the app's OpenAPI document once, when it is first built (amendments chain)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        amend(doc)
         app.openapi_schema = doc
         return doc
 
@@ -209,18 +224,12 @@ def raw_json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
     """Add ``models`` (and the models they use) to the app's OpenAPI components."""
-    build = app.openapi
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        doc = build()
+    def amend(doc: dict[str, Any]) -> None:
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         for model in models:
             schema = model.model_json_schema(ref_template=_COMPONENTS)
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
-        app.openapi_schema = doc
-        return doc
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    amend_openapi(app, amend)

@@ -9,14 +9,14 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from polder.common.children import ChildProcess, MergedRegistry
 from polder.common.geoindex import LocationIndex
-from polder.common.http import document_models, service_app
+from polder.common.http import amend_openapi, document_models, service_app
 from polder.common.ratelimit import RateLimiter
 from polder.common.service import service_resources
 from polder.common.settings import Settings
@@ -57,7 +57,9 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
     async def serve(app: FastAPI, share: Path | None) -> AsyncIterator[None]:
         async with service_resources(settings, SERVICE, MIGRATIONS, metrics) as res:
             index = LocationIndex(settings.index_resolution, settings.location_ttl_s)
-            limits = Limits(settings.max_future_skew_s, settings.max_speed_mps)
+            limits = Limits(
+                settings.max_future_skew_s, settings.max_speed_mps, settings.max_ping_age_s
+            )
             rt = LocationRuntime(
                 settings=settings,
                 index=index,
@@ -98,6 +100,14 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
     )
     app.include_router(router)
     document_models(app, PingBatchIn)
+
+    def supply_resolution(doc: dict[str, Any]) -> None:
+        # the finest supply resolution is the index's, which settings choose
+        for param in doc["paths"]["/v1/supply"]["get"]["parameters"]:
+            if param["name"] == "res":
+                param["schema"]["maximum"] = settings.index_resolution
+
+    amend_openapi(app, supply_resolution)
     return app
 
 

@@ -83,3 +83,16 @@ def test_out_of_order_batch_is_screened_in_recorded_order_with_original_indices(
     assert result.rejected == []
     assert [i for i, _ in result.accepted] == [1, 2, 0]
     assert result.last is not None and result.last.recorded_at == NOW - timedelta(seconds=1)
+
+
+def test_a_ping_from_a_broken_clock_long_ago_is_stale_even_for_a_new_driver() -> None:
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    old = [
+        Ping(52.37, 4.89, datetime(1621, 8, 18, 9, 14, tzinfo=UTC)),
+        Ping(52.37, 4.89, datetime(1970, 1, 1, tzinfo=UTC)),
+        Ping(52.37, 4.89, now - timedelta(days=2)),
+    ]
+    result = screen(old, None, now, LIMITS)
+    assert result.rejected == [(0, Reason.STALE), (1, Reason.STALE), (2, Reason.STALE)]
+    recent = screen([Ping(52.37, 4.89, now - timedelta(minutes=20))], None, now, LIMITS)
+    assert [i for i, _ in recent.accepted] == [0]

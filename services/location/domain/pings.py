@@ -65,6 +65,9 @@ class Fix:
 class Limits:
     max_future_skew_s: float
     max_speed_mps: float
+    # A ping recorded longer ago than this is stale even for a driver never seen: a phone's
+    # buffer from a tunnel is minutes old, a date in 1970 or 1621 is a broken clock.
+    max_age_s: float = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,8 @@ def _motion_problem(
     since this runs for every ping."""
     if t - now_t > limits.max_future_skew_s:
         return Reason.FUTURE
+    if now_t - t > limits.max_age_s:
+        return Reason.STALE
     if last is None:
         return None
     dt = t - last_t
