@@ -179,8 +179,10 @@ async def place_order(
         return status, response
 
     status, response = await run_once(rt.handlers.pool, principal.sub, key, digest, effect)
-    if emitted and rt.handlers.relay is not None:
-        rt.handlers.relay.notify()
+    if emitted:  # a new order, not the stored answer to a retry
+        rt.metrics.orders_placed.labels(body.kind).inc()
+        if rt.handlers.relay is not None:
+            rt.handlers.relay.notify()
     return JSONResponse(response, status_code=status)
 
 

@@ -33,7 +33,7 @@ from polder.dispatch.domain.surge import SurgeModel
 from polder.dispatch.feed import Feed
 from polder.dispatch.handlers import Handlers
 from polder.dispatch.matcher_process import RELAY_BATCH, SUPPLY_FILE, SupplyReader, build_matcher
-from polder.dispatch.metrics import DispatchMetrics
+from polder.dispatch.metrics import DispatchMetrics, SurgeCollector
 from polder.dispatch.orders import OrderDesk
 from polder.dispatch.runtime import DispatchRuntime
 from polder.fares.tariff import load_tariffs
@@ -65,6 +65,12 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
             surge = SurgeModel()
             inline = build_matcher(settings, handlers, metrics, availability, surge)
             desk = OrderDesk(res.bus, load_tariffs(), surge, settings)
+
+            def refresh_supply() -> None:
+                if desk.supply is not None:
+                    desk.supply.refresh()
+
+            own_registry.register(SurgeCollector(surge, refresh_supply))
             feed = Feed()
 
             async def fan_out(records: Sequence[Received]) -> None:

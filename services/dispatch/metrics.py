@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+
+import h3.api.basic_int as h3
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from polder.common.metrics import CommonMetrics
+from polder.dispatch.domain.surge import SurgeModel
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 
@@ -82,3 +89,62 @@ class DispatchMetrics(CommonMetrics):
             "Orders that found no worker before the search timeout",
             registry=registry,
         )
+        self.orders_placed = Counter(
+            "polder_dispatch_orders_placed_total",
+            "Orders placed (an idempotent retry is not counted again)",
+            ["kind"],
+            registry=registry,
+        )
+
+
+class SurgeCollector(Collector):
+    """Demand, supply and surge multiplier of each res-7 cell with activity in the surge
+    window, read from the model at scrape time. The label is bounded by the city's area (a
+    res-7 cell is about 5 km², so tens to a few hundred cells), unlike a driver or order id."""
+
+    NAMES = (
+        "polder_dispatch_cell_demand_orders",
+        "polder_dispatch_cell_supply_workers",
+        "polder_dispatch_cell_surge_multiplier",
+    )
+
+    def __init__(
+        self,
+        model: SurgeModel,
+        refresh: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.model = model
+        self.refresh = refresh
+        self.clock = clock
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        demand, supply, multiplier = self.NAMES
+        return (
+            GaugeMetricFamily(
+                demand, "Orders in the surge window, smoothed over neighbours", labels=["cell"]
+            ),
+            GaugeMetricFamily(
+                supply, "Mean available workers in the surge window, smoothed", labels=["cell"]
+            ),
+            GaugeMetricFamily(multiplier, "Surge multiplier quoted now", labels=["cell"]),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self.refresh()
+        now = self.clock()
+        demand, supply, multiplier = self._families()
+        for cell in self.model.cells():
+            p = self.model.pressure(cell, now)
+            if p.demand == 0 and p.supply == 0:
+                continue  # left the window; evicted at the next sweep
+            label = [h3.int_to_str(cell)]
+            demand.add_metric(label, float(p.demand))
+            supply.add_metric(label, float(p.supply))
+            multiplier.add_metric(label, float(p.multiplier))
+        yield demand
+        yield supply
+        yield multiplier

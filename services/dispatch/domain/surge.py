@@ -134,6 +134,10 @@ class SurgeModel:
         first, _ = self._window(now)
         return self._evict_through(first)
 
+    def cells(self) -> list[int]:
+        """Every res-7 cell with demand or supply data still held."""
+        return sorted(self._demand.keys() | self._supply.keys())
+
     @property
     def cells_tracked(self) -> int:
         return len(self._demand.keys() | self._supply.keys())
