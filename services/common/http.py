@@ -169,6 +169,10 @@ def service_app(
     return app
 
 
+# What check_key() accepts, as a client should read it: 1-255 visible characters.
+IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}
+
+
 def _document_common_errors(app: FastAPI) -> None:
     """Answers any API route can give, whatever its own code says: 400 for a body that is not
     JSON (FastAPI's parser), 413 for a body over the limit, 503 while a dependency is down;
@@ -191,6 +195,7 @@ def _document_common_errors(app: FastAPI) -> None:
                     # own 400, but a client must send one
                     if param["in"] == "header" and param["name"].lower() == "idempotency-key":
                         param["required"] = True
+                        param["schema"] = IDEMPOTENCY_KEY_SCHEMA
 
     amend_openapi(app, amend)
 
