@@ -111,12 +111,13 @@ class Stream:
     completed_trips: set[str] = field(default_factory=set)
 
 
-class _Worker:
+class Worker:
     """One worker's shift, written as the events dispatch and the location service publish."""
 
     def __init__(self, rng: random.Random, stream: Stream, driver: str, start: datetime) -> None:
         self.rng, self.stream, self.driver = rng, stream, driver
         self.seq = 0
+        self.shifts: list[tuple[datetime, datetime]] = []  # (went online, went offline)
         self.state = "offline"
         self.t = start
         self.lat = CENTRE[0] + rng.uniform(-0.08, 0.08)
@@ -173,7 +174,9 @@ class _Worker:
         self.stream.pings += len(pings)
 
     def shift(self, end: datetime, delivery_share: float) -> None:
+        """Online now, offers and trips until ``end``, then offline."""
         rng = self.rng
+        online_at = self.t
         self.change("idle", "went_online")
         while self.t < end:
             self.wait(rng.expovariate(1 / 180))  # idle until the next offer
@@ -184,6 +187,7 @@ class _Worker:
                 continue
             self.offer(delivery_share)
         self.change("offline", "went_offline")
+        self.shifts.append((online_at, self.t))
 
     def offer(self, delivery_share: float) -> None:
         rng = self.rng
@@ -238,18 +242,23 @@ def build_stream(opts: Options, now: datetime) -> Stream:
     """Every worker's shift ends before ``now`` (server times in the past, as in a replay)."""
     rng = random.Random(opts.seed)
     stream = Stream()
-    _Worker.stream_ping_every = opts.ping_every_s
-    _Worker.pings_per_event = opts.pings_per_event
+    Worker.stream_ping_every = opts.ping_every_s
+    Worker.pings_per_event = opts.pings_per_event
     shift = timedelta(hours=opts.hours)
     first = now - shift - timedelta(minutes=40)
     for i in range(opts.drivers):
         start = first + timedelta(seconds=rng.uniform(0, 600))
-        _Worker(rng, stream, f"drv-{i:05d}", start).shift(start + shift, opts.delivery_share)
-    # as the broker would hold them: in time order (each key keeps its own order); a share of
-    # driver and order events is delivered again up to ten minutes later (at-least-once)
+        Worker(rng, stream, f"drv-{i:05d}", start).shift(start + shift, opts.delivery_share)
+    return in_broker_order(stream, rng, opts.duplicates)
+
+
+def in_broker_order(stream: Stream, rng: random.Random, duplicates: float) -> Stream:
+    """The records as the broker would hold them: in time order (each key keeps its own
+    order); a share of driver and order events is delivered again up to ten minutes later
+    (at-least-once)."""
     keyed = [(r[2].time, r) for r in stream.records]
     redelivered = [(r[2].time + timedelta(seconds=rng.uniform(0, 600)), r) for r in stream.records
-                   if r[0] is not DRIVER_LOCATIONS and rng.random() < opts.duplicates]
+                   if r[0] is not DRIVER_LOCATIONS and rng.random() < duplicates]
     keyed += redelivered
     keyed.sort(key=lambda k: k[0])
     stream.records = [r for _, r in keyed]
