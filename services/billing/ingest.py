@@ -13,13 +13,14 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from polder.billing.domain.ledger import Posting, trip_settlement
-from polder.billing.domain.timeline import StateChange
-from polder.billing.domain.trips import OrderFacts, trip_from_changes
+from polder.billing.domain.ledger import Posting
+from polder.billing.domain.settlement import TRIP_ENDS, OfferMade, promised_eta_s, settle_trip
+from polder.billing.domain.timeline import StateChange, epoch_ms
+from polder.billing.domain.trips import OrderFacts
 from polder.billing.ledger import post_many
 from polder.billing.metrics import BillingMetrics
 from polder.common.bus import Bus, Received
@@ -31,7 +32,7 @@ CONSUMER = "billing"  # the consumer group; its dedupe is the stored facts' own 
 STATE_CHANGED = "polder.driver.state_changed.v1"
 ORDER_PLACED = "polder.order.placed.v1"
 ORDER_CHANGED = "polder.order.status_changed.v1"
-TRIP_ENDS = ("completed", "cancelled_by_customer", "cancelled_by_driver")
+OFFER_MADE = "polder.dispatch.offer_made.v1"
 
 
 class BillingIngest:
@@ -63,11 +64,12 @@ class BillingIngest:
         outgoing: list[Outgoing] = []
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await self._store(conn, batch)
-            self.metrics.duplicates.inc(len(records) - len(fresh))
-            ended_trips = {
+            self.metrics.duplicates.inc(batch.size() - len(fresh))
+            # any step of a trip may complete its facts (see domain.settlement), not only its end
+            touched_trips = {
                 row[4]["trip_id"]
                 for row in batch.changes
-                if row[0] in fresh and row[4]["cause"] in TRIP_ENDS and row[4].get("trip_id")
+                if row[0] in fresh and row[4].get("trip_id")
             }
             # the order, or why it was cancelled (a no-show), may come after the trip's end
             placed_orders = {row[0] for row in batch.orders if ("order", row[0]) in fresh} | {
@@ -75,7 +77,9 @@ class BillingIngest:
                 for row in batch.order_changes
                 if row[0] in fresh and row[3]["to"] == "cancelled"
             }
-            outgoing = await self._settle(conn, ended_trips, placed_orders)
+            # the accepted offer's promised ETA decides whether a cancelling customer pays
+            placed_orders |= {row[1] for row in batch.offers if ("offer", row[0]) in fresh}
+            outgoing = await self._settle(conn, touched_trips, placed_orders)
             await add_to_outbox(conn, self.bus, outgoing)
         if outgoing:
             self.relay.notify()
@@ -112,6 +116,15 @@ class BillingIngest:
             )
             fresh.update(r["event_id"] for r in rows)
             self.metrics.events_stored.labels(ORDER_CHANGED).inc(len(rows))
+        if batch.offers:
+            rows = await conn.fetch(
+                "INSERT INTO offers (offer_id, order_id, driver_id, made_at, pickup_eta_s) "
+                "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], "
+                "$5::float8[]) ON CONFLICT DO NOTHING RETURNING offer_id",
+                *_columns(batch.offers, 5),
+            )
+            fresh.update(("offer", r["offer_id"]) for r in rows)
+            self.metrics.events_stored.labels(OFFER_MADE).inc(len(rows))
         return fresh
 
     async def _settle(self, conn: Connection, trips: set[str], orders: set[str]) -> list[Outgoing]:
@@ -142,18 +155,18 @@ class BillingIngest:
             list({end["trip_id"] for end in ends}),
         ):
             changes[row["data"]["trip_id"]].append(change_from_row(row))
-        no_shows = {
-            row["order_id"]
-            for row in await conn.fetch(
-                "SELECT DISTINCT order_id FROM order_changes WHERE order_id = ANY($1::uuid[]) "
-                "AND data ->> 'reason' = 'no_show'",
-                list({end["order_id"] for end in ends}),
-            )
-        }
+        order_ids = list({end["order_id"] for end in ends})
+        no_shows = await no_show_orders(conn, order_ids)
+        offers = await offers_of(conn, order_ids)
         postings = [
             posting
             for end in ends
-            if (posting := self._settlement(end, changes[end["trip_id"]], no_shows)) is not None
+            if (
+                posting := self._settlement(
+                    end, changes[end["trip_id"]], no_shows, offers.get(str(end["order_id"]), [])
+                )
+            )
+            is not None
         ]
         events = await post_many(conn, self.bus, postings)
         for _topic, _key, event in events:
@@ -161,22 +174,19 @@ class BillingIngest:
         return events
 
     def _settlement(
-        self, end: Any, changes: list[StateChange], no_shows: set[Any]
+        self, end: Any, changes: list[StateChange], no_shows: set[str], offers: list[OfferMade]
     ) -> Posting | None:
         order = OrderFacts.from_row(end)
-        tariff = self.tariffs.get(end["city"], order.product, end["placed_at"])
-        no_show = end["order_id"] in no_shows
-        trip = trip_from_changes(end["trip_id"], changes, order, tariff, no_show=no_show)
-        if trip is None or trip.fare.total_minor == 0:
-            return None
-        return trip_settlement(
-            fare=trip.fare,
+        driver = next((c.driver_id for c in changes), "")
+        return settle_trip(
+            trip_id=end["trip_id"],
+            end_event_id=end["event_id"],
+            changes=changes,
+            order=order,
+            tariff=self.tariffs.get(end["city"], order.product, end["placed_at"]),
+            no_show=str(end["order_id"]) in no_shows,
             driver_share=self.driver_share,
-            customer_id=order.customer_id,
-            driver_id=trip.driver_id,
-            trip_id=trip.trip_id,
-            occurred_at=datetime.fromtimestamp((trip.record.completed_ms or 0) / 1000, UTC),
-            caused_by=end["event_id"],
+            promised_eta_s=promised_eta_s(offers, driver, changes, end["trip_id"]),
         )
 
 
@@ -187,6 +197,10 @@ class _Facts:
     changes: list[tuple[Any, ...]] = field(default_factory=list)
     orders: list[tuple[Any, ...]] = field(default_factory=list)
     order_changes: list[tuple[Any, ...]] = field(default_factory=list)
+    offers: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def size(self) -> int:
+        return len(self.changes) + len(self.orders) + len(self.order_changes) + len(self.offers)
 
     def add(self, r: Received) -> None:
         e, data = r.event, r.event.data
@@ -206,6 +220,40 @@ class _Facts:
             )
         elif e.type == ORDER_CHANGED:
             self.order_changes.append((e.id, data["order_id"], e.time, dict(data)))
+        elif e.type == OFFER_MADE:
+            self.offers.append(
+                (
+                    data["offer_id"],
+                    _canonical(data["order_id"]),
+                    data["driver_id"],
+                    e.time,
+                    float(data["pickup_eta_s"]),
+                )
+            )
+
+
+async def no_show_orders(conn: Connection | Pool, order_ids: list[Any]) -> set[str]:
+    """Those of the orders cancelled because the customer did not come."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT order_id::text FROM order_changes WHERE order_id = ANY($1::uuid[]) "
+        "AND data ->> 'reason' = 'no_show'",
+        [str(o) for o in order_ids],
+    )
+    return {r["order_id"] for r in rows}
+
+
+async def offers_of(conn: Connection | Pool, order_ids: list[Any]) -> dict[str, list[OfferMade]]:
+    """The offers made for each of the orders (by order id as text)."""
+    out: dict[str, list[OfferMade]] = defaultdict(list)
+    for r in await conn.fetch(
+        "SELECT order_id::text, driver_id, made_at, pickup_eta_s FROM offers "
+        "WHERE order_id = ANY($1::uuid[])",
+        [str(o) for o in order_ids],
+    ):
+        out[r["order_id"]].append(
+            OfferMade(r["order_id"], r["driver_id"], epoch_ms(r["made_at"]), r["pickup_eta_s"])
+        )
+    return out
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -23,7 +23,7 @@ from polder.common.http import service_app
 from polder.common.outbox import OutboxRelay
 from polder.common.service import service_resources
 from polder.common.settings import Settings
-from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
+from polder.common.topics import DISPATCH, DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
 from polder.fares.tariff import load_tariffs
 
 SERVICE = "billing"
@@ -48,7 +48,7 @@ def build_app(settings: Settings) -> FastAPI:
             spacing_ms = int(settings.billing_ping_spacing_s * 1000)
             keeper = PingKeeper(res.pool, metrics, spacing_ms)
             for name, topics, handler in (
-                (CONSUMER, [DRIVER_EVENTS, ORDERS], ingest),
+                (CONSUMER, [DRIVER_EVENTS, ORDERS, DISPATCH], ingest),
                 (PINGS_CONSUMER, [DRIVER_LOCATIONS], keeper),
             ):
                 # Larger fetches than the default: a batch costs a fixed number of statements

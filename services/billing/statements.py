@@ -22,6 +22,7 @@ from polder.billing.domain.policies_base import TripRecord
 from polder.billing.domain.policies_rates import RateBook
 from polder.billing.domain.report import Tally, by_cell, by_hour, by_worker, overall
 from polder.billing.domain.segments import Product, Segment
+from polder.billing.domain.settlement import promised_eta_s
 from polder.billing.domain.statement import (
     Statement,
     build_statement,
@@ -30,7 +31,7 @@ from polder.billing.domain.statement import (
 )
 from polder.billing.domain.timeline import StateChange, build_timeline, epoch_ms
 from polder.billing.domain.trips import OrderFacts, Trip, trip_from_changes
-from polder.billing.ingest import change_from_row
+from polder.billing.ingest import change_from_row, no_show_orders, offers_of
 from polder.common.db import Pool
 from polder.common.errors import ApiError
 from polder.common.settings import Settings
@@ -180,14 +181,8 @@ class Statements:
                 sorted({str(uuid.UUID(o)) for o in order_of.values()}),
             )
         }
-        no_shows = {
-            str(row["order_id"])
-            for row in await self.pool.fetch(
-                "SELECT DISTINCT order_id FROM order_changes WHERE order_id = ANY($1::uuid[]) "
-                "AND data ->> 'reason' = 'no_show'",
-                sorted(orders),
-            )
-        }
+        no_shows = await no_show_orders(self.pool, sorted(orders))
+        offers = await offers_of(self.pool, sorted(orders))
         views: dict[str, TripView] = {}
         for trip_id, order_id in order_of.items():
             order_row = orders.get(str(uuid.UUID(order_id)))
@@ -195,8 +190,17 @@ class Statements:
                 continue
             order = OrderFacts.from_row(order_row)
             tariff = self.tariffs.get(order_row["city"], order.product, order_row["placed_at"])
-            no_show = order.order_id in no_shows
-            trip = trip_from_changes(trip_id, changes[trip_id], order, tariff, no_show=no_show)
+            driver = next((c.driver_id for c in changes[trip_id]), "")
+            trip = trip_from_changes(
+                trip_id,
+                changes[trip_id],
+                order,
+                tariff,
+                no_show=order.order_id in no_shows,
+                promised_eta_s=promised_eta_s(
+                    offers.get(order.order_id, []), driver, changes[trip_id], trip_id
+                ),
+            )
             if trip is not None:
                 views[trip_id] = TripView(trip, trip.driver_id, order.customer_id)
         return views
