@@ -147,7 +147,7 @@ class Statements:
                     )
                 )
             except (KeyError, CurrencyMismatch) as exc:
-                # e.g. prop22 for a worker paid in EUR: rates are never converted
+                # no rates for this record and no reference rate to convert them (domain.fx)
                 raise PolicyNotApplicable(policy, exc) from exc
         pings = [(r["received_ms"], r["cell8"]) for r in ping_rows]
         return statements, segments, pings

@@ -136,6 +136,17 @@ async def test_a_ride_is_priced_posted_and_on_the_statement(settings: Settings) 
             )
         ).json()
         assert prop22["time"] == s["time"] and prop22["policy"] == "platform_share"
+        # a policy whose rates are in another currency: compared at a stated reference rate
+        compared = await b.get(
+            "/v1/drivers/drv-b1/statement",
+            "operator",
+            "ops",
+            params={**window, "policy": "prop22"},
+        )
+        assert compared.status_code == 200, compared.text
+        body = compared.json()
+        assert body["time"] == s["time"] and body["earnings"]["currency"] == "EUR"
+        assert body["rates_conversion"]["reference_rate"] == "1 EUR = 1.0465 USD"
         csv = await b.get(
             "/v1/drivers/drv-b1/statement",
             "driver",
