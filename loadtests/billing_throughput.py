@@ -12,7 +12,8 @@ redelivered driver and order events (at-least-once delivery). Then it starts
 ``python -m polder serve billing`` as its own process and reads ``/metrics`` every 0.1 s:
 
 * events/s from the first event processed to the last (``polder_events_consumed_total`` of both
-  billing consumers), for the whole stream and for the driver+order consumer on its own;
+  billing consumers), for the whole stream and for the ``billing`` consumer of driver, order
+  and dispatch events on its own (the ``billing-pings`` consumer keeps the pings);
 * consumer lag at the end, CPU cores used by billing, the broker, Postgres, the harness and
   "anything else" on the box over the same interval;
 * checks on the database: every stored fact once, every completed trip settled exactly once,
@@ -50,7 +51,7 @@ from polder.common.bus import Bus
 from polder.common.envelope import Event, format_time
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
-from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS, Topic
+from polder.common.topics import DISPATCH, DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS, Topic
 from polder.runtime.up import System
 
 CENTRE = (52.37, 4.89)
@@ -108,7 +109,14 @@ class Stream:
     location_events: int = 0
     pings: int = 0
     duplicates: int = 0
+    dispatch_events: int = 0  # offer_made and offer_resolved (polder.dispatch)
     completed_trips: set[str] = field(default_factory=set)
+    fee_cancellations: set[str] = field(default_factory=set)  # customer paid for cancelling
+
+    @property
+    def event_records(self) -> int:
+        """Records for the ``billing`` consumer (driver, order and dispatch topics)."""
+        return len(self.records) - self.location_events
 
 
 class Worker:
@@ -213,18 +221,39 @@ class Worker:
         self.order_change(order, "searching", "offered", "offer_sent", driver_id=self.driver,
                           offer_id=offer)
         self.change("offered", "offer_sent", **ids)
+        en_route_s = rng.uniform(120, 480)
+        eta_s = round(en_route_s * rng.uniform(0.6, 1.3))  # dispatch's promise, never exact
+        self.event(DISPATCH, order, "polder.dispatch.offer_made.v1", {
+            "offer_id": offer, "order_id": order, "driver_id": self.driver,
+            "expires_at": format_time(self.t + timedelta(seconds=15)), "pickup_eta_s": eta_s,
+            "pickup_distance_m": round(en_route_s * 8.3, 1),
+            "estimated_pay": {"currency": "EUR", "amount_minor": int(250 + distance * 0.15)},
+            "batch_id": self.uid(),
+        })
+        self.stream.dispatch_events += 1
         self.wait(rng.uniform(3, 15))
         if rng.random() < 0.1:
             self.change("idle", "offer_declined", **ids)
             self.order_change(order, "offered", "searching", "offer_declined",
                               driver_id=self.driver, offer_id=offer)
+            self.resolved(order, offer, "declined", None)
             return
         trip = self.uid()
         ids["trip_id"] = trip
         more = {"driver_id": self.driver, "trip_id": trip, "offer_id": offer}
         self.change("en_route_pickup", "offer_accepted", **ids)
         self.order_change(order, "offered", "assigned", "offer_accepted", **more)
-        self.wait(rng.uniform(120, 480))
+        self.resolved(order, offer, "accepted", trip)
+        if rng.random() < 0.03:  # the customer cancels while the driver is on the way
+            since = rng.uniform(30, en_route_s)
+            self.wait(since)
+            self.change("idle", "cancelled_by_customer", **ids)
+            self.order_change(order, "assigned", "cancelled", "cancelled_by_customer", **more)
+            # tariffs.json amsterdam: a fee after 120 s, unless later than the ETA + 300 s
+            if since > 120 and since <= eta_s + 300:
+                self.stream.fee_cancellations.add(trip)
+            return
+        self.wait(en_route_s)
         self.change("at_pickup", "arrived_pickup", **ids)
         self.order_change(order, "assigned", "driver_arrived", "arrived_pickup", **more)
         self.wait(rng.uniform(20, 300))
@@ -236,6 +265,13 @@ class Worker:
         self.change("idle", "completed", **ids)
         self.order_change(order, "in_progress", "completed", "completed", **more)
         self.stream.completed_trips.add(trip)
+
+    def resolved(self, order: str, offer: str, outcome: str, trip: str | None) -> None:
+        self.event(DISPATCH, order, "polder.dispatch.offer_resolved.v1", {
+            "offer_id": offer, "order_id": order, "driver_id": self.driver, "outcome": outcome,
+            "trip_id": trip,
+        })
+        self.stream.dispatch_events += 1
 
 
 def build_stream(opts: Options, now: datetime) -> Stream:
@@ -408,7 +444,8 @@ async def check(settings: Settings, stream: Stream) -> dict[str, Any]:
         "every driver event stored once": found["driver_events"] == stream.driver_events,
         "every order stored once": found["orders"] == stream.orders,
         "every order change stored once": found["order_changes"] == stream.order_changes,
-        "every completed trip settled": set(counts) == stream.completed_trips,
+        "every completed trip and fee-paying cancellation settled": set(counts)
+        == stream.completed_trips | stream.fee_cancellations,
         "no trip settled twice": all(n == 1 for n in counts.values()),
         "every ledger transaction balanced": found["unbalanced_transactions"] == 0,
         "one outbox event per posting": found["outbox_rows"] == found["ledger_transactions"],
@@ -426,7 +463,7 @@ def summarise(opts: Options, stream: Stream, produce_s: float, m: Measured,
               db: dict[str, Any]) -> dict[str, Any]:
     total = len(stream.records)
     span = m.last_at - m.first_at
-    events_total = stream.driver_events + stream.orders + stream.order_changes + stream.duplicates
+    events_total = stream.event_records
     events_span = m.events_last_at - m.first_at
     final = m.final
     lag = final.total("polder_consumer_lag_records") if final else math.nan
@@ -439,10 +476,12 @@ def summarise(opts: Options, stream: Stream, produce_s: float, m: Measured,
             "driver_events": stream.driver_events,
             "orders_placed": stream.orders,
             "order_changes": stream.order_changes,
+            "dispatch_events": stream.dispatch_events,
             "location_events": stream.location_events,
             "pings": stream.pings,
             "redelivered": stream.duplicates,
             "completed_trips": len(stream.completed_trips),
+            "fee_cancellations": len(stream.fee_cancellations),
             "produce_s": produce_s,
         },
         "throughput": {
@@ -473,16 +512,20 @@ def render(doc: dict[str, Any]) -> str:
     s, t, c, f = doc["stream"], doc["throughput"], doc["cpu_cores"], doc["found"]
     rows = [
         ("records in the stream", f"{s['records']:,}"),
-        ("  driver events / orders / order changes",
-         f"{s['driver_events']:,} / {s['orders_placed']:,} / {s['order_changes']:,}"),
+        ("  driver events / orders / order changes / offers",
+         f"{s['driver_events']:,} / {s['orders_placed']:,} / {s['order_changes']:,} / "
+         f"{s['dispatch_events']:,}"),
         ("  location events (pings)", f"{s['location_events']:,} ({s['pings']:,})"),
         ("  redelivered driver/order events", f"{s['redelivered']:,}"),
         ("billing events/s, first → last processed", fmt(t["events_per_s"], "", 0)),
         ("  over", fmt(t["first_to_last_s"], " s", 2)),
-        ("  driver+order consumer alone, events/s", fmt(t["driver_order_events_per_s"], "", 0)),
+        ("  driver/order/dispatch consumer, events/s", fmt(t["driver_order_events_per_s"], "", 0)),
         ("start → first event processed", fmt(t["startup_to_first_s"], " s", 1)),
         ("consumer lag at the end", fmt(t["lag_at_end"], "", 0)),
-        ("completed trips / postings", f"{s['completed_trips']:,} / {t['postings']:,.0f}"),
+        (
+            "completed trips + paid cancellations / postings",
+            f"{s['completed_trips']:,} + {s['fee_cancellations']:,} / {t['postings']:,.0f}",
+        ),
         ("pings kept (thinned)", f"{f['pings_kept']:,}"),
         ("CPU cores: billing / broker / postgres",
          f"{c.get('billing', 0):.2f} / {c.get('broker', 0):.2f} / {c.get('postgres', 0):.2f}"),
@@ -519,8 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                 [str(py_spy), "record", "-p", str(svc.pid), "-d", "60", "--format", "raw",
                  "--nonblocking", "-o", opts.profile],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        events_total = (stream.driver_events + stream.orders + stream.order_changes
-                        + stream.duplicates)
+        events_total = stream.event_records
         try:
             m = asyncio.run(measure(svc, len(stream.records), events_total, opts.timeout_s))
         except TimeoutError:

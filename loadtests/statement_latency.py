@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     with infrastructure() as (system, settings, tmp):
         produce_s = asyncio.run(produce(settings, stream))
         svc = start_billing(system, settings, tmp)
-        events = stream.driver_events + stream.orders + stream.order_changes
+        events = stream.event_records
         m = asyncio.run(measure(svc, len(stream.records), events, a.timeout))
         print(f"produced in {produce_s:.1f} s, consumed by billing in "
               f"{m.last_at - m.first_at:.1f} s; asking statements", flush=True)

@@ -107,7 +107,7 @@ def as_event(fact: StateChange | OrderFacts | NoShow | OfferMade) -> Event:
         "pickup_eta_s": fact.pickup_eta_s,
         "pickup_distance_m": 800.0,
         "estimated_pay": {"currency": "EUR", "amount_minor": 700},
-        "batch_id": "b1",
+        "batch_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"batch/{offer_id}")),
     }
     return _event("polder.dispatch.offer_made.v1", fact.order_id, data, fact.made_ms, offer_id)
 
