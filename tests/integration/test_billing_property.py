@@ -184,3 +184,57 @@ async def test_the_real_consumer_keeps_the_ledger_right_under_any_delivery(
         for batch in batches:  # replayed from offset 0
             await ingest(batch)
         assert await ledger(b.pool) == clean
+
+
+class CrashingRegistry(SchemaRegistry):
+    """Fails the first validation of each posting event: the handler dies after every fact
+    and posting of its batch is written, before the transaction commits (the outbox rows are
+    the last thing it writes), as a process killed at that moment would."""
+
+    def __init__(self, inner: SchemaRegistry) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.failed: set[str] = set()
+
+    def validate(self, event: Event) -> None:
+        if event.type == "polder.billing.posted.v1" and event.data["tx_id"] not in self.failed:
+            self.failed.add(event.data["tx_id"])
+            raise RuntimeError("killed before commit")
+        super().validate(event)
+
+
+async def test_a_consumer_killed_before_its_commit_posts_nothing_twice(settings: Settings) -> None:
+    # Issue 4 "Tests": every batch that posts dies once before its commit and is redelivered
+    # (the offsets were not committed); the ledger ends as an in-order delivery's, each posting
+    # and its outbox row exactly once.
+    rng = random.Random(5)
+    city = random_city(rng, 4)
+    clean = {tx: expected(p) for tx, p in clean_postings(city.changes, city).items()}
+    facts = [*city.changes, *city.orders.values(), *city.no_shows, *city.offers]
+    rng.shuffle(facts)
+    registry = CrashingRegistry(SchemaRegistry.load())
+    records = [Received(as_event(f), None, "t", 0, i) for i, f in enumerate(facts)]
+    async with billing_service(settings) as b:
+        bus = Bus(settings, registry, source="polder/billing")
+        ingest = BillingIngest(
+            b.pool,
+            bus,
+            OutboxRelay(b.pool, bus),
+            load_tariffs(),
+            Decimal("0.75"),
+            BillingMetrics(CollectorRegistry()),
+        )
+        crashes = 0
+        for i in range(0, len(records), 10):
+            batch = records[i : i + 10]
+            while True:  # as the consumer does: the batch again until it is durable
+                before = await ledger(b.pool)
+                try:
+                    await ingest(batch)
+                    break
+                except RuntimeError:
+                    crashes += 1
+                    assert await ledger(b.pool) == before  # nothing of the batch committed
+        assert crashes > 0 and len(clean) > 0
+        assert await ledger(b.pool) == clean
+        outbox = await b.pool.fetch("SELECT event -> 'data' ->> 'tx_id' AS tx FROM outbox")
+        assert sorted(r["tx"] for r in outbox) == sorted(str(tx) for tx in clean)
