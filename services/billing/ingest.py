@@ -9,6 +9,7 @@ replayed event finds its mark and changes nothing.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+
+import structlog
 
 from polder.billing.domain.ledger import Posting
 from polder.billing.domain.settlement import TRIP_ENDS, OfferMade, promised_eta_s, settle_trip
@@ -25,8 +28,12 @@ from polder.billing.ledger import post_many
 from polder.billing.metrics import BillingMetrics
 from polder.common.bus import Bus, Received
 from polder.common.db import Connection, Pool
+from polder.common.envelope import encode
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
+from polder.common.topics import DLQ
 from polder.fares.tariff import TariffBook
+
+log = structlog.get_logger(__name__)
 
 CONSUMER = "billing"  # the consumer group; its dedupe is the stored facts' own keys
 STATE_CHANGED = "polder.driver.state_changed.v1"
@@ -60,7 +67,11 @@ class BillingIngest:
         replayed event returns none and changes nothing."""
         batch = _Facts()
         for r in records:
-            batch.add(r)
+            problem = _id_problem(r)
+            if problem is None:
+                batch.add(r)
+            else:  # one bad record must not hold up the partition: kept aside, with the reason
+                await self._dead_letter(r, problem)
         outgoing: list[Outgoing] = []
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await self._store(conn, batch)
@@ -83,6 +94,27 @@ class BillingIngest:
             await add_to_outbox(conn, self.bus, outgoing)
         if outgoing:
             self.relay.notify()
+
+    async def _dead_letter(self, r: Received, reason: str) -> None:
+        """The record on polder.dlq with the reason; at least once (a retried batch may send
+        it again), like every event."""
+        letter = self.bus.event(
+            "polder.dlq.dead_letter.v1",
+            subject=f"{r.topic}/{r.partition}/{r.offset}",
+            data={
+                "consumer": CONSUMER,
+                "topic": r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "key": r.key,
+                "reason": reason,
+                "payload_b64": base64.b64encode(encode(r.event)).decode(),
+            },
+            time=r.event.time,
+        )
+        await self.bus.publish(DLQ, key=r.key or letter.subject, event=letter)
+        self.metrics.dead_letters.labels(CONSUMER, "invalid").inc()
+        log.warning("dead-lettered a record", consumer=CONSUMER, reason=reason)
 
     async def _store(self, conn: Connection, batch: _Facts) -> set[Any]:
         """Each kind of fact in one set-based INSERT (unnest): one round trip per table. Returns
@@ -254,6 +286,29 @@ async def offers_of(conn: Connection | Pool, order_ids: list[Any]) -> dict[str, 
             OfferMade(r["order_id"], r["driver_id"], epoch_ms(r["made_at"]), r["pickup_eta_s"])
         )
     return out
+
+
+# The ids each stored event type carries that billing's tables keep as uuid (the schemas say
+# format uuid, which the validator does not enforce).
+_UUID_FIELDS = {
+    STATE_CHANGED: ("order_id", "trip_id", "offer_id"),
+    ORDER_PLACED: ("order_id",),
+    ORDER_CHANGED: ("order_id", "trip_id", "offer_id"),
+    OFFER_MADE: ("order_id", "offer_id"),
+}
+
+
+def _id_problem(r: Received) -> str | None:
+    """Why billing cannot store this record (an id that is not a UUID), or None."""
+    for name in _UUID_FIELDS.get(r.event.type, ()):
+        value = r.event.data.get(name)
+        if value is None:
+            continue
+        try:
+            uuid.UUID(str(value))
+        except ValueError:
+            return f"{r.event.type}: {name} is not a UUID: {str(value)[:80]!r}"
+    return None
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
