@@ -255,19 +255,25 @@ class Reports:
         segments: list[Segment] = []
         pings: dict[str, list[tuple[int, int]]] = {}
         by_policy: dict[str, list[Statement]] = {}
+        others = [p for p in ALL_POLICIES if p != default]
         for driver in drivers:
-            statements, segs, trace = await st.compute(driver, start, end, [default], now)
+            try:  # one read of the worker's history for every policy
+                statements, segs, trace = await st.compute(
+                    driver, start, end, [default, *others], now
+                )
+                found = dict(zip([default, *others], statements, strict=True))
+            except PolicyNotApplicable:  # some policy has no rates here: each on its own
+                statements, segs, trace = await st.compute(driver, start, end, [default], now)
+                found = {default: statements[0]}
+                for policy in others:
+                    try:
+                        [found[policy]], _, _ = await st.compute(driver, start, end, [policy], now)
+                    except PolicyNotApplicable:
+                        continue  # no rates to compare against, not even converted
             segments += segs
             pings[driver] = trace
-            by_policy.setdefault(default, []).append(statements[0])
-            for policy in ALL_POLICIES:
-                if policy == default:
-                    continue
-                try:
-                    [other], _, _ = await st.compute(driver, start, end, [policy], now)
-                except PolicyNotApplicable:
-                    continue  # another currency: no rates to compare against
-                by_policy.setdefault(policy, []).append(other)
+            for policy, statement in found.items():
+                by_policy.setdefault(policy, []).append(statement)
         classify = get_policy(default).classify
         groups: Mapping[Any, Tally]
         if group_by == "driver":
