@@ -115,11 +115,21 @@ async def ask(base: str, token: str, ranges: dict[str, tuple[datetime, datetime]
                     "p50_ms": 1000 * percentile(samples, 0.5),
                     "p99_ms": 1000 * percentile(samples, 0.99),
                     "max_ms": 1000 * max(samples),
-                    "answer": {k: body.get(k) for k in ("time", "earnings", "engaged_km")}
-                    if first.status_code == 200
-                    else body,
+                    "answer": _summary(body) if first.status_code == 200 else body,
                 }
     return out
+
+
+def _summary(body: dict[str, Any]) -> dict[str, Any]:
+    """What the results keep of an answer (a month's pay lines would fill the file)."""
+    earnings = body["earnings"]
+    return {
+        "time": body["time"],
+        "engaged_km": body["engaged_km"],
+        "earnings": {k: earnings[k] for k in ("currency", "topup_minor", "total_minor")}
+        | {"lines": len(earnings["lines"])},
+        "rates_conversion": body.get("rates_conversion"),
+    }
 
 
 def expected_seconds(shifts: list[tuple[datetime, datetime]], a: datetime, b: datetime) -> float:

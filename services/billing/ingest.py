@@ -1,10 +1,10 @@
 """The billing consumer: store each fact once, then settle the trips that just became complete.
 
-One transaction per batch: the processed-event marks, the stored facts, the ledger postings and
-their outbox rows commit together, and only then are the offsets committed. Every step is
-set-based (one statement per table for the whole batch), so a batch costs a fixed number of
-round trips whatever its size. A redelivered or
-replayed event finds its mark and changes nothing.
+One transaction per batch: the stored facts (whose own keys are the processed marks), the
+ledger postings and their outbox rows commit together, and only then are the offsets
+committed. Every step is set-based (one statement per table for the whole batch), so a batch
+costs a fixed number of round trips whatever its size. A redelivered or replayed event finds
+its key taken and changes nothing. A record whose ids cannot be stored is dead-lettered.
 """
 
 from __future__ import annotations
