@@ -10,6 +10,7 @@ its key taken and changes nothing. A record whose ids cannot be stored is dead-l
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -298,15 +299,16 @@ _UUID_FIELDS = {
 }
 
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _id_problem(r: Received) -> str | None:
-    """Why billing cannot store this record (an id that is not a UUID), or None."""
+    """Why billing cannot store this record (an id that is not a hyphenated UUID), or None.
+    A regular expression, not ``uuid.UUID``: it runs for every record, ~4x cheaper."""
+    data = r.event.data
     for name in _UUID_FIELDS.get(r.event.type, ()):
-        value = r.event.data.get(name)
-        if value is None:
-            continue
-        try:
-            uuid.UUID(str(value))
-        except ValueError:
+        value = data.get(name)
+        if value is not None and not (isinstance(value, str) and _UUID.fullmatch(value)):
             return f"{r.event.type}: {name} is not a UUID: {str(value)[:80]!r}"
     return None
 
