@@ -1,32 +1,46 @@
 """The billing consumer: store each fact once, then settle the trips that just became complete.
 
-One transaction per batch: the processed-event marks, the stored facts, the ledger postings and
-their outbox rows commit together, and only then are the offsets committed. A redelivered or
-replayed event finds its mark and changes nothing.
+One transaction per batch: the stored facts (whose own keys are the processed marks), the
+ledger postings and their outbox rows commit together, and only then are the offsets
+committed. Every step is set-based (one statement per table for the whole batch), so a batch
+costs a fixed number of round trips whatever its size. A redelivered or replayed event finds
+its key taken and changes nothing. A record whose ids cannot be stored is dead-lettered.
 """
 
 from __future__ import annotations
 
+import base64
+import re
+import uuid
+from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from polder.billing.domain.ledger import trip_settlement
-from polder.billing.domain.timeline import StateChange
-from polder.billing.domain.trips import OrderFacts, trip_from_changes
-from polder.billing.ledger import post
+import structlog
+
+from polder.billing.domain.ledger import Posting
+from polder.billing.domain.settlement import TRIP_ENDS, OfferMade, promised_eta_s, settle_trip
+from polder.billing.domain.timeline import StateChange, epoch_ms
+from polder.billing.domain.trips import OrderFacts
+from polder.billing.ledger import post_many
 from polder.billing.metrics import BillingMetrics
 from polder.common.bus import Bus, Received
 from polder.common.db import Connection, Pool
+from polder.common.envelope import encode
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
+from polder.common.topics import DLQ
 from polder.fares.tariff import TariffBook
 
-CONSUMER = "billing"
+log = structlog.get_logger(__name__)
+
+CONSUMER = "billing"  # the consumer group; its dedupe is the stored facts' own keys
 STATE_CHANGED = "polder.driver.state_changed.v1"
 ORDER_PLACED = "polder.order.placed.v1"
 ORDER_CHANGED = "polder.order.status_changed.v1"
-TRIP_ENDS = ("completed", "cancelled_by_customer", "cancelled_by_driver")
+OFFER_MADE = "polder.dispatch.offer_made.v1"
 
 
 class BillingIngest:
@@ -47,134 +61,269 @@ class BillingIngest:
         self.metrics = metrics
 
     async def __call__(self, records: Sequence[Received]) -> None:
+        """One transaction and a fixed number of statements per batch, whatever its size.
+
+        A fact's own key is its processed mark: the event id of a state or order change, the
+        order id of a placed order. Only the rows the INSERT returns are new; a redelivered or
+        replayed event returns none and changes nothing."""
+        batch = _Facts()
+        for r in records:
+            problem = _id_problem(r)
+            if problem is None:
+                batch.add(r)
+            else:  # one bad record must not hold up the partition: kept aside, with the reason
+                await self._dead_letter(r, problem)
         outgoing: list[Outgoing] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await self._mark(conn, records)
-            ended_trips: set[str] = set()
-            placed_orders: set[str] = set()
-            for r in records:
-                if r.event.id not in fresh:
-                    continue
-                fresh.discard(r.event.id)  # a batch may carry the same event twice
-                await self._store(conn, r)
-                data = r.event.data
-                if (
-                    r.event.type == STATE_CHANGED
-                    and data["cause"] in TRIP_ENDS
-                    and data.get("trip_id")
-                ):
-                    ended_trips.add(data["trip_id"])
-                elif r.event.type == ORDER_PLACED or (
-                    r.event.type == ORDER_CHANGED and data["to"] == "cancelled"
-                ):
-                    # the order, or why it was cancelled (a no-show), may come after the trip's end
-                    placed_orders.add(data["order_id"])
-            outgoing = await self._settle(conn, ended_trips, placed_orders)
+            fresh = await self._store(conn, batch)
+            self.metrics.duplicates.inc(batch.size() - len(fresh))
+            # any step of a trip may complete its facts (see domain.settlement), not only its end
+            touched_trips = {
+                row[4]["trip_id"]
+                for row in batch.changes
+                if row[0] in fresh and row[4].get("trip_id")
+            }
+            # the order, or why it was cancelled (a no-show), may come after the trip's end
+            placed_orders = {row[0] for row in batch.orders if ("order", row[0]) in fresh} | {
+                row[1]
+                for row in batch.order_changes
+                if row[0] in fresh and row[3]["to"] == "cancelled"
+            }
+            # the accepted offer's promised ETA decides whether a cancelling customer pays
+            placed_orders |= {row[1] for row in batch.offers if ("offer", row[0]) in fresh}
+            outgoing = await self._settle(conn, touched_trips, placed_orders)
             await add_to_outbox(conn, self.bus, outgoing)
         if outgoing:
             self.relay.notify()
 
-    async def _mark(self, conn: Connection, records: Sequence[Received]) -> set[str]:
-        rows = await conn.fetch(
-            "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::text[]) "
-            "ON CONFLICT DO NOTHING RETURNING event_id",
-            CONSUMER,
-            list({r.event.id for r in records}),
+    async def _dead_letter(self, r: Received, reason: str) -> None:
+        """The record on polder.dlq with the reason; at least once (a retried batch may send
+        it again), like every event."""
+        letter = self.bus.event(
+            "polder.dlq.dead_letter.v1",
+            subject=f"{r.topic}/{r.partition}/{r.offset}",
+            data={
+                "consumer": CONSUMER,
+                "topic": r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "key": r.key,
+                "reason": reason,
+                "payload_b64": base64.b64encode(encode(r.event)).decode(),
+            },
+            time=r.event.time,
         )
-        fresh = {row["event_id"] for row in rows}
-        self.metrics.duplicates.inc(len(records) - len(fresh))
-        return fresh
+        await self.bus.publish(DLQ, key=r.key or letter.subject, event=letter)
+        self.metrics.dead_letters.labels(CONSUMER, "invalid").inc()
+        log.warning("dead-lettered a record", consumer=CONSUMER, reason=reason)
 
-    async def _store(self, conn: Connection, r: Received) -> None:
-        e, data = r.event, r.event.data
-        if e.type == STATE_CHANGED:
-            await conn.execute(
+    async def _store(self, conn: Connection, batch: _Facts) -> set[Any]:
+        """Each kind of fact in one set-based INSERT (unnest): one round trip per table. Returns
+        the keys of the rows that were new: event ids, and ("order", order_id) for orders."""
+        fresh: set[Any] = set()
+        if batch.changes:
+            rows = await conn.fetch(
                 "INSERT INTO driver_events (event_id, driver_id, seq, at, data) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                e.id,
-                data["driver_id"],
-                data["seq"],
-                e.time,
-                dict(data),
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], "
+                "$5::jsonb[]) ON CONFLICT DO NOTHING RETURNING event_id",
+                *_columns(batch.changes, 5),
             )
-        elif e.type == ORDER_PLACED:
-            await conn.execute(
+            fresh.update(r["event_id"] for r in rows)
+            self.metrics.events_stored.labels(STATE_CHANGED).inc(len(rows))
+        if batch.orders:
+            rows = await conn.fetch(
                 "INSERT INTO orders (order_id, customer_id, kind, city, ready_at, quote, "
-                "placed_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                data["order_id"],
-                data["customer_id"],
-                data["kind"],
-                data["city"],
-                _time(data.get("ready_at")),
-                dict(data["quote"]),
-                e.time,
+                "placed_at) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], "
+                "$5::timestamptz[], $6::jsonb[], $7::timestamptz[]) ON CONFLICT DO NOTHING "
+                "RETURNING order_id::text",
+                *_columns(batch.orders, 7),
             )
-        elif e.type == ORDER_CHANGED:
-            await conn.execute(
+            fresh.update(("order", r["order_id"]) for r in rows)
+            self.metrics.events_stored.labels(ORDER_PLACED).inc(len(rows))
+        if batch.order_changes:
+            rows = await conn.fetch(
                 "INSERT INTO order_changes (event_id, order_id, at, data) "
-                "VALUES ($1, $2::uuid, $3, $4) ON CONFLICT DO NOTHING",
-                e.id,
-                data["order_id"],
-                e.time,
-                dict(data),
+                "SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::jsonb[]) "
+                "ON CONFLICT DO NOTHING RETURNING event_id",
+                *_columns(batch.order_changes, 4),
             )
-        else:
-            return
-        self.metrics.events_stored.labels(e.type).inc()
+            fresh.update(r["event_id"] for r in rows)
+            self.metrics.events_stored.labels(ORDER_CHANGED).inc(len(rows))
+        if batch.offers:
+            rows = await conn.fetch(
+                "INSERT INTO offers (offer_id, order_id, driver_id, made_at, pickup_eta_s) "
+                "SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], "
+                "$5::float8[]) ON CONFLICT DO NOTHING RETURNING offer_id",
+                *_columns(batch.offers, 5),
+            )
+            fresh.update(("offer", r["offer_id"]) for r in rows)
+            self.metrics.events_stored.labels(OFFER_MADE).inc(len(rows))
+        return fresh
 
     async def _settle(self, conn: Connection, trips: set[str], orders: set[str]) -> list[Outgoing]:
         """Post the fare of every ended trip whose order is known and that is not yet posted
-        (the order and the trip's end travel on different topics: either may come first)."""
+        (the order and the trip's end travel on different topics: either may come first).
+        Three lookups and two inserts for the whole batch; the fares are computed in between."""
         if not trips and not orders:
             return []
         ends = await conn.fetch(
-            "SELECT e.event_id, e.data ->> 'trip_id' AS trip_id, o.* FROM driver_events e "
-            "JOIN orders o ON o.order_id = (e.data ->> 'order_id')::uuid "
-            "WHERE e.data ->> 'cause' = ANY($3::text[]) "
-            "AND (e.data ->> 'trip_id' = ANY($1::text[]) OR o.order_id = ANY($2::uuid[])) "
-            "AND e.data ->> 'trip_id' IS NOT NULL",
+            "WITH ends AS ("
+            " SELECT event_id, data FROM driver_events"
+            " WHERE data ->> 'trip_id' = ANY($1::text[]) AND data ->> 'cause' = ANY($3::text[])"
+            " UNION"
+            " SELECT event_id, data FROM driver_events"
+            " WHERE data ->> 'order_id' = ANY($2::text[]) AND data ->> 'cause' = ANY($3::text[])"
+            " AND data ->> 'trip_id' IS NOT NULL"
+            ") SELECT ends.event_id, ends.data ->> 'trip_id' AS trip_id, o.* FROM ends "
+            "JOIN orders o ON o.order_id = (ends.data ->> 'order_id')::uuid",
             list(trips),
-            list(orders),
+            [_canonical(o) for o in orders],
             list(TRIP_ENDS),
         )
-        out: list[Outgoing] = []
-        for end in ends:
-            event = await self._settle_trip(conn, end)
-            if event is not None:
-                out.append(event)
-        return out
-
-    async def _settle_trip(self, conn: Connection, end: Any) -> Outgoing | None:
-        changes = [
-            change_from_row(row)
-            for row in await conn.fetch(
-                "SELECT event_id, at, data FROM driver_events WHERE data ->> 'trip_id' = $1",
-                end["trip_id"],
+        if not ends:
+            return []
+        changes: dict[str, list[StateChange]] = defaultdict(list)
+        for row in await conn.fetch(
+            "SELECT event_id, at, data FROM driver_events WHERE data ->> 'trip_id' = ANY($1)",
+            list({end["trip_id"] for end in ends}),
+        ):
+            changes[row["data"]["trip_id"]].append(change_from_row(row))
+        order_ids = list({end["order_id"] for end in ends})
+        no_shows = await no_show_orders(conn, order_ids)
+        offers = await offers_of(conn, order_ids)
+        postings = [
+            posting
+            for end in ends
+            if (
+                posting := self._settlement(
+                    end, changes[end["trip_id"]], no_shows, offers.get(str(end["order_id"]), [])
+                )
             )
+            is not None
         ]
+        events = await post_many(conn, self.bus, postings)
+        for _topic, _key, event in events:
+            self.metrics.postings.labels(event.data["kind"]).inc()
+        return events
+
+    def _settlement(
+        self, end: Any, changes: list[StateChange], no_shows: set[str], offers: list[OfferMade]
+    ) -> Posting | None:
         order = OrderFacts.from_row(end)
-        no_show = await conn.fetchval(
-            "SELECT 1 FROM order_changes WHERE order_id = $1 AND data ->> 'reason' = 'no_show'",
-            end["order_id"],
-        )
-        placed = end["placed_at"]
-        tariff = self.tariffs.get(end["city"], order.product, placed)
-        trip = trip_from_changes(end["trip_id"], changes, order, tariff, no_show=bool(no_show))
-        if trip is None or trip.fare.total_minor == 0:
-            return None
-        posting = trip_settlement(
-            fare=trip.fare,
+        driver = next((c.driver_id for c in changes), "")
+        return settle_trip(
+            trip_id=end["trip_id"],
+            end_event_id=end["event_id"],
+            changes=changes,
+            order=order,
+            tariff=self.tariffs.get(end["city"], order.product, end["placed_at"]),
+            no_show=str(end["order_id"]) in no_shows,
             driver_share=self.driver_share,
-            customer_id=order.customer_id,
-            driver_id=trip.driver_id,
-            trip_id=trip.trip_id,
-            occurred_at=datetime.fromtimestamp((trip.record.completed_ms or 0) / 1000, UTC),
-            caused_by=end["event_id"],
+            promised_eta_s=promised_eta_s(offers, driver, changes, end["trip_id"]),
         )
-        event = await post(conn, self.bus, posting)
-        if event is not None:
-            self.metrics.postings.labels(posting.kind).inc()
-        return event
+
+
+@dataclass(slots=True)
+class _Facts:
+    """A batch's new facts, as rows of the tables billing keeps."""
+
+    changes: list[tuple[Any, ...]] = field(default_factory=list)
+    orders: list[tuple[Any, ...]] = field(default_factory=list)
+    order_changes: list[tuple[Any, ...]] = field(default_factory=list)
+    offers: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def size(self) -> int:
+        return len(self.changes) + len(self.orders) + len(self.order_changes) + len(self.offers)
+
+    def add(self, r: Received) -> None:
+        e, data = r.event, r.event.data
+        if e.type == STATE_CHANGED:
+            self.changes.append((e.id, data["driver_id"], data["seq"], e.time, dict(data)))
+        elif e.type == ORDER_PLACED:
+            self.orders.append(
+                (
+                    _canonical(data["order_id"]),
+                    data["customer_id"],
+                    data["kind"],
+                    data["city"],
+                    _time(data.get("ready_at")),
+                    dict(data["quote"]),
+                    e.time,
+                )
+            )
+        elif e.type == ORDER_CHANGED:
+            self.order_changes.append((e.id, data["order_id"], e.time, dict(data)))
+        elif e.type == OFFER_MADE:
+            self.offers.append(
+                (
+                    data["offer_id"],
+                    _canonical(data["order_id"]),
+                    data["driver_id"],
+                    e.time,
+                    float(data["pickup_eta_s"]),
+                )
+            )
+
+
+async def no_show_orders(conn: Connection | Pool, order_ids: list[Any]) -> set[str]:
+    """Those of the orders cancelled because the customer did not come."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT order_id::text FROM order_changes WHERE order_id = ANY($1::uuid[]) "
+        "AND data ->> 'reason' = 'no_show'",
+        [str(o) for o in order_ids],
+    )
+    return {r["order_id"] for r in rows}
+
+
+async def offers_of(conn: Connection | Pool, order_ids: list[Any]) -> dict[str, list[OfferMade]]:
+    """The offers made for each of the orders (by order id as text)."""
+    out: dict[str, list[OfferMade]] = defaultdict(list)
+    for r in await conn.fetch(
+        "SELECT order_id::text, driver_id, made_at, pickup_eta_s FROM offers "
+        "WHERE order_id = ANY($1::uuid[])",
+        [str(o) for o in order_ids],
+    ):
+        out[r["order_id"]].append(
+            OfferMade(r["order_id"], r["driver_id"], epoch_ms(r["made_at"]), r["pickup_eta_s"])
+        )
+    return out
+
+
+# The ids each stored event type carries that billing's tables keep as uuid (the schemas say
+# format uuid, which the validator does not enforce).
+_UUID_FIELDS = {
+    STATE_CHANGED: ("order_id", "trip_id", "offer_id"),
+    ORDER_PLACED: ("order_id",),
+    ORDER_CHANGED: ("order_id", "trip_id", "offer_id"),
+    OFFER_MADE: ("order_id", "offer_id"),
+}
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _id_problem(r: Received) -> str | None:
+    """Why billing cannot store this record (an id that is not a hyphenated UUID), or None.
+    A regular expression, not ``uuid.UUID``: it runs for every record, ~4x cheaper."""
+    data = r.event.data
+    for name in _UUID_FIELDS.get(r.event.type, ()):
+        value = data.get(name)
+        if value is not None and not (isinstance(value, str) and _UUID.fullmatch(value)):
+            return f"{r.event.type}: {name} is not a UUID: {str(value)[:80]!r}"
+    return None
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows → one list per column, the shape ``unnest($1::t[], ...)`` takes."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+def _canonical(order_id: str) -> str:
+    """The text form the driver events carry (lower-case, hyphenated), for the index lookup."""
+    try:
+        return str(uuid.UUID(order_id))
+    except ValueError:
+        return order_id
 
 
 def change_from_row(row: Any) -> StateChange:

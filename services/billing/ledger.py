@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from polder.billing.domain.ledger import Posting
 from polder.common.bus import Bus
 from polder.common.db import Connection
@@ -12,28 +14,50 @@ from polder.common.topics import BILLING
 
 async def post(conn: Connection, bus: Bus, posting: Posting) -> Outgoing | None:
     """Insert a posting unless its id is already there; the event to publish if it was new."""
-    inserted = await conn.fetchval(
-        "INSERT INTO ledger_transactions (tx_id, kind, driver_id, trip_id, occurred_at, "
-        "caused_by, reverses) VALUES ($1, $2, $3, $4::uuid, $5, $6, $7) "
-        "ON CONFLICT DO NOTHING RETURNING 1",
-        posting.tx_id,
-        posting.kind,
-        posting.driver_id,
-        posting.trip_id,
-        posting.occurred_at,
-        posting.caused_by,
-        posting.reverses,
-    )
-    if inserted is None:
-        return None
-    await conn.executemany(
-        "INSERT INTO ledger_entries (entry_id, tx_id, account, currency, amount_minor) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        [
-            (entry_id, posting.tx_id, e.account, e.currency, e.amount_minor)
-            for entry_id, e in zip(posting.entry_ids(), posting.entries, strict=True)
-        ],
-    )
+    events = await post_many(conn, bus, [posting])
+    return events[0] if events else None
+
+
+async def post_many(conn: Connection, bus: Bus, postings: Sequence[Posting]) -> list[Outgoing]:
+    """Insert the postings whose ids are not there yet, in two statements whatever their number;
+    the events to publish for the new ones, in the order given. A posting given twice (same
+    id) is inserted once; the database checks every transaction's balance at commit."""
+    unique = list({p.tx_id: p for p in postings}.values())
+    if not unique:
+        return []
+    inserted = {
+        row["tx_id"]
+        for row in await conn.fetch(
+            "INSERT INTO ledger_transactions (tx_id, kind, driver_id, trip_id, occurred_at, "
+            "caused_by, reverses) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], "
+            "$4::uuid[], $5::timestamptz[], $6::text[], $7::uuid[]) "
+            "ON CONFLICT DO NOTHING RETURNING tx_id",
+            [p.tx_id for p in unique],
+            [p.kind for p in unique],
+            [p.driver_id for p in unique],
+            [p.trip_id for p in unique],
+            [p.occurred_at for p in unique],
+            [p.caused_by for p in unique],
+            [p.reverses for p in unique],
+        )
+    }
+    new = [p for p in unique if p.tx_id in inserted]
+    entries = [
+        (entry_id, p.tx_id, e.account, e.currency, e.amount_minor)
+        for p in new
+        for entry_id, e in zip(p.entry_ids(), p.entries, strict=True)
+    ]
+    if entries:
+        columns = list(zip(*entries, strict=True))
+        await conn.execute(
+            "INSERT INTO ledger_entries (entry_id, tx_id, account, currency, amount_minor) "
+            "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[])",
+            *(list(c) for c in columns),
+        )
+    return [_announce(bus, p) for p in new]
+
+
+def _announce(bus: Bus, posting: Posting) -> Outgoing:
     data = {
         "tx_id": str(posting.tx_id),
         "kind": posting.kind,

@@ -18,15 +18,17 @@ from polder.billing.pings import CONSUMER as PINGS_CONSUMER
 from polder.billing.pings import PingKeeper
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import Reports, Statements
+from polder.common.bus import Consumer
 from polder.common.http import service_app
 from polder.common.outbox import OutboxRelay
 from polder.common.service import service_resources
 from polder.common.settings import Settings
-from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
+from polder.common.topics import DISPATCH, DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
 from polder.fares.tariff import load_tariffs
 
 SERVICE = "billing"
 MIGRATIONS = "polder.billing.migrations"
+BATCH_RECORDS = 10_000  # records per fetch, across the consumer's partitions
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -44,13 +46,25 @@ def build_app(settings: Settings) -> FastAPI:
                 statements, res.bus, relay, metrics, policy=settings.default_policy
             )
             spacing_ms = int(settings.billing_ping_spacing_s * 1000)
-            res.consumer(CONSUMER, [DRIVER_EVENTS, ORDERS], ingest, group_id=CONSUMER)
-            res.consumer(
-                PINGS_CONSUMER,
-                [DRIVER_LOCATIONS],
-                PingKeeper(res.pool, metrics, spacing_ms),
-                group_id=PINGS_CONSUMER,
-            )
+            keeper = PingKeeper(res.pool, metrics, spacing_ms)
+            for name, topics, handler in (
+                (CONSUMER, [DRIVER_EVENTS, ORDERS, DISPATCH], ingest),
+                (PINGS_CONSUMER, [DRIVER_LOCATIONS], keeper),
+            ):
+                # Larger fetches than the default: a batch costs a fixed number of statements
+                # whatever its size, so fewer, fuller batches are the cheaper way through a lag.
+                consumer = Consumer(
+                    name=name,
+                    settings=settings,
+                    registry=res.bus.registry,
+                    bus=res.bus,
+                    metrics=metrics,
+                    topics=topics,
+                    handler=handler,
+                    group_id=name,
+                    max_records=BATCH_RECORDS,
+                )
+                res.run(consumer.run(res.stop), name)
             res.run(relay.run(res.stop), "billing-outbox")
             res.run(closer.run(res.stop), "billing-periods")
             app.state.runtime = BillingRuntime(

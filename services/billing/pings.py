@@ -43,9 +43,10 @@ class PingKeeper:
                 )
             self._last_kept[driver] = last
         if rows:
-            await self.pool.executemany(
+            await self.pool.execute(
                 "INSERT INTO pings (driver_id, recorded_at_ms, received_at, lat, lng, accuracy_m, "
-                "cell8) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                rows,
+                "cell8) SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], "
+                "$4::float8[], $5::float8[], $6::real[], $7::bigint[]) ON CONFLICT DO NOTHING",
+                *([row[i] for row in rows] for i in range(7)),
             )
         self.metrics.events_stored.labels("polder.location.pings_recorded.v1").inc(len(records))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -21,15 +22,16 @@ from polder.billing.domain.policies_base import TripRecord
 from polder.billing.domain.policies_rates import RateBook
 from polder.billing.domain.report import Tally, by_cell, by_hour, by_worker, overall
 from polder.billing.domain.segments import Product, Segment
+from polder.billing.domain.settlement import promised_eta_s
 from polder.billing.domain.statement import (
     Statement,
     build_statement,
     share_below_floor,
     unpaid_waiting_gini,
 )
-from polder.billing.domain.timeline import build_timeline, epoch_ms
+from polder.billing.domain.timeline import StateChange, build_timeline, epoch_ms
 from polder.billing.domain.trips import OrderFacts, Trip, trip_from_changes
-from polder.billing.ingest import change_from_row
+from polder.billing.ingest import change_from_row, no_show_orders, offers_of
 from polder.common.db import Pool
 from polder.common.errors import ApiError
 from polder.common.settings import Settings
@@ -88,8 +90,11 @@ class Statements:
             end,
         )
         changes = [change_from_row(r) for r in rows]
+        # received_ms: epoch_ms() of received_at, computed by Postgres (exact: extract(epoch)
+        # is numeric; floor as epoch_ms floors), a month of pings is ~150 000 rows
         ping_rows = await self.pool.fetch(
-            "SELECT recorded_at_ms, received_at, lat, lng, accuracy_m, cell8 FROM pings "
+            "SELECT recorded_at_ms, floor(extract(epoch FROM received_at) * 1000)::bigint "
+            "AS received_ms, lat, lng, accuracy_m, cell8 FROM pings "
             "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3 "
             "ORDER BY recorded_at_ms",
             driver_id,
@@ -97,7 +102,7 @@ class Statements:
             end,
         )
         until = min(end, now)
-        signs = [epoch_ms(r["received_at"]) for r in ping_rows]
+        signs = [r["received_ms"] for r in ping_rows]
         last_sign = max([*signs, *(c.at_ms for c in changes)], default=None)
         timeline = build_timeline(
             changes,
@@ -110,7 +115,7 @@ class Statements:
         )
         # Phones' clocks drift: pings are placed on the server's clock before measuring.
         offset = estimate_clock_offset_ms(
-            (epoch_ms(r["received_at"]), r["recorded_at_ms"]) for r in ping_rows
+            (r["received_ms"], r["recorded_at_ms"]) for r in ping_rows
         )
         measured = engaged_distance(
             timeline.segments,
@@ -142,44 +147,63 @@ class Statements:
                     )
                 )
             except (KeyError, CurrencyMismatch) as exc:
-                # e.g. prop22 for a worker paid in EUR: rates are never converted
+                # no rates for this record and no reference rate to convert them (domain.fx)
                 raise PolicyNotApplicable(policy, exc) from exc
-        pings = [(epoch_ms(r["received_at"]), r["cell8"]) for r in ping_rows]
+        pings = [(r["received_ms"], r["cell8"]) for r in ping_rows]
         return statements, segments, pings
 
     async def _trips(self, changes: list[Any]) -> list[TripView]:
-        trip_ids = sorted({c.trip_id for c in changes if c.trip_id})
-        views = []
-        for trip_id in trip_ids:
-            view = await self.trip(uuid.UUID(trip_id))
-            if view is not None:
-                views.append(view)
-        return views
+        views = await self.trips(sorted({c.trip_id for c in changes if c.trip_id}))
+        return list(views.values())
 
     async def trip(self, trip_id: uuid.UUID) -> TripView | None:
-        rows = await self.pool.fetch(
-            "SELECT event_id, at, data FROM driver_events WHERE data ->> 'trip_id' = $1",
-            str(trip_id),
-        )
-        if not rows:
-            return None
-        changes = [change_from_row(r) for r in rows]
-        order_id = next((c.order_id for c in changes if c.order_id), None)
-        order_row = await self.pool.fetchrow(
-            "SELECT * FROM orders WHERE order_id = $1::uuid", order_id
-        )
-        if order_row is None:
-            return None
-        no_show = await self.pool.fetchval(
-            "SELECT 1 FROM order_changes WHERE order_id = $1 AND data ->> 'reason' = 'no_show'",
-            order_row["order_id"],
-        )
-        order = OrderFacts.from_row(order_row)
-        tariff = self.tariffs.get(order_row["city"], order.product, order_row["placed_at"])
-        trip = trip_from_changes(str(trip_id), changes, order, tariff, no_show=bool(no_show))
-        if trip is None:
-            return None
-        return TripView(trip, trip.driver_id, order.customer_id)
+        return (await self.trips([str(trip_id)])).get(str(trip_id))
+
+    async def trips(self, trip_ids: list[str]) -> dict[str, TripView]:
+        """The ended trips among ``trip_ids``, in three queries whatever their number."""
+        if not trip_ids:
+            return {}
+        changes: dict[str, list[StateChange]] = defaultdict(list)
+        for row in await self.pool.fetch(
+            "SELECT event_id, at, data FROM driver_events WHERE data ->> 'trip_id' = ANY($1)",
+            trip_ids,
+        ):
+            changes[row["data"]["trip_id"]].append(change_from_row(row))
+        order_of = {
+            trip_id: order_id
+            for trip_id, cs in changes.items()
+            if (order_id := next((c.order_id for c in cs if c.order_id), None))
+        }
+        orders = {
+            str(row["order_id"]): row
+            for row in await self.pool.fetch(
+                "SELECT * FROM orders WHERE order_id = ANY($1::uuid[])",
+                sorted({str(uuid.UUID(o)) for o in order_of.values()}),
+            )
+        }
+        no_shows = await no_show_orders(self.pool, sorted(orders))
+        offers = await offers_of(self.pool, sorted(orders))
+        views: dict[str, TripView] = {}
+        for trip_id, order_id in order_of.items():
+            order_row = orders.get(str(uuid.UUID(order_id)))
+            if order_row is None:
+                continue
+            order = OrderFacts.from_row(order_row)
+            tariff = self.tariffs.get(order_row["city"], order.product, order_row["placed_at"])
+            driver = next((c.driver_id for c in changes[trip_id]), "")
+            trip = trip_from_changes(
+                trip_id,
+                changes[trip_id],
+                order,
+                tariff,
+                no_show=order.order_id in no_shows,
+                promised_eta_s=promised_eta_s(
+                    offers.get(order.order_id, []), driver, changes[trip_id], trip_id
+                ),
+            )
+            if trip is not None:
+                views[trip_id] = TripView(trip, trip.driver_id, order.customer_id)
+        return views
 
 
 def parse_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
@@ -231,19 +255,25 @@ class Reports:
         segments: list[Segment] = []
         pings: dict[str, list[tuple[int, int]]] = {}
         by_policy: dict[str, list[Statement]] = {}
+        others = [p for p in ALL_POLICIES if p != default]
         for driver in drivers:
-            statements, segs, trace = await st.compute(driver, start, end, [default], now)
+            try:  # one read of the worker's history for every policy
+                statements, segs, trace = await st.compute(
+                    driver, start, end, [default, *others], now
+                )
+                found = dict(zip([default, *others], statements, strict=True))
+            except PolicyNotApplicable:  # some policy has no rates here: each on its own
+                statements, segs, trace = await st.compute(driver, start, end, [default], now)
+                found = {default: statements[0]}
+                for policy in others:
+                    try:
+                        [found[policy]], _, _ = await st.compute(driver, start, end, [policy], now)
+                    except PolicyNotApplicable:
+                        continue  # no rates to compare against, not even converted
             segments += segs
             pings[driver] = trace
-            by_policy.setdefault(default, []).append(statements[0])
-            for policy in ALL_POLICIES:
-                if policy == default:
-                    continue
-                try:
-                    [other], _, _ = await st.compute(driver, start, end, [policy], now)
-                except PolicyNotApplicable:
-                    continue  # another currency: no rates to compare against
-                by_policy.setdefault(policy, []).append(other)
+            for policy, statement in found.items():
+                by_policy.setdefault(policy, []).append(statement)
         classify = get_policy(default).classify
         groups: Mapping[Any, Tally]
         if group_by == "driver":

@@ -17,10 +17,13 @@ import pytest
 from polder.billing.main import build_app as build_billing
 from polder.billing.runtime import BillingRuntime
 from polder.common.auth import issue_token
+from polder.common.bus import Bus
+from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
+from polder.common.topics import DLQ, DRIVER_EVENTS
 from tests.conftest import eventually
 from tests.integration.test_dispatch import CENTRE, Dispatch, running
-from tests.support import serve
+from tests.support import read_topic, serve
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +139,17 @@ async def test_a_ride_is_priced_posted_and_on_the_statement(settings: Settings) 
             )
         ).json()
         assert prop22["time"] == s["time"] and prop22["policy"] == "platform_share"
+        # a policy whose rates are in another currency: compared at a stated reference rate
+        compared = await b.get(
+            "/v1/drivers/drv-b1/statement",
+            "operator",
+            "ops",
+            params={**window, "policy": "prop22"},
+        )
+        assert compared.status_code == 200, compared.text
+        body = compared.json()
+        assert body["time"] == s["time"] and body["earnings"]["currency"] == "EUR"
+        assert body["rates_conversion"]["reference_rate"] == "1 EUR = 1.0465 USD"
         csv = await b.get(
             "/v1/drivers/drv-b1/statement",
             "driver",
@@ -347,3 +361,41 @@ async def test_a_day_below_the_floor_gets_one_top_up_corrected_by_late_events(
             "HAVING sum(amount_minor) <> 0) x"
         )
         assert unbalanced == 0
+
+
+async def test_a_record_billing_cannot_store_is_dead_lettered_and_the_rest_flows(
+    settings: Settings,
+) -> None:
+    # An order id that is no UUID passes the schema validator (format is not enforced) but
+    # cannot be stored: it goes to polder.dlq with the reason, and does not hold up the good
+    # record behind it on the same partition.
+    bus = Bus(settings, SchemaRegistry.load(), source="test")
+    await bus.start()
+    try:
+        now = datetime.now(UTC)
+        for seq, order in ((1, "not-a-uuid"), (2, str(uuid.uuid4()))):
+            data = {
+                "driver_id": "drv-dlq",
+                "seq": seq,
+                "from": "idle" if seq == 1 else "offered",
+                "to": "offered" if seq == 1 else "idle",
+                "cause": "offer_sent" if seq == 1 else "offer_declined",
+                "order_id": order,
+                "kind": "ride",
+            }
+            event = bus.event("polder.driver.state_changed.v1", "drv-dlq", data, now)
+            await bus.publish(DRIVER_EVENTS, "drv-dlq", event)
+    finally:
+        await bus.stop()
+    async with billing_service(settings) as b:
+
+        async def stored() -> list[Any]:
+            rows: list[Any] = await b.pool.fetch("SELECT seq FROM driver_events")
+            return rows
+
+        rows = await eventually(stored, until=lambda rs: len(rs) == 1)
+        assert rows[0]["seq"] == 2
+        [letter] = await read_topic(settings, DLQ, until=lambda rs: len(rs) >= 1)
+        assert letter.event.data["consumer"] == "billing"
+        assert "order_id is not a UUID: 'not-a-uuid'" in letter.event.data["reason"]
+        assert letter.key == "drv-dlq"

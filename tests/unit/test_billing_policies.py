@@ -207,9 +207,24 @@ def test_resolve_uses_own_jurisdiction_then_any_then_the_policys_home_in_that_cu
     # An NYC worker's record under Prop 22: California's figures (same currency).
     assert BOOK.resolve("prop22", "USD", "us-ny-nyc").jurisdiction == "us-ca"
     assert BOOK.resolve("seattle_payup", "USD").jurisdiction == "us-wa-seattle"
-    # Currencies are never converted.
+    # Another currency (issue 4: any policy can be asked for, to compare rules on the same
+    # record): the home's money rates converted at the reference rate of fx_rates.json, ECB
+    # 2025-02-21, 1 EUR = 1.0465 USD; ratios as they are.
+    converted = BOOK.resolve("prop22", "EUR", "nl")
+    home = BOOK.schedule("prop22", "us-ca")
+    assert (converted.jurisdiction, converted.currency) == ("us-ca", "EUR")
+    assert converted.conversion is not None and converted.conversion.rate == Decimal("1.0465")
+    for usd, eur in zip(home.versions, converted.versions, strict=True):
+        assert eur.params["per_mile_minor"] == usd.params["per_mile_minor"] / Decimal("1.0465")
+        assert eur.params["minimum_wage_minor"] == (
+            usd.params["minimum_wage_minor"] / Decimal("1.0465")
+        )
+        assert eur.params["wage_multiplier"] == usd.params["wage_multiplier"]
+        assert "converted from USD" in eur.source
+    # Without a reference rate for the pair, currencies are never converted.
+    bare = parse_rates(_document())
     with pytest.raises(UnknownRates, match="prop22 rates in EUR"):
-        BOOK.resolve("prop22", "EUR", "nl")
+        bare.resolve("prop22", "EUR", "nl")
     with pytest.raises(CurrencyMismatch):
         BOOK.resolve("nl_hourly", "USD", "nl")
     with pytest.raises(UnknownPolicy):

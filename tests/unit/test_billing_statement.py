@@ -429,3 +429,49 @@ def test_gini_of_unpaid_waiting_across_workers() -> None:
     b = build_statement("d1", JUNE_10, JUNE_11, "platform_share", [], [], BOOK, "EUR")  # none
     assert unpaid_waiting_gini([a, b]) == pytest.approx(0.5)
     assert unpaid_waiting_gini([a, a]) == 0.0
+
+
+# --- another currency: a comparison at a reference rate --------------------------------------
+
+
+def test_a_policy_in_another_currency_is_applied_at_the_reference_rate_and_says_so() -> None:
+    # Issue 4: any policy can be asked for, to compare rules on the same record. prop22's rates
+    # are in USD (California); on this EUR record its money rates are converted at the ECB
+    # reference rate of fx_rates.json (2025-02-21: 1 EUR = 1.0465 USD); the same record kept
+    # in USD shows the floor in USD. Each floor line is rounded on its own, hence +-1 per line.
+    zone = CEST
+    eur = build_statement(
+        "d1",
+        JUNE_10,
+        JUNE_11,
+        "prop22",
+        NL_SEGMENTS,
+        (),
+        BOOK,
+        "EUR",
+        jurisdiction="nl",
+        tz=zone,
+    )
+    usd = build_statement(
+        "d1",
+        JUNE_10,
+        JUNE_11,
+        "prop22",
+        NL_SEGMENTS,
+        (),
+        BOOK,
+        "USD",
+        jurisdiction="us-ca",
+        tz=zone,
+    )
+    body = eur.to_dict()
+    assert body["earnings"]["currency"] == "EUR" and body["time"] == usd.to_dict()["time"]
+    conversion = body["rates_conversion"]
+    assert conversion["reference_rate"] == "1 EUR = 1.0465 USD"
+    assert conversion["date"] == "2025-02-21" and "ecb.europa.eu" in conversion["source"]
+    assert "rates_conversion" not in usd.to_dict()
+    assert usd.floor_minor > 0
+    lines = len(usd.periods[0].result.floor_lines)
+    assert abs(eur.floor_minor - usd.floor_minor / 1.0465) <= lines
+    # with no trips there is no platform pay: the whole floor is the top-up, in each currency
+    assert (eur.topup_minor, usd.topup_minor) == (eur.floor_minor, usd.floor_minor)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from polder.billing.domain.fx import FX_FILE, Conversion, FxBook, load_fx
 from polder.fares.money import CurrencyMismatch, check_currency
 
 # domain/ is a folder of polder.billing, whose package data holds the rates file.
@@ -141,6 +142,7 @@ class RateSchedule:
     jurisdiction: str
     currency: str | None  # None: rates that fit any currency
     versions: tuple[RateVersion, ...]
+    conversion: Conversion | None = None  # set when converted from the home currency
 
     def __post_init__(self) -> None:
         if not self.versions:
@@ -192,6 +194,7 @@ class Rates:
 class RateBook:
     jurisdictions: tuple[Jurisdiction, ...]
     versions: tuple[RateVersion, ...]
+    fx: FxBook = FxBook()  # reference rates, to compare a policy on a record in another currency
 
     def __post_init__(self) -> None:
         ids = [j.id for j in self.jurisdictions]
@@ -243,8 +246,9 @@ class RateBook:
         The worker's own jurisdiction when it has rates for the policy; otherwise rates that
         fit any currency; otherwise the one jurisdiction with rates for the policy in
         ``currency`` (its home: asking an NYC worker's record for ``prop22`` applies
-        California's figures). Currencies are never converted, so with no such jurisdiction,
-        or several, this raises ``UnknownRates``.
+        California's figures). With no such jurisdiction and the policy at home in one
+        jurisdiction of another currency, its money rates converted at the reference rate of
+        ``fx`` (a comparison: ``RateSchedule.conversion`` says so); else ``UnknownRates``.
         """
         name = policy_name(policy)
         check_currency(currency)
@@ -256,10 +260,40 @@ class RateBook:
         if ANY_JURISDICTION in mine:
             return self.schedule(name, ANY_JURISDICTION)
         homes = sorted(j for j in mine if self.jurisdiction(j).currency == currency)
+        if not homes and len(mine) == 1:
+            # the policy's one home keeps its rates in another currency: compare its rules on
+            # this record with its money rates converted at a reference rate (domain.fx)
+            converted = self.converted(self.schedule(name, next(iter(mine))), currency)
+            if converted is not None:
+                return converted
         if len(homes) != 1:
             where = f"{len(homes)} jurisdictions ({', '.join(homes)})" if homes else "none"
             raise UnknownRates(f"{name} rates in {currency}: {where}; name the jurisdiction")
         return self.schedule(name, homes[0])
+
+    def converted(self, schedule: RateSchedule, currency: str) -> RateSchedule | None:
+        """``schedule`` with its money rates (``*_minor``) in ``currency``; None without a
+        reference rate for the pair. Ratios (multipliers, shares) are left as they are."""
+        if schedule.currency is None:
+            return schedule
+        conv = self.fx.conversion(schedule.currency, currency)
+        if conv is None:
+            return None
+        note = (
+            f" | converted from {conv.from_currency} at 1 {conv.base} = {conv.rate} "
+            f"{conv.quote} ({conv.date}) for comparison"
+        )
+        versions = tuple(
+            replace(
+                v,
+                params=MappingProxyType(
+                    {k: conv.convert(x) if k.endswith("_minor") else x for k, x in v.params.items()}
+                ),
+                source=v.source + note,
+            )
+            for v in schedule.versions
+        )
+        return replace(schedule, currency=currency, versions=versions, conversion=conv)
 
     def rates_for(self, policy: str, currency: str, jurisdiction_id: str | None = None) -> Rates:
         return Rates(
@@ -268,9 +302,11 @@ class RateBook:
         )
 
 
-def load_rates(path: Path = RATES_FILE) -> RateBook:
-    """Read and parse the rates file (the packaged one unless told otherwise)."""
-    return parse_rates(json.loads(path.read_text(encoding="utf-8")))
+def load_rates(path: Path = RATES_FILE, fx_path: Path = FX_FILE) -> RateBook:
+    """Read and parse the rates file and the reference exchange rates (the packaged ones
+    unless told otherwise)."""
+    book = parse_rates(json.loads(path.read_text(encoding="utf-8")))
+    return replace(book, fx=load_fx(fx_path))
 
 
 def parse_rates(document: Mapping[str, Any]) -> RateBook:

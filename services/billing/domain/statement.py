@@ -36,6 +36,7 @@ from decimal import Decimal
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from polder.billing.domain.fx import Conversion
 from polder.billing.domain.policies import (
     ANY_JURISDICTION,
     PayLine,
@@ -159,6 +160,7 @@ class Statement:
     time: TimeBreakdown
     engaged_m: int
     periods: tuple[PeriodPay, ...]
+    conversion: Conversion | None = None  # the policy's rates converted into ``currency``
 
     def __post_init__(self) -> None:
         check_currency(self.currency)
@@ -241,7 +243,7 @@ class Statement:
                 "per_engaged_hour": self.per_engaged_hour_minor,
             },
             "unpaid_share": self.unpaid_share,
-        }
+        } | ({"rates_conversion": self.conversion.to_dict()} if self.conversion else {})
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -376,6 +378,7 @@ def build_statement(
         time=TimeBreakdown.of(mine),
         engaged_m=engaged,
         periods=periods,
+        conversion=chosen.floor.conversion,
     )
 
 

@@ -14,7 +14,16 @@ from typing import Any
 from polder.billing.domain.policies_base import TripOutcome, TripRecord
 from polder.billing.domain.segments import Product
 from polder.billing.domain.timeline import StateChange
-from polder.fares.fare import CancelledByCustomer, Completed, Fare, NoShow, TripFacts, final_fare
+from polder.fares.fare import (
+    CancelledByCustomer,
+    Completed,
+    Fare,
+    NoShow,
+    TripFacts,
+    applied_surge,
+    driver_was_late,
+    final_fare,
+)
 from polder.fares.tariff import Tariff
 
 
@@ -66,8 +75,15 @@ def trip_from_changes(
     tariff: Tariff,
     *,
     no_show: bool = False,
+    promised_eta_s: float | None = None,
 ) -> Trip | None:
-    """The trip as its state changes tell it, or None while it has not ended."""
+    """The trip as its state changes tell it, or None while it has not ended.
+
+    ``promised_eta_s`` is the pickup ETA of the offer the worker accepted (dispatch's
+    ``offer_made``): a customer who cancels is not charged when the driver was late, i.e. had
+    not arrived by accepted + ETA + the tariff's ``driver_late_after_s`` (Uber and Lyft waive
+    the fee when the driver is 5 min or more late: reference/pay-rules.md, "Cancellation and
+    no-show fees"). Without it the driver counts as on time."""
     at: dict[str, int] = {}
     driver_id = ""
     for c in sorted(changes, key=lambda c: (c.at_ms, c.seq)):
@@ -95,9 +111,13 @@ def trip_from_changes(
         duration_s=on_trip_ms / 1000,
         surge=order.surge,
         pickup_wait_s=pickup_wait_ms / 1000,
-        outcome=_fare_outcome(outcome, accepted, ended, arrived),
+        outcome=_fare_outcome(outcome, accepted, ended, arrived, tariff, promised_eta_s),
     )
-    fare = final_fare(tariff, facts)
+    if outcome is TripOutcome.CANCELLED_BY_DRIVER:
+        # the driver cancelled and it was no no-show: the customer owes nothing
+        fare = Fare.of(tariff.currency, [], applied_surge(tariff, order.surge))
+    else:
+        fare = final_fare(tariff, facts)
     record = TripRecord(
         trip_id=trip_id,
         order_id=order.order_id,
@@ -115,11 +135,23 @@ def trip_from_changes(
 
 
 def _fare_outcome(
-    outcome: TripOutcome, accepted: int, ended: int, arrived: int | None
+    outcome: TripOutcome,
+    accepted: int,
+    ended: int,
+    arrived: int | None,
+    tariff: Tariff,
+    promised_eta_s: float | None,
 ) -> Completed | CancelledByCustomer | NoShow:
     if outcome is TripOutcome.NO_SHOW:
         return NoShow()
     if outcome is TripOutcome.CANCELLED_BY_CUSTOMER:
-        # the driver is late only if still not there: arrival would have ended the lateness
-        return CancelledByCustomer(since_assignment_s=(ended - accepted) / 1000)
+        since_s = (ended - accepted) / 1000
+        late = promised_eta_s is not None and driver_was_late(
+            tariff,
+            promised_eta_s,
+            since_assignment_s=since_s,
+            # judged on the arrival if there was one before the cancellation
+            arrived_after_s=(arrived - accepted) / 1000 if arrived is not None else None,
+        )
+        return CancelledByCustomer(since_assignment_s=since_s, driver_late=late)
     return Completed()
