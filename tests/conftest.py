@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -41,17 +41,24 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         postgres.stop()
 
 
+def isolated_settings(infra: Infra, **overrides: Any) -> Settings:
+    """Settings on the session's infrastructure with a namespace of their own (topics and
+    schemas apart from every other test) and short consumer-group timeouts."""
+    values: dict[str, Any] = {
+        "database_url": infra.database_url,
+        "kafka_bootstrap": infra.kafka_bootstrap,
+        "namespace": f"t{uuid.uuid4().hex[:12]}",
+        "log_json": False,
+        "kafka_session_timeout_ms": 1500,
+        "kafka_heartbeat_ms": 300,
+    }
+    return Settings(**{**values, **overrides})
+
+
 @pytest.fixture
 async def settings(infra: Infra) -> Settings:
     """Settings with a namespace of their own; the topics exist."""
-    s = Settings(
-        database_url=infra.database_url,
-        kafka_bootstrap=infra.kafka_bootstrap,
-        namespace=f"t{uuid.uuid4().hex[:12]}",
-        log_json=False,
-        kafka_session_timeout_ms=1500,
-        kafka_heartbeat_ms=300,
-    )
+    s = isolated_settings(infra)
     await create_topics(s)
     return s
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from polder.billing.domain.policies import PolicyName
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import parse_range
 from polder.common.auth import CurrentPrincipal, Role, require_role
@@ -17,6 +18,7 @@ from polder.common.errors import ApiError
 router = APIRouter(prefix="/v1")
 DriverId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 422: {}}
+RANGE_DOC = "RFC 3339 with a UTC offset; by default the current UTC day; at most 62 days"
 
 
 def _rt(request: Request) -> BillingRuntime:
@@ -32,9 +34,9 @@ async def statement(
     driver_id: DriverId,
     request: Request,
     principal: CurrentPrincipal,
-    start: Annotated[str | None, Query(alias="from")] = None,
-    end: Annotated[str | None, Query(alias="to")] = None,
-    policy: Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,40}$")] = None,
+    start: Annotated[str | None, Query(alias="from", description=RANGE_DOC)] = None,
+    end: Annotated[str | None, Query(alias="to", description=RANGE_DOC)] = None,
+    policy: Annotated[PolicyName | None, Query()] = None,
 ) -> Response:
     """A worker's time and money over a range under a pay policy (any policy can be asked
     for, to compare rules on the same record). The worker itself, or an operator."""
@@ -46,7 +48,7 @@ async def statement(
     rt = _rt(request)
     now = datetime.now(UTC)
     a, b = parse_range(start, end, now)
-    chosen = policy or rt.settings.default_policy
+    chosen = policy.value if policy else rt.settings.default_policy
     result = await rt.statements.statement(driver_id, a, b, chosen, now)
     rt.metrics.waiting_seconds.labels(chosen, "yes").inc(result.paid_waiting_ms / 1000)
     rt.metrics.waiting_seconds.labels(chosen, "no").inc(result.unpaid_waiting_ms / 1000)
@@ -84,8 +86,8 @@ async def trip_fare(
 async def waiting_report(
     request: Request,
     principal: CurrentPrincipal,
-    start: Annotated[str | None, Query(alias="from")] = None,
-    end: Annotated[str | None, Query(alias="to")] = None,
+    start: Annotated[str | None, Query(alias="from", description=RANGE_DOC)] = None,
+    end: Annotated[str | None, Query(alias="to", description=RANGE_DOC)] = None,
     group_by: Annotated[Literal["driver", "cell", "hour"], Query()] = "driver",
 ) -> dict[str, Any]:
     """P1/P2/P3 and waiting shares, paid and unpaid waiting hours, the share of workers below
