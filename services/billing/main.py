@@ -9,6 +9,7 @@ from decimal import Decimal
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from polder.billing import fleet
 from polder.billing.api import router
 from polder.billing.domain.policies_rates import load_rates
 from polder.billing.ingest import CONSUMER, BillingIngest
@@ -67,10 +68,12 @@ def build_app(settings: Settings) -> FastAPI:
                 res.run(consumer.run(res.stop), name)
             res.run(relay.run(res.stop), "billing-outbox")
             res.run(closer.run(res.stop), "billing-periods")
+            reports = Reports(statements)
+            res.run(fleet.run(reports, metrics, res.stop), "billing-fleet")
             app.state.runtime = BillingRuntime(
                 settings=settings,
                 statements=statements,
-                reports=Reports(statements),
+                reports=reports,
                 closer=closer,
                 metrics=metrics,
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from polder.common.metrics import CommonMetrics
 
@@ -35,7 +35,39 @@ class BillingMetrics(CommonMetrics):
         )
         self.topups = Counter(
             "polder_billing_topup_minor_total",
-            "Top-up amounts in statements served, by policy and currency (minor units)",
+            "Top-ups posted to the ledger, by policy and currency (minor units)",
             ["policy", "currency"],
+            registry=registry,
+        )
+        # The fleet's last hour, recomputed every minute (polder.billing.fleet).
+        self.fleet_phase = Gauge(
+            "polder_billing_fleet_phase_seconds",
+            "Online seconds of all workers in the last hour, by phase (P1 waiting for a job, "
+            "P2 to the pickup, P3 on the trip)",
+            ["phase"],
+            registry=registry,
+        )
+        self.fleet_waiting = Gauge(
+            "polder_billing_fleet_waiting_seconds",
+            "Waiting seconds of all workers in the last hour under the default policy, paid or not",
+            ["paid"],
+            registry=registry,
+        )
+        self.unpaid_waiting_ratio = Gauge(
+            "polder_billing_unpaid_waiting_ratio",
+            "Unpaid waiting as a share of the fleet's online time in the last hour",
+            registry=registry,
+        )
+        self.fleet_earnings = Gauge(
+            "polder_billing_fleet_earnings_per_online_hour_minor",
+            "Fleet earnings per online hour in the last hour under each policy, tips excluded "
+            "(minor units)",
+            ["policy", "currency"],
+            registry=registry,
+        )
+        self.fleet_below_floor = Gauge(
+            "polder_billing_fleet_below_floor_ratio",
+            "Share of workers online in the last hour whose pay fell below the policy's floor",
+            ["policy"],
             registry=registry,
         )

@@ -230,6 +230,18 @@ def _with_measured(record: TripRecord, measured: TripDistance | None) -> TripRec
     return replace(record, p3_distance_m=measured.p3_m, engaged_distance_m=measured.engaged_m)
 
 
+@dataclass(frozen=True)
+class Gathered:
+    """What the reports read: the default policy, the workers, their segments and pings, and
+    each worker's statement under every policy that applies."""
+
+    policy: str
+    drivers: list[str]
+    segments: list[Segment]
+    pings: dict[str, list[tuple[int, int]]]
+    by_policy: dict[str, list[Statement]]
+
+
 class Reports:
     """The operator's waiting report over every worker active in a range."""
 
@@ -237,9 +249,9 @@ class Reports:
         self.statements = statements
         self.max_workers = max_workers
 
-    async def waiting(
-        self, start: datetime, end: datetime, group_by: str, now: datetime
-    ) -> dict[str, Any]:
+    async def gather(self, start: datetime, end: datetime, now: datetime) -> Gathered:
+        """Every worker active in the range: their segments, pings and a statement under each
+        policy that applies (one read of each worker's history for all of them)."""
         st = self.statements
         drivers = [
             r["driver_id"]
@@ -274,6 +286,19 @@ class Reports:
             pings[driver] = trace
             for policy, statement in found.items():
                 by_policy.setdefault(policy, []).append(statement)
+        return Gathered(default, drivers, segments, pings, by_policy)
+
+    async def waiting(
+        self, start: datetime, end: datetime, group_by: str, now: datetime
+    ) -> dict[str, Any]:
+        g = await self.gather(start, end, now)
+        default, drivers, segments, pings, by_policy = (
+            g.policy,
+            g.drivers,
+            g.segments,
+            g.pings,
+            g.by_policy,
+        )
         classify = get_policy(default).classify
         groups: Mapping[Any, Tally]
         if group_by == "driver":
