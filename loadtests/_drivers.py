@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from loadtests._city import CENTRE_LAT, CENTRE_LNG, M_PER_DEG_LAT
+from polder.simulator.city import CENTRE_LAT, CENTRE_LNG, M_PER_DEG_LAT
 
 HALF_LAT, HALF_LNG = 0.11, 0.18  # about 25 km x 25 km
 Ping = dict[str, Any]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -59,6 +60,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from polder.simulator.run import Options, main
+
+    settings = _settings()
+    configure_logging("WARNING", json=False)
+    if args.drivers < 1 or args.minutes <= 0:
+        raise SystemExit("polder simulate: --drivers must be at least 1 and --minutes positive")
+    options = Options(
+        drivers=args.drivers,
+        minutes=args.minutes,
+        seed=args.seed,
+        city=args.city,
+        order_rate_per_min=args.order_rate,
+        report_dir=args.report,
+        trip_scale=args.trip_scale,
+        live=args.live,
+        charts=not args.no_charts,
+    )
+    return main(settings, options)
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     settings = _settings()
     print(issue_token(settings, args.role, args.sub, args.ttl))
@@ -78,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("service", choices=["location", "dispatch", "billing"])
     p_serve.add_argument("--port", type=int, default=None)
     p_serve.set_defaults(func=cmd_serve)
+
+    p_sim = sub.add_parser(
+        "simulate",
+        help="drive a running system with a seeded city of workers and customers, then check it",
+    )
+    p_sim.add_argument("--drivers", type=int, default=50, help="workers (drivers and couriers)")
+    p_sim.add_argument("--minutes", type=float, default=1.0, help="how long orders come in")
+    p_sim.add_argument("--seed", type=int, default=1)
+    p_sim.add_argument("--city", default="amsterdam", choices=["amsterdam"])
+    p_sim.add_argument("--order-rate", type=float, default=None,
+                       help="orders per minute on average (default 0.4 per worker)")
+    p_sim.add_argument("--report", type=Path, default=Path("simulation"),
+                       help="directory for report.json, report.md and the charts")
+    p_sim.add_argument("--trip-scale", type=float, default=None,
+                       help="multiplies trip distances and waits (default: minutes/30, max 1)")
+    p_sim.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                       help="live table (default: when stdout is a terminal)")
+    p_sim.add_argument("--no-charts", action="store_true")
+    p_sim.set_defaults(func=cmd_simulate)
 
     p_token = sub.add_parser("token", help="print a signed bearer token for local use")
     p_token.add_argument("--role", required=True, choices=[r.value for r in Role])
