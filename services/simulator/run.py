@@ -65,7 +65,7 @@ async def wait_ready(api: Polder, timeout_s: float = 30.0) -> None:
 
 def drain_s(run_s: float, trip_scale: float) -> float:
     """How long workers get after the run to finish their trips (then riders get out early)."""
-    return max(15.0, min(180.0, 900.0 * trip_scale))
+    return max(20.0, min(180.0, 600.0 * trip_scale))
 
 
 async def simulate(

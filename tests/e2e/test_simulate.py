@@ -1,0 +1,63 @@
+"""A short seeded simulation against the whole system, as `polder up` and `polder simulate`
+run it: the self-checks pass and the figures are sane."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Up
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
+
+
+def test_a_short_simulation_checks_out(up: Up, tmp_path: Path) -> None:
+    up.start()
+    out = tmp_path / "report"
+    run = up.polder(
+        "simulate",
+        "--drivers",
+        "24",
+        "--minutes",
+        "0.75",
+        "--seed",
+        "7",
+        "--order-rate",
+        "24",
+        "--report",
+        str(out),
+        "--no-live",
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "Self-checks passed" in run.stdout
+    report = json.loads((out / "report.json").read_text())
+
+    checks = report["checks"]
+    assert checks["passed"] and checks["mismatches"] == []
+    orders, workers, time = report["orders"], report["workers"], report["time"]
+    assert orders["placed"] > 0 and orders["not_placed"] == 0
+    assert orders["matched"] > 0
+    assert orders["completed"] > 0
+    # every placed order ended in a state dispatch and the simulator agree on
+    assert sum(orders["final_status_in_dispatch"].values()) == orders["placed"]
+    assert "unknown" not in orders["final_status_in_dispatch"]
+    assert workers["went_online"] == 24 and workers["pings_sent"] > 0
+    # every worker's statement was checked against its online time, and there was some
+    assert report["billing_lag_s"]["statement_check_waited"]["count"] == 24
+    assert time["online_h"] > 0
+    shares = [time["p1_share"], time["p2_share"], time["p3_share"]]
+    assert all(0.0 <= s <= 1.0 for s in shares) and abs(sum(shares) - 1.0) < 0.01
+    assert time["p3_share"] > 0  # someone carried a rider or a parcel
+    # every completed trip has a fare, seen after the trip ended
+    assert report["billing_lag_s"]["trip_completed_to_fare"]["count"] == orders["completed"]
+    assert report["latency_s"]["order_to_assignment"]["count"] == orders["matched"]
+    # the default policy is comparable; policies of another currency are reported as such
+    earnings = report["earnings_per_online_hour"]
+    assert earnings["nl_hourly"]["per_online_hour_minor"] > 0
+    assert set(earnings) == {"nl_hourly", "platform_share", "prop22", "nyc_tlc", "seattle_payup"}
+    for chart in report["charts"]:
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report.md").read_text().startswith("# Polder simulation, seed 7")
+    assert up.stop() == 0
