@@ -22,21 +22,21 @@ def _save(fig: Any, directory: Path, name: str) -> str:
 
 
 def time_shares(directory: Path, result: CheckResult) -> str:
-    rows = []
+    rows: list[tuple[str, list[float]]] = []
     for driver, s in result.statements.items():
         online = float(s["time"]["online_s"])
         if online > 0:
             shares = [sum(float(s["time"][k]) for k in keys) / online for keys in (P1, P2, P3)]
-            rows.append((driver.rsplit("-", 1)[-1], *shares))
-    rows.sort(key=lambda r: r[1])
-    rows = rows[:60]
+            rows.append((driver.rsplit("-", 1)[-1], shares))
+    rows.sort(key=lambda r: r[1][0])
+    rows = rows[:60]  # the busiest 60 (least waiting)
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.18 * len(rows) + 1.5)))
     names = [r[0] for r in rows]
     left = [0.0] * len(rows)
     for i, (label, color) in enumerate(
         (("P1 waiting for work", "#d95f02"), ("P2 to pickup", "#7570b3"), ("P3 on trip", "#1b9e77"))
     ):
-        values = [r[i + 1] for r in rows]
+        values = [r[1][i] for r in rows]
         ax.barh(names, values, left=left, label=label, color=color)
         left = [a + b for a, b in zip(left, values, strict=True)]
     ax.set_xlabel("share of online time")
