@@ -126,7 +126,10 @@ class Polder:
     async def feed(self, driver_id: str) -> AsyncIterator[websockets.ClientConnection]:
         """The worker's offer feed (dispatch WebSocket)."""
         base = self.urls["dispatch"].replace("http://", "ws://", 1)
-        token = self.token(Role.DRIVER, driver_id)
-        url = f"{base}/v1/drivers/{driver_id}/feed?token={token}"
-        async with websockets.connect(url, open_timeout=30, ping_interval=20) as ws:
+        # the token goes in a header: a query string ends up in access logs
+        headers = {"authorization": f"Bearer {self.token(Role.DRIVER, driver_id)}"}
+        url = f"{base}/v1/drivers/{driver_id}/feed"
+        async with websockets.connect(
+            url, additional_headers=headers, open_timeout=30, ping_interval=20
+        ) as ws:
             yield ws

@@ -94,10 +94,12 @@ async def simulate(
             order_rate_per_min=o.order_rate_per_min,
             customers=max(10, o.drivers * 4),
         )
-        if stop is not None:
-            sim.stopping = stop
-        if hard_stop is not None:
-            sim.hard_stop = hard_stop
+        # The caller's events end the run early; the run's own ending must not set them.
+        relays = [
+            asyncio.create_task(_relay(outer, inner))
+            for outer, inner in ((stop, sim.stopping), (hard_stop, sim.hard_stop))
+            if outer is not None
+        ]
         shifts = random.Random(f"{o.seed}:shifts")
         agents = [
             WorkerAgent(sim, i, plan_shift(city, behaviour, run_s, i, shifts))
@@ -141,6 +143,9 @@ async def simulate(
         finally:
             view.stop()
             await view_task
+            # cancelled (Ctrl-C in the demo): nothing of the run may outlive it
+            for task in [*relays, *workers, demand, *sim.background, *sim.fare_watch]:
+                task.cancel()
         options_out: dict[str, Any] = {
             **asdict(o),
             "report_dir": str(o.report_dir),
@@ -160,6 +165,11 @@ async def simulate(
         return (0 if report["checks"]["passed"] else 1), report
     finally:
         await api.close()
+
+
+async def _relay(outer: asyncio.Event, inner: asyncio.Event) -> None:
+    await outer.wait()
+    inner.set()
 
 
 def main(settings: Settings, options: Options) -> int:

@@ -16,6 +16,8 @@ import pytest
 
 from polder.runtime.infra import free_port
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 class Up:
     def __init__(self, data_dir: Path) -> None:
@@ -32,6 +34,7 @@ class Up:
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
+        self.group = False
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -52,13 +55,18 @@ class Up:
     def location(self) -> str:
         return f"http://127.0.0.1:{self.env['POLDER_LOCATION_PORT']}"
 
-    def start(self, *args: str, banner_end: str = "Tokens:") -> None:
+    def start(self, *args: str, command: list[str] | None = None) -> None:
+        """`polder up` with ``args``, or ``command`` (e.g. `make demo`) in its own process
+        group, which `stop` then interrupts as a terminal's Ctrl-C does."""
+        self.group = command is not None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "polder", "up", *args],
+            command or [sys.executable, "-m", "polder", "up", *args],
             env=self.env,
+            cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=self.group,
         )
         deadline = time.monotonic() + 120
         assert self.proc.stdout is not None
@@ -67,7 +75,7 @@ class Up:
             if not line and self.proc.poll() is not None:
                 break
             self.lines.append(line)
-            if line.startswith(banner_end):  # the last line of the banner
+            if line.startswith("Tokens:"):  # the last line of the banner
                 # keep reading, so that a full pipe never blocks the system
                 self._reader = threading.Thread(target=self._read, daemon=True)
                 self._reader.start()
@@ -93,8 +101,11 @@ class Up:
 
     def stop(self) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        code = self.proc.wait(timeout=60)
+        if self.group:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=90)
         if self._reader is not None:
             self._reader.join(timeout=10)
             self._reader = None
@@ -111,6 +122,8 @@ def up(tmp_path: Path) -> Iterator[Up]:
     u = Up(tmp_path / "polder-data")
     yield u
     if u.proc is not None and u.proc.poll() is None:
+        if u.group:
+            os.killpg(u.proc.pid, signal.SIGKILL)
         u.proc.kill()
         u.proc.wait()
     if u._reader is not None:

@@ -4,11 +4,14 @@ run it: the self-checks pass and the figures are sane."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Up
+from polder.runtime.infra import port_is_free
+from tests.e2e.conftest import REPO, Up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
@@ -61,3 +64,36 @@ def test_a_short_simulation_checks_out(up: Up, tmp_path: Path) -> None:
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.md").read_text().startswith("# Polder simulation, seed 7")
     assert up.stop() == 0
+
+
+def test_the_demo_runs_rounds_until_ctrl_c_and_leaves_a_checked_report(up: Up) -> None:
+    # the README's first command, as a newcomer types it (smaller, so the test is short)
+    readme = (REPO / "README.md").read_text()
+    first_block = readme.split("```sh\n", 1)[1]
+    assert first_block.startswith("make demo ")
+    demo_args = "--demo-drivers 16 --demo-minutes 0.5 --demo-seed 3"
+    up.start(command=["make", "--no-print-directory", "demo", f"DEMO_ARGS={demo_args}"])
+    banner = "".join(up.lines)
+    assert "/metrics" in banner and "reports" in banner
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any(
+        "Demo round 1 " in x and "latest report" in x for x in up.lines
+    ):
+        time.sleep(0.5)
+    first = [x for x in up.lines if "Demo round 1 " in x and "latest report" in x]
+    assert first and "checked out" in first[0], "".join(up.lines[-80:])
+    # Ctrl-C in the middle of round 2: it is abandoned unreported, everything stops
+    while time.monotonic() < deadline and not any("Demo round 2:" in x for x in up.lines):
+        time.sleep(0.2)
+    time.sleep(5)  # workers are online, orders are on their way
+    code = up.stop()
+    output = "".join(up.lines)
+    assert "Stopped." in output, output[-4000:]
+    assert code in (0, -signal.SIGINT, 2), output[-4000:]  # make reports the interrupt
+    for service in ("LOCATION", "DISPATCH", "BILLING", "BROKER"):
+        assert port_is_free("127.0.0.1", int(up.env[f"POLDER_{service}_PORT"]))
+    latest = Path(up.env["POLDER_DATA_DIR"]) / "reports" / "latest"
+    report = json.loads((latest / "report.json").read_text())
+    assert report["run"]["seed"] == 3  # round 1's
+    assert report["checks"]["passed"], report["checks"]
+    assert report["orders"]["placed"] > 0 and report["workers"]["went_online"] == 16
