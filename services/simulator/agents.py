@@ -392,7 +392,9 @@ async def customer_order(sim: Sim, customer: str, key: str, plan: OrderPlan) -> 
     obs.placed_t = sim.t()
     sim.order_placed(obs)
     if plan.cancel_after_s is not None:
-        await sim.sleep(plan.cancel_after_s - (sim.t() - obs.placed_sent_t), sim.stopping)
+        wait = plan.cancel_after_s - (sim.t() - obs.placed_sent_t)
+        if await sim.sleep(wait, sim.stopping):
+            return  # the run is over: open orders are closed after the workers are done
         if obs.arrived_pickup_t is None and obs.completed_t is None:
             await cancel(sim, obs)
 

@@ -85,16 +85,23 @@ def earnings(directory: Path, report: dict[str, Any]) -> str:
 
 
 def unpaid_by_cell(directory: Path, result: CheckResult) -> str:
-    groups = (result.waiting_by_cell or {}).get("groups", [])
-    top = sorted(groups, key=lambda g: -float(g["unpaid_waiting_h"]))[:25]
+    report = result.waiting_by_cell or {}
+    groups = report.get("groups", [])
+
+    def waiting_h(g: dict[str, Any]) -> float:
+        return float(g["paid_waiting_h"]) + float(g["unpaid_waiting_h"])
+
+    top = sorted(groups, key=lambda g: (-float(g["unpaid_waiting_h"]), -waiting_h(g)))[:25][::-1]
     fig, ax = plt.subplots(figsize=(9, max(3.0, 0.25 * len(top) + 1.5)))
-    ax.barh(
-        [g["key"] for g in top][::-1],
-        [float(g["unpaid_waiting_h"]) * 60 for g in top][::-1],
-        color="#d95f02",
-    )
-    ax.set_xlabel("unpaid waiting (minutes)")
-    ax.set_title("Unpaid waiting by H3 cell (billing's waiting report)")
+    keys = [g["key"] for g in top]
+    unpaid = [float(g["unpaid_waiting_h"]) * 60 for g in top]
+    paid = [float(g["paid_waiting_h"]) * 60 for g in top]
+    ax.barh(keys, unpaid, color="#d95f02", label="unpaid")
+    ax.barh(keys, paid, left=unpaid, color="#bbbbbb", label="paid")
+    ax.set_xlabel("waiting (minutes)")
+    policy = report.get("policy", "the default policy")
+    ax.set_title(f"Unpaid waiting by H3 cell under {policy} (billing's waiting report)")
+    ax.legend(loc="lower right", fontsize="small")
     ax.tick_params(axis="y", labelsize=7)
     return _save(fig, directory, "unpaid_waiting_by_cell.png")
 

@@ -42,7 +42,7 @@ class Behaviour:
     late_rider_s: tuple[float, float] = (30.0, 240.0)  # before scaling
     no_show_probability: float = 0.03  # the driver gives up and cancels the trip
     dropoff_s: tuple[float, float] = (5.0, 60.0)  # handing over, before scaling
-    cancel_probability: float = 0.08  # the customer cancels while waiting for a driver
+    cancel_probability: float = 0.08  # the customer cancels before the pickup
     cancel_after_s: tuple[float, float] = (3.0, 30.0)
     shift_start_spread: float = 0.2  # workers start within this share of the run
     early_leave_probability: float = 0.15  # some end their shift before the run ends

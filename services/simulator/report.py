@@ -46,8 +46,10 @@ def earnings(result: CheckResult) -> dict[str, Any]:
             for s in statements.values()
             if s["effective_hourly_minor"]["per_online_hour"] is not None
         ]
+        unpaid = sum(float(s["waiting"]["unpaid_s"]) for s in statements.values())
         out[policy] = {
             "currency": ",".join(currencies),
+            "unpaid_waiting_h": round(unpaid / 3600, 4),
             "workers": len(statements),
             "per_online_hour_minor": round(total / (online / 3600)) if online else None,
             "worker_median_per_online_hour_minor": (
@@ -62,7 +64,9 @@ def earnings(result: CheckResult) -> dict[str, Any]:
     return out
 
 
-def build(sim: Sim, result: CheckResult, options: dict[str, Any]) -> dict[str, Any]:
+def build(
+    sim: Sim, result: CheckResult, options: dict[str, Any], batch_window_s: float
+) -> dict[str, Any]:
     orders = sim.orders
     placed = [o for o in orders if o.order_id is not None]
     lat = latencies(orders)
@@ -75,6 +79,7 @@ def build(sim: Sim, result: CheckResult, options: dict[str, Any]) -> dict[str, A
         "run": {
             **options,
             "ids": f"{sim.prefix}-*",
+            "batch_window_s": batch_window_s,
             "started_at": sim.wall0.isoformat(),
             "duration_s": round(sim.t(), 1),
         },
@@ -96,6 +101,10 @@ def build(sim: Sim, result: CheckResult, options: dict[str, Any]) -> dict[str, A
         },
         "latency_s": {
             "order_to_offer": summary(lat["order_to_offer_s"]),
+            # the part beyond dispatch's batch window (DESIGN §8's measure), clamped at 0
+            "order_to_offer_beyond_window": summary(
+                [max(0.0, x - batch_window_s) for x in lat["order_to_offer_s"]]
+            ),
             "order_to_assignment": summary(lat["order_to_assignment_s"]),
         },
         "pickup": {
@@ -161,6 +170,7 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     rows = [
         ("order → first offer (seen on the feed)", lat["order_to_offer"]),
+        ("… of which beyond the batch window", lat["order_to_offer_beyond_window"]),
         ("order → assignment (dispatch's stamps)", lat["order_to_assignment"]),
         ("pickup ETA (dispatch's estimate)", r["pickup"]["eta_s"]),
         ("drive to pickup (simulated)", r["pickup"]["drive_s"]),
@@ -184,16 +194,17 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Earnings per online hour, by pay policy",
         "",
-        "| policy | per online hour (minor units) | worker median | workers |",
-        "|---|---|---|---|",
+        "| policy | per online hour (minor units) | worker median | unpaid waiting h | workers |",
+        "|---|---|---|---|---|",
     ]
     for policy, e in r["earnings_per_online_hour"].items():
         if "not_comparable" in e:
-            lines.append(f"| {policy} | not comparable: {e['not_comparable']} | | |")
+            lines.append(f"| {policy} | not comparable: {e['not_comparable']} | | | |")
         else:
             lines.append(
                 f"| {policy} | {_fmt(e['per_online_hour_minor'])} {e['currency']} | "
-                f"{_fmt(e['worker_median_per_online_hour_minor'])} | {e['workers']} |"
+                f"{_fmt(e['worker_median_per_online_hour_minor'])} | {e['unpaid_waiting_h']} | "
+                f"{e['workers']} |"
             )
     lines += ["", "## Mismatches", ""]
     lines += [f"- {m}" for m in r["checks"]["mismatches"]] or ["None."]

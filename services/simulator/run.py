@@ -152,7 +152,7 @@ async def simulate(
             "drain_s": sim.drain_s,
         }
         options_out["order_rate_per_min"] = o.order_rate_per_min
-        report = reports.build(sim, result, options_out)
+        report = reports.build(sim, result, options_out, settings.batch_window_s)
         if o.charts:
             from polder.simulator.charts import draw
 
