@@ -7,9 +7,11 @@ Starts the whole system as `polder up` does (embedded Postgres, Tansu, the three
 its own process) on free ports in a temporary directory, then runs `polder simulate` rounds of
 growing size against it: every round is a full simulation with its self-checks. A round
 *sustains* its load when its self-checks pass and dispatch's order→first offer beyond the batch
-window stays within DESIGN.md §8's p99 ≤ 100 ms. The figure is measured by the simulated
-clients (order sent → offer seen on the worker's WebSocket feed), so it includes the HTTP and
-WebSocket hops: an upper bound on dispatch's own time. Stops at the first round that does not
+window stays within DESIGN.md §8's p99 ≤ 100 ms, for rides (a delivery's first offer may be
+held back on purpose until a courier would not arrive before its ready_at). The figure is
+measured by the simulated clients (order sent → offer seen on the worker's WebSocket feed), so
+it includes the HTTP and WebSocket hops, and an order that finds no free worker nearby waits
+for one: an upper bound on dispatch's own time. Stops at the first round that does not
 sustain its load. Writes ``loadtests/results/<out>.json``.
 """
 
@@ -120,7 +122,7 @@ async def one_round(
     )
     code, report = await simulate(settings, options)
     cpu1, me1, elapsed = cpu_snapshot(groups), cpu_seconds(me), time.monotonic() - t0
-    beyond = report["latency_s"]["order_to_offer_beyond_window"]
+    beyond = report["latency_s"]["ride_to_offer_beyond_window"]
     p99 = beyond["p99"]
     cores = {name: (cpu1[name] - cpu0[name]) / elapsed for name in cpu0}
     cores["simulator"] = (me1 - me0) / elapsed
@@ -136,7 +138,8 @@ async def one_round(
         "checks_passed": code == 0,
         "mismatches": report["checks"]["mismatches"][:20],
         "order_to_offer_s": report["latency_s"]["order_to_offer"],
-        "order_to_offer_beyond_window_s": beyond,
+        "order_to_offer_beyond_window_s": report["latency_s"]["order_to_offer_beyond_window"],
+        "ride_to_offer_beyond_window_s": beyond,
         "order_to_assignment_s": report["latency_s"]["order_to_assignment"],
         "pings_sent": report["workers"]["pings_sent"],
         "api_requests": report["api"]["requests"],
@@ -158,11 +161,12 @@ async def run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> l
     rounds = []
     for drivers in args.steps:
         print(f"round: {drivers} workers for {args.minutes:g} min …", flush=True)
+        reports = args.reports or workdir
         r = await one_round(
-            settings, drivers, args, workdir / f"round-{drivers}", args.system_pid, workdir / "data"
+            settings, drivers, args, reports / f"round-{drivers}", args.system_pid, workdir / "data"
         )
         rounds.append(r)
-        b = r["order_to_offer_beyond_window_s"]
+        b = r["ride_to_offer_beyond_window_s"]
         print(
             f"  {r['orders_per_min']} orders/min, matched {r['matched']}, checks "
             f"{'passed' if r['checks_passed'] else 'FAILED'}, order→offer beyond window p99 "
@@ -183,6 +187,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--orders-per-worker-min", type=float, default=0.4)
     parser.add_argument("--out", default="simulate_scale")
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=None,
+        help="keep each round's report here (default: a temporary directory)",
+    )
     args = parser.parse_args()
     stop_on_sigterm()
     raise_fd_limit(65536)
@@ -196,8 +206,8 @@ def main() -> None:
             stop_system(proc)
     best = max((r for r in rounds if r["sustained"]), key=lambda r: r["drivers"], default=None)
     summary = {
-        "target": "order→first offer beyond the batch window p99 ≤ 100 ms (client-observed), "
-        "self-checks pass",
+        "target": "ride order→first offer beyond the batch window p99 ≤ 100 ms "
+        "(client-observed), self-checks pass",
         "largest_sustained_workers": best["drivers"] if best else None,
         "largest_sustained_orders_per_min": best["orders_per_min"] if best else None,
         "rounds": rounds,
@@ -207,7 +217,7 @@ def main() -> None:
         (
             f"{r['drivers']} workers",
             f"{r['orders_per_min']} orders/min · beyond-window p99 "
-            f"{fmt((r['order_to_offer_beyond_window_s']['p99'] or 0) * 1e3, ' ms')} · checks "
+            f"{fmt((r['ride_to_offer_beyond_window_s']['p99'] or 0) * 1e3, ' ms')} · checks "
             f"{'ok' if r['checks_passed'] else 'FAILED'} · dispatch {r['cpu_cores']['dispatch']} "
             f"cores · anything else {r['cpu_cores']['anything_else']} cores · "
             f"{'sustained' if r['sustained'] else 'NOT sustained'}",

@@ -130,6 +130,7 @@ def latencies(orders: Iterable[OrderObs]) -> dict[str, list[float]]:
     ETA (dispatch's estimate) and the actual drive to pickup, billing's lag for fares."""
     out: dict[str, list[float]] = {
         "order_to_offer_s": [],
+        "ride_to_offer_s": [],  # deliveries may be held back on purpose to meet ready_at
         "order_to_assignment_s": [],
         "pickup_eta_s": [],
         "pickup_drive_s": [],
@@ -139,6 +140,8 @@ def latencies(orders: Iterable[OrderObs]) -> dict[str, list[float]]:
         if o.first_offer_t is not None and o.placed_t is not None:
             # the offer can reach the feed before the 201 reaches the customer: count from send
             out["order_to_offer_s"].append(o.first_offer_t - o.placed_sent_t)
+            if o.kind == "ride":
+                out["ride_to_offer_s"].append(o.first_offer_t - o.placed_sent_t)
         if o.assigned_latency_s is not None:
             out["order_to_assignment_s"].append(o.assigned_latency_s)
         if o.dispatch_eta_s is not None:

@@ -105,6 +105,10 @@ def build(
             "order_to_offer_beyond_window": summary(
                 [max(0.0, x - batch_window_s) for x in lat["order_to_offer_s"]]
             ),
+            # rides only: a delivery's first offer may wait on purpose for its ready_at
+            "ride_to_offer_beyond_window": summary(
+                [max(0.0, x - batch_window_s) for x in lat["ride_to_offer_s"]]
+            ),
             "order_to_assignment": summary(lat["order_to_assignment_s"]),
         },
         "pickup": {
@@ -171,6 +175,7 @@ def markdown(r: dict[str, Any]) -> str:
     rows = [
         ("order → first offer (seen on the feed)", lat["order_to_offer"]),
         ("… of which beyond the batch window", lat["order_to_offer_beyond_window"]),
+        ("… rides only, beyond the batch window", lat["ride_to_offer_beyond_window"]),
         ("order → assignment (dispatch's stamps)", lat["order_to_assignment"]),
         ("pickup ETA (dispatch's estimate)", r["pickup"]["eta_s"]),
         ("drive to pickup (simulated)", r["pickup"]["drive_s"]),

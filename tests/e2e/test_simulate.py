@@ -3,14 +3,25 @@ run it: the self-checks pass and the figures are sane."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
+import uuid
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from polder.common.settings import Settings
 from polder.runtime.infra import port_is_free
+from polder.simulator.agents import Sim
+from polder.simulator.checks import check_fares, check_order, check_statement
+from polder.simulator.city import get_city
+from polder.simulator.client import Polder
+from polder.simulator.model import Behaviour
+from polder.simulator.observations import OrderObs, WorkerObs
 from tests.e2e.conftest import REPO, Up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
@@ -63,7 +74,35 @@ def test_a_short_simulation_checks_out(up: Up, tmp_path: Path) -> None:
     for chart in report["charts"]:
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.md").read_text().startswith("# Polder simulation, seed 7")
+
+    # The same checks, fed a record that disagrees with the system, find the disagreements.
+    found = asyncio.run(tampered_checks(up, report["run"]["ids"].removesuffix("-*")))
+    assert found["statement"] is not None and "statement says" in found["statement"]
+    assert found["order"] is not None and "dispatch answers 404" in found["order"]
+    assert found["fares"] and "billing has no fare" in found["fares"][0]
     assert up.stop() == 0
+
+
+async def tampered_checks(up: Up, prefix: str) -> dict[str, Any]:
+    settings = Settings(
+        location_port=int(up.env["POLDER_LOCATION_PORT"]),
+        dispatch_port=int(up.env["POLDER_DISPATCH_PORT"]),
+        billing_port=int(up.env["POLDER_BILLING_PORT"]),
+    )
+    api = Polder(settings)
+    try:
+        sim = Sim(api, get_city("amsterdam"), Behaviour(), 7, prefix, 45.0, 20.0, 24.0, 10)
+        sim.wall0 -= timedelta(minutes=10)
+        worker = WorkerObs(f"{prefix}-w0000", online=[(0.0, 0.1)], offline=[(1.0, 1.1)])
+        statement, _ = await check_statement(sim, worker, deadline_s=1.0)
+        ghost = OrderObs("k", f"{prefix}-c0000", "ride", 0.0, order_id=str(uuid.uuid4()))
+        order = await check_order(sim, ghost)
+        ghost.completed_t, ghost.trip_id, ghost.driver_id = 1.0, str(uuid.uuid4()), worker.driver_id
+        sim.orders.append(ghost)
+        fares = await check_fares(sim)
+        return {"statement": statement, "order": order, "fares": fares}
+    finally:
+        await api.close()
 
 
 def test_the_demo_runs_rounds_until_ctrl_c_and_leaves_a_checked_report(up: Up) -> None:
