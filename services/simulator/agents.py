@@ -21,6 +21,7 @@ import websockets
 from polder.common.auth import Role
 from polder.simulator.city import City
 from polder.simulator.client import Answer, Polder
+from polder.simulator.clock import rfc3339_ms
 from polder.simulator.model import (
     Behaviour,
     Mover,
@@ -31,10 +32,6 @@ from polder.simulator.model import (
     plan_order,
 )
 from polder.simulator.observations import OrderObs, WorkerObs
-
-
-def rfc3339_ms(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
