@@ -199,6 +199,16 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Earnings per online hour, by pay policy",
         "",
+        *(
+            [
+                f"Trips are scaled by {r['run']['trip_scale']} to fit the run, but fares keep "
+                "their base and minimum amounts: pay per hour is higher than full-length trips "
+                "would give. Compare policies with each other, not with real earnings.",
+                "",
+            ]
+            if r["run"]["trip_scale"] < 1
+            else []
+        ),
         "| policy | per online hour (minor units) | worker median | unpaid waiting h | workers |",
         "|---|---|---|---|---|",
     ]
