@@ -1,17 +1,22 @@
-# The project's commands. `make up` and `make test` are all a fresh machine needs.
+# The project's commands. `make demo` and `make test` are all a fresh machine needs.
 PY ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test unit lint typecheck bench clean
+.PHONY: demo up test unit lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "Polder needs Python 3.11 or newer on PATH"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
+
+## The whole system and a simulated city using it (reports in .polder/reports). Ctrl-C stops all.
+DEMO_ARGS ?=
+demo: $(STAMP)
+	$(BIN)/polder up --demo $(DEMO_ARGS)
 
 ## Start the whole system (embedded Postgres and broker, every service). Ctrl-C stops it.
 up: $(STAMP)

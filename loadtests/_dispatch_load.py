@@ -43,7 +43,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from loadtests._city import CENTRE_LAT, CENTRE_LNG, HOTSPOTS, M_PER_DEG_LAT, Point, offset
 from loadtests._loadgen import FAILURES, Window, decode
 from polder.common.auth import issue_token
 from polder.common.bus import Bus
@@ -51,6 +50,7 @@ from polder.common.envelope import format_time, parse_time
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DISPATCH, DRIVER_LOCATIONS, ORDERS
+from polder.simulator.city import CENTRE_LAT, CENTRE_LNG, HOTSPOTS, M_PER_DEG_LAT, Point, offset
 
 HALF_SIDE_M = 10_000.0  # 20 km x 20 km
 DRIVERS_NEAR_HOTSPOTS = 0.4

@@ -10,25 +10,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
-from loadtests._city import CENTRE_LAT, CENTRE_LNG, M_PER_DEG_LAT
+from polder.simulator.city import CENTRE_LAT, CENTRE_LNG, M_PER_DEG_LAT
+from polder.simulator.clock import rfc3339_ms
 
 HALF_LAT, HALF_LNG = 0.11, 0.18  # about 25 km x 25 km
 Ping = dict[str, Any]
-
-
-@lru_cache(maxsize=4096)
-def _second(epoch_s: int) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def rfc3339_ms(epoch_ms: int) -> str:
-    """``2026-01-02T03:04:05.678Z``, cheaply: the load generator stamps some 50 000 pings/s."""
-    s, ms = divmod(epoch_ms, 1000)
-    return f"{_second(s)}.{ms:03d}Z"
 
 
 @dataclass(slots=True)

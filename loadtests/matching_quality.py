@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from loadtests._city import CENTRE_LAT, CENTRE_LNG, Point, offset
 from loadtests._report import write_result
 from loadtests._stats import percentile
 from polder.common.geoindex import LocationIndex
@@ -49,6 +48,7 @@ from polder.dispatch.domain.matching import (
     assign_batch,
     sequential_greedy,
 )
+from polder.simulator.city import CENTRE_LAT, CENTRE_LNG, Point, offset
 
 HALF_SIDE_M = 5_000.0
 EARTH_RADIUS_M = 6_371_008.8  # as polder.common.geoindex.haversine_m

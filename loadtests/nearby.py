@@ -23,10 +23,10 @@ from typing import Any
 
 import redis
 
-from loadtests._city import CENTRE_LAT, CENTRE_LNG, HOTSPOTS, Point, offset
 from loadtests._report import fmt, table, write_result
 from loadtests._stats import percentile
 from polder.common.geoindex import LocationIndex, haversine_m
+from polder.simulator.city import CENTRE_LAT, CENTRE_LNG, HOTSPOTS, Point, offset
 
 HALF_SIDE_M = 12_500.0
 CLUSTERED_SHARE = 0.4

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -21,12 +22,18 @@ def _settings() -> Settings:
         raise SystemExit(f"polder: bad settings:\n{exc}") from exc
 
 
-def cmd_up(_: argparse.Namespace) -> int:
+def cmd_up(args: argparse.Namespace) -> int:
     from polder.runtime.up import up
+    from polder.simulator.demo import Demo
 
     settings = _settings()
     configure_logging(settings.log_level, json=False)
-    return asyncio.run(up(settings))
+    demo = None
+    if args.demo:
+        if args.demo_drivers < 1 or args.demo_minutes <= 0:
+            raise SystemExit("polder up: --demo-drivers must be at least 1, --demo-minutes > 0")
+        demo = Demo(drivers=args.demo_drivers, minutes=args.demo_minutes, seed=args.demo_seed)
+    return asyncio.run(up(settings, demo))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -59,6 +66,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from polder.simulator.run import Options, main
+
+    settings = _settings()
+    configure_logging("WARNING", json=False)
+    if args.drivers < 1 or args.minutes <= 0:
+        raise SystemExit("polder simulate: --drivers must be at least 1 and --minutes positive")
+    options = Options(
+        drivers=args.drivers,
+        minutes=args.minutes,
+        seed=args.seed,
+        city=args.city,
+        order_rate_per_min=args.order_rate,
+        report_dir=args.report,
+        trip_scale=args.trip_scale,
+        live=args.live,
+        charts=not args.no_charts,
+    )
+    return main(settings, options)
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     settings = _settings()
     print(issue_token(settings, args.role, args.sub, args.ttl))
@@ -72,12 +100,55 @@ def build_parser() -> argparse.ArgumentParser:
     p_up = sub.add_parser(
         "up", help="start Postgres, the broker and every service; Ctrl-C stops all"
     )
+    p_up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run a simulated city (`polder simulate` rounds) until Ctrl-C",
+    )
+    p_up.add_argument("--demo-drivers", type=int, default=200, help="workers in the demo")
+    p_up.add_argument("--demo-minutes", type=float, default=5.0, help="length of a round")
+    p_up.add_argument("--demo-seed", type=int, default=1)
     p_up.set_defaults(func=cmd_up)
 
     p_serve = sub.add_parser("serve", help="run one service (what `polder up` starts per service)")
     p_serve.add_argument("service", choices=["location", "dispatch", "billing"])
     p_serve.add_argument("--port", type=int, default=None)
     p_serve.set_defaults(func=cmd_serve)
+
+    p_sim = sub.add_parser(
+        "simulate",
+        help="drive a running system with a seeded city of workers and customers, then check it",
+    )
+    p_sim.add_argument("--drivers", type=int, default=50, help="workers (drivers and couriers)")
+    p_sim.add_argument("--minutes", type=float, default=1.0, help="how long orders come in")
+    p_sim.add_argument("--seed", type=int, default=1)
+    p_sim.add_argument("--city", default="amsterdam", choices=["amsterdam"])
+    p_sim.add_argument(
+        "--order-rate",
+        type=float,
+        default=None,
+        help="orders per minute on average (default 0.4 per worker)",
+    )
+    p_sim.add_argument(
+        "--report",
+        type=Path,
+        default=Path("simulation"),
+        help="directory for report.json, report.md and the charts",
+    )
+    p_sim.add_argument(
+        "--trip-scale",
+        type=float,
+        default=None,
+        help="multiplies trip distances and waits (default: minutes/30, max 1)",
+    )
+    p_sim.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live table (default: when stdout is a terminal)",
+    )
+    p_sim.add_argument("--no-charts", action="store_true")
+    p_sim.set_defaults(func=cmd_simulate)
 
     p_token = sub.add_parser("token", help="print a signed bearer token for local use")
     p_token.add_argument("--role", required=True, choices=[r.value for r in Role])

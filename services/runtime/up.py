@@ -25,6 +25,7 @@ from polder.runtime.infra import (
     ensure_database,
     wait_for_broker,
 )
+from polder.simulator.demo import Demo, run_demo
 
 log = structlog.get_logger("polder.up")
 
@@ -132,12 +133,22 @@ async def wait_until_ready(system: System, urls: dict[str, str], timeout_s: floa
             await asyncio.sleep(0.2)
 
 
-async def up(settings: Settings) -> int:
+async def up(settings: Settings, demo: Demo | None = None) -> int:
+    """Start everything; with ``demo``, also a simulation that runs in rounds until Ctrl-C."""
     system = System(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        # A terminal's Ctrl-C reaches the services, Postgres and the broker too: they are
+        # stopping, so a running simulation round is abandoned without its report.
+        stop.set()
+        if simulation is not None:
+            simulation.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    simulation: asyncio.Task[None] | None = None
     try:
         started = time.monotonic()
         full = await start_infrastructure(system)
@@ -148,6 +159,14 @@ async def up(settings: Settings) -> int:
             print(f"  {name:<9} {url}   ({url}/docs, {url}/metrics)", flush=True)
         print(f"  broker    {full.kafka_bootstrap}", flush=True)
         print(f"  database  {full.database_url}", flush=True)
+        if demo is not None:
+            print(
+                f"  metrics   {urls['dispatch']}/metrics (and each service's /metrics)\n"
+                f"  reports   {full.data_dir.resolve() / 'reports' / 'latest' / 'report.md'}"
+                f" (a round every {demo.minutes:g} min)",
+                flush=True,
+            )
+            simulation = asyncio.create_task(run_demo(full, demo, stop))
         print(
             "Tokens: polder token --role driver --sub d1   ·   Ctrl-C stops everything.\n",
             flush=True,
@@ -161,8 +180,21 @@ async def up(settings: Settings) -> int:
                         "service exited; stopping everything", service=name, code=proc.returncode
                     )
                     return 1
+            if simulation is not None and simulation.done():
+                break
+        failed = simulation is not None and simulation.done() and not simulation.cancelled()
+        if failed and simulation is not None and simulation.exception() is not None:
+            log.error(
+                "the demo simulation failed; stopping everything",
+                error=repr(simulation.exception()),
+            )
+            return 1
         return 0
     finally:
+        if simulation is not None and not simulation.done():
+            simulation.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await simulation
         print("Stopping…", flush=True)
         await asyncio.to_thread(system.stop)
         print("Stopped.", flush=True)
