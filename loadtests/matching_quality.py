@@ -77,6 +77,7 @@ class Options:
     seed: int
     trials: int
     orders: int
+    out: str = "matching_quality"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +103,11 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--trials", type=int, default=30, help="batches per scenario")
     p.add_argument("--orders", type=int, default=200, help="orders per batch")
+    p.add_argument("--out", default="matching_quality", help="loadtests/results/OUT.json")
     a = p.parse_args(argv)
     if a.trials < 1 or a.orders < 4:
         p.error("--trials must be at least 1 and --orders at least 4")
-    return Options(a.seed, a.trials, a.orders)
+    return Options(a.seed, a.trials, a.orders, a.out)
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": QUALITY_TARGET,
     }
     print(render(doc))
-    print(f"wrote {write_result('matching_quality', command.strip(), doc)}")
+    print(f"wrote {write_result(opts.out, command.strip(), doc)}")
     return 0 if worst <= QUALITY_TARGET else 1
 
 
