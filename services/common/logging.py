@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
+
+_SECRET = re.compile(r"((?:access_)?token=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """Bearer tokens never reach the logs. A WebSocket may carry its token in the query string
+    (browsers cannot set headers there), and uvicorn logs every WebSocket's full path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg, record.args = _SECRET.sub(r"\1[redacted]", message), None
+        return True
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
@@ -29,6 +43,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactTokens())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=processors, processor=renderer)
     )
