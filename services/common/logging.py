@@ -8,18 +8,23 @@ import sys
 
 import structlog
 
-_SECRET = re.compile(r"((?:access_)?token=)[^&\s\"']+", re.IGNORECASE)
+_SECRET = re.compile(r"((?:access_)?token=|bearer\s+)[^&\s\"',}]+", re.IGNORECASE)
+_SECRET_KEYS = {"token", "access_token", "authorization"}
 
 
-class RedactTokens(logging.Filter):
+def redact_tokens(
+    _: object, __: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
     """Bearer tokens never reach the logs. A WebSocket may carry its token in the query string
-    (browsers cannot set headers there), and uvicorn logs every WebSocket's full path."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "token=" in message.lower():
-            record.msg, record.args = _SECRET.sub(r"\1[redacted]", message), None
-        return True
+    (browsers cannot set headers there), and uvicorn logs every WebSocket's full path; a log
+    call may also pass a header or a URL along. Runs for structlog's own events and, through
+    the formatter's pre-chain, for every stdlib record (uvicorn's), whose message is "event"."""
+    for key, value in event_dict.items():
+        if key.lower() in _SECRET_KEYS and value:
+            event_dict[key] = "[redacted]"
+        elif isinstance(value, str) and ("token=" in value.lower() or "bearer " in value.lower()):
+            event_dict[key] = _SECRET.sub(r"\1[redacted]", value)
+    return event_dict
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
@@ -32,6 +37,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        redact_tokens,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
@@ -43,7 +49,6 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactTokens())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=processors, processor=renderer)
     )
