@@ -229,8 +229,11 @@ WORKERS = Dashboard(
             "Online time by phase (P1 waiting for a job, P2 to pickup, P3 on trip)",
             (
                 q(
-                    "sum by (phase) (polder_billing_fleet_phase_seconds)"
-                    " / ignoring(phase) group_left sum(polder_billing_fleet_phase_seconds)",
+                    # max, not sum: one replica computes the fleet's figures (the others
+                    # export none), and a sum would count a hand-over twice
+                    "max by (phase) (polder_billing_fleet_phase_seconds)"
+                    " / ignoring(phase) group_left"
+                    " sum(max by (phase) (polder_billing_fleet_phase_seconds))",
                     "{{phase}}",
                 ),
             ),
@@ -239,7 +242,7 @@ WORKERS = Dashboard(
         ),
         Panel(
             "Waiting hours, paid and unpaid (default policy)",
-            (q("sum by (paid) (polder_billing_fleet_waiting_seconds) / 3600", "paid={{paid}}"),),
+            (q("max by (paid) (polder_billing_fleet_waiting_seconds) / 3600", "paid={{paid}}"),),
             unit="h",
             stack=True,
         ),
@@ -273,8 +276,7 @@ WORKERS = Dashboard(
             "Top-ups posted per hour (minor units)",
             (
                 q(
-                    "sum by (policy, currency)"
-                    " (increase(polder_billing_topup_minor_total[1h]))",
+                    "sum by (policy, currency) (increase(polder_billing_topup_minor_total[1h]))",
                     "{{policy}} ({{currency}})",
                 ),
             ),

@@ -21,6 +21,7 @@ from polder.billing.domain.segments import Segment
 from polder.billing.domain.statement import Statement, share_below_floor
 from polder.billing.metrics import BillingMetrics
 from polder.billing.statements import Reports
+from polder.common.db import leadership
 
 log = structlog.get_logger(__name__)
 
@@ -90,15 +91,22 @@ def publish(hour: FleetHour, metrics: BillingMetrics) -> None:
 
 
 async def run(
-    reports: Reports, metrics: BillingMetrics, stop: asyncio.Event, every_s: float = 60.0
+    reports: Reports,
+    metrics: BillingMetrics,
+    stop: asyncio.Event,
+    lock: str,
+    every_s: float = 60.0,
 ) -> None:
-    """Every ``every_s``, the last hour of the fleet into the gauges, until ``stop``."""
-    while not stop.is_set():
-        now = datetime.now(UTC)
-        try:
-            gathered = await reports.gather(now - WINDOW, now, now)
-            publish(summarize(gathered.policy, gathered.segments, gathered.by_policy), metrics)
-        except Exception:  # the database may be down: the gauges keep their last values
-            log.exception("fleet figures failed; retrying at the next interval")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every_s)
+    """Every ``every_s``, the last hour of the fleet into the gauges, until ``stop``. One
+    replica computes (the holder of ``lock``): the figures are the fleet's, not a replica's,
+    and a recount per replica would only multiply the load."""
+    async with leadership(reports.statements.pool, lock, stop) as held:
+        while held and not stop.is_set():
+            now = datetime.now(UTC)
+            try:
+                gathered = await reports.gather(now - WINDOW, now, now)
+                publish(summarize(gathered.policy, gathered.segments, gathered.by_policy), metrics)
+            except Exception:  # the database may be down: the gauges keep their last values
+                log.exception("fleet figures failed; retrying at the next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)

@@ -19,7 +19,6 @@ from polder.billing.pings import CONSUMER as PINGS_CONSUMER
 from polder.billing.pings import PingKeeper
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import Reports, Statements
-from polder.common.bus import Consumer
 from polder.common.http import service_app
 from polder.common.outbox import OutboxRelay
 from polder.common.service import service_resources
@@ -54,22 +53,12 @@ def build_app(settings: Settings) -> FastAPI:
             ):
                 # Larger fetches than the default: a batch costs a fixed number of statements
                 # whatever its size, so fewer, fuller batches are the cheaper way through a lag.
-                consumer = Consumer(
-                    name=name,
-                    settings=settings,
-                    registry=res.bus.registry,
-                    bus=res.bus,
-                    metrics=metrics,
-                    topics=topics,
-                    handler=handler,
-                    group_id=name,
-                    max_records=BATCH_RECORDS,
-                )
-                res.run(consumer.run(res.stop), name)
+                res.consumer(name, topics, handler, group_id=name, max_records=BATCH_RECORDS)
             res.run(relay.run(res.stop), "billing-outbox")
             res.run(closer.run(res.stop), "billing-periods")
             reports = Reports(statements)
-            res.run(fleet.run(reports, metrics, res.stop), "billing-fleet")
+            fleet_lock = f"fleet:{settings.db_schema(SERVICE)}"
+            res.run(fleet.run(reports, metrics, res.stop, fleet_lock), "billing-fleet")
             app.state.runtime = BillingRuntime(
                 settings=settings,
                 statements=statements,

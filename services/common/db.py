@@ -7,7 +7,10 @@ applied in order at start-up under an advisory lock, each in its own transaction
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import TypeAlias
 
@@ -89,3 +92,27 @@ async def migrate(pool: Pool, schema: str, package: str) -> list[str]:
     if applied_now:
         log.info("migrations applied", schema=schema, versions=applied_now)
     return applied_now
+
+
+@contextlib.asynccontextmanager
+async def leadership(
+    pool: Pool, key: str, stop: asyncio.Event, poll_s: float = 1.0
+) -> AsyncIterator[bool]:
+    """One holder of ``key`` across every replica on this database: wait until this process
+    holds the advisory lock (True) or ``stop`` is set first (False). The lock lives on one
+    pooled connection kept for the whole block; if the process dies, Postgres releases it
+    and a waiting replica takes over within ``poll_s``."""
+    async with pool.acquire() as conn:
+        held = False
+        while not stop.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+                held = True
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+        try:
+            yield held
+        finally:
+            if held:
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)

@@ -17,7 +17,6 @@ the API's surge model (which prices quotes) through ``SUPPLY_FILE`` in the same 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Received
 from polder.common.children import child_main, run_until_stopped, write_metrics
-from polder.common.db import Pool
+from polder.common.db import Pool, leadership
 from polder.common.geoindex import LocationIndex
 from polder.common.outbox import OutboxRelay
 from polder.common.positions import apply_pings
@@ -120,18 +119,9 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
 
 async def _lead(pool: Pool, settings: Settings, matcher: Matcher, stop: asyncio.Event) -> None:
     """Match only while holding the schema's matcher lock (one matcher at a time)."""
-    key = f"matcher:{settings.db_schema(SERVICE)}"
-    async with pool.acquire() as conn:
-        while not stop.is_set():
-            if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-        try:
+    async with leadership(pool, f"matcher:{settings.db_schema(SERVICE)}", stop) as held:
+        if held:
             await matcher.run(stop)
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.execute("SELECT pg_advisory_unlock_all()")
 
 
 def write_supply(path: Path, supply: dict[int, int], at: float) -> None:
