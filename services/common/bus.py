@@ -29,6 +29,9 @@ from polder.common.topics import DLQ, TOPICS, Topic
 log = structlog.get_logger(__name__)
 
 
+MAX_RECORDS = 2000  # per fetch, across a consumer's partitions
+
+
 class Bus:
     """The process's producer. Validates every event against its schema before sending."""
 
@@ -117,7 +120,7 @@ class Consumer:
         handler: Handler,
         group_id: str | None,
         start_at_ms: Callable[[], int] | None = None,
-        max_records: int = 2000,
+        max_records: int = MAX_RECORDS,
         retry_backoff_s: float = 1.0,
     ) -> None:
         self.name = name

@@ -92,6 +92,11 @@ class ChildProcess:
         except TimeoutError:
             process.kill()
             await process.wait()
+        except asyncio.CancelledError:
+            # The service's shutdown gives its tasks less than 10 s: never leave the helper
+            # behind, whatever the parent does next (tests keep running in the same process).
+            process.kill()
+            raise
 
 
 class MergedRegistry(CollectorRegistry):

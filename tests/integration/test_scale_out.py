@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import httpx
 import pytest
 
 from polder.common.auth import issue_token
+from polder.common.children import settings_env
 from polder.common.envelope import format_time
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS
@@ -66,17 +66,10 @@ class Instance:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "POLDER_DATABASE_URL": settings.database_url,
-        "POLDER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "POLDER_NAMESPACE": settings.namespace,
-        "POLDER_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
-        "POLDER_KAFKA_HEARTBEAT_MS": str(settings.kafka_heartbeat_ms),
-        "POLDER_LOG_JSON": "false",
-        "POLDER_RATE_LIMIT_PER_S": "200",
-        "POLDER_RATE_LIMIT_BURST": "400",
-    }
+    """The test's settings for each `polder serve`, with room for every request it sends."""
+    return settings_env(
+        settings.model_copy(update={"rate_limit_per_s": 200, "rate_limit_burst": 400})
+    )
 
 
 @contextlib.contextmanager
