@@ -32,10 +32,11 @@ from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.surge import SurgeModel
 from polder.dispatch.feed import Feed
 from polder.dispatch.handlers import Handlers
-from polder.dispatch.matcher_process import RELAY_BATCH, SUPPLY_FILE, SupplyReader, build_matcher
+from polder.dispatch.matcher_process import RELAY_BATCH, build_matcher
 from polder.dispatch.metrics import DispatchMetrics, SurgeCollector
 from polder.dispatch.orders import OrderDesk
 from polder.dispatch.runtime import DispatchRuntime
+from polder.dispatch.supply import SupplyFollower
 from polder.fares.tariff import load_tariffs
 
 SERVICE = "dispatch"
@@ -65,12 +66,7 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
             surge = SurgeModel()
             inline = build_matcher(settings, handlers, metrics, availability, surge)
             desk = OrderDesk(res.bus, load_tariffs(), surge, settings)
-
-            def refresh_supply() -> None:
-                if desk.supply is not None:
-                    desk.supply.refresh()
-
-            own_registry.register(SurgeCollector(surge, refresh_supply))
+            own_registry.register(SurgeCollector(surge))
             feed = Feed()
 
             async def fan_out(records: Sequence[Received]) -> None:
@@ -88,7 +84,7 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
                 assert share is not None
                 process = ChildProcess("polder.dispatch.matcher_process", settings, share)
                 metrics.registry = MergedRegistry(own_registry, process.metrics_file)
-                desk.supply = SupplyReader(share / SUPPLY_FILE, surge)
+                res.run(SupplyFollower(res.pool, surge).run(res.stop), "dispatch-supply")
                 res.run(process.run(res.stop), "dispatch-matcher-process")
                 app.state.matcher_process = process
             else:

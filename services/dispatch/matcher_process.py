@@ -9,7 +9,7 @@ its workers ``idle``, so a second matcher (another API replica's) could only fin
 taken, never double-book; an advisory lock keeps all but one of them idle anyway.
 
 Its metrics reach the API's ``/metrics`` through ``common.children``; its supply snapshots reach
-the API's surge model (which prices quotes) through ``SUPPLY_FILE`` in the same folder.
+every API replica's surge model (which prices quotes) through Postgres (``dispatch.supply``).
 
     python -m polder.dispatch.matcher_process   (settings from POLDER_* as for any service)
 """
@@ -17,12 +17,10 @@ the API's surge model (which prices quotes) through ``SUPPLY_FILE`` in the same 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -42,6 +40,7 @@ from polder.dispatch.domain.surge import SurgeModel
 from polder.dispatch.handlers import Handlers
 from polder.dispatch.matcher import Matcher
 from polder.dispatch.metrics import DispatchMetrics
+from polder.dispatch.supply import SupplyWriter
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +49,6 @@ MIGRATIONS = "polder.dispatch.migrations"
 # The relay here publishes every process's outbox rows: the API's are found by polling.
 RELAY_POLL_S = 0.02
 RELAY_BATCH = 2000
-SUPPLY_FILE = "supply.json"
 
 
 def build_matcher(
@@ -72,15 +70,16 @@ def build_matcher(
 
 
 async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> None:
-    """``share``: a folder the API process reads this one's metrics and supply from."""
+    """``share``: a folder the API process reads this one's metrics from."""
     metrics = DispatchMetrics(CollectorRegistry())
     async with service_resources(settings, SERVICE, MIGRATIONS, metrics, pool_size=6) as res:
         relay = OutboxRelay(res.pool, res.bus, batch=RELAY_BATCH, idle_poll_s=RELAY_POLL_S)
         availability = Availability()
         handlers = Handlers(res.pool, res.bus, relay, metrics, availability)
         matcher = build_matcher(settings, handlers, metrics, availability, SurgeModel())
-        if share is not None:
-            matcher.on_supply = functools.partial(write_supply, share / SUPPLY_FILE)
+        supply = SupplyWriter(res.pool, keep_s=2 * matcher.surge.config.window_s)
+        matcher.on_supply = supply
+        res.run(supply.run(res.stop), "dispatch-supply")
 
         async def track_positions(records: Sequence[Received]) -> None:
             apply_pings(matcher.positions, records)
@@ -122,33 +121,6 @@ async def _lead(pool: Pool, settings: Settings, matcher: Matcher, stop: asyncio.
     async with leadership(pool, f"matcher:{settings.db_schema(SERVICE)}", stop) as held:
         if held:
             await matcher.run(stop)
-
-
-def write_supply(path: Path, supply: dict[int, int], at: float) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps({"at": at, "cells": {str(c): n for c, n in supply.items()}}))
-    tmp.replace(path)
-
-
-class SupplyReader:
-    """The API side: feeds the matcher's supply snapshots into the API's surge model, checking
-    the file (one ``stat``) whenever a quote is about to be priced."""
-
-    def __init__(self, path: Path, surge: SurgeModel) -> None:
-        self.path = path
-        self.surge = surge
-        self._seen: int | None = None
-
-    def refresh(self) -> None:
-        try:
-            stamp = self.path.stat().st_mtime_ns
-            if stamp == self._seen:
-                return
-            doc = orjson.loads(self.path.read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
-            return  # no batch yet, or caught mid-replace: the next quote looks again
-        self._seen = stamp
-        self.surge.observe_supply({int(c): n for c, n in doc["cells"].items()}, doc["at"])
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import h3.api.basic_int as h3
 
@@ -23,10 +23,6 @@ from polder.fares.tariff import TariffBook, UnknownTariff
 SURGE_RESOLUTION = 7
 
 
-class SupplyRefresh(Protocol):
-    def refresh(self) -> None: ...
-
-
 class OrderDesk:
     def __init__(
         self, bus: Bus, tariffs: TariffBook, surge: SurgeModel, settings: Settings
@@ -35,8 +31,6 @@ class OrderDesk:
         self.tariffs = tariffs
         self.surge = surge
         self.settings = settings
-        # Another process's supply snapshots for the surge model (when it matches elsewhere).
-        self.supply: SupplyRefresh | None = None
 
     def estimate(self, body: OrderIn, now: datetime) -> tuple[Fare, float, float]:
         """The fare for the straight-line trip, road-corrected, at the pickup cell's surge."""
@@ -44,8 +38,6 @@ class OrderDesk:
         distance_m = straight * self.settings.road_factor
         duration_s = distance_m / self.settings.city_speed_mps
         cell = h3.latlng_to_cell(body.pickup.lat, body.pickup.lng, SURGE_RESOLUTION)
-        if self.supply is not None:
-            self.supply.refresh()
         multiplier = self.surge.multiplier(cell, now.timestamp())
         try:
             tariff = self.tariffs.get(self.settings.city, body.kind, now)

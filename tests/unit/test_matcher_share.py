@@ -1,18 +1,14 @@
-"""What the matcher process shares with the API process through files: metrics and supply."""
+"""What the matcher process shares with the API process: metrics (through a file), settings."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 
-import h3.api.basic_int as h3
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from polder.common.children import MergedRegistry, settings_env
 from polder.common.settings import Settings
-from polder.dispatch.domain.surge import SurgeModel
-from polder.dispatch.matcher_process import SupplyReader, write_supply
 from polder.dispatch.metrics import DispatchMetrics
 
 
@@ -41,21 +37,6 @@ def test_without_a_matcher_file_the_api_shows_its_own(tmp_path: Path) -> None:
     api.offers.labels("declined").inc()
     text = generate_latest(MergedRegistry(api.registry, tmp_path / "none.prom")).decode()
     assert 'polder_dispatch_offers_total{outcome="declined"} 1.0' in text
-
-
-def test_supply_snapshots_reach_the_api_surge_model(tmp_path: Path) -> None:
-    cell7 = h3.latlng_to_cell(52.37, 4.89, 7)
-    surge = SurgeModel()
-    reader = SupplyReader(tmp_path / "supply.json", surge)
-    reader.refresh()  # nothing written yet: no snapshot, no error
-    for t in range(10):
-        surge.record_demand(cell7, 1000.0 + t)
-    assert surge.multiplier(cell7, 1010.0) == Decimal("1.0")  # no supply seen: no evidence
-    write_supply(tmp_path / "supply.json", {cell7: 1}, 1009.0)
-    reader.refresh()
-    reader.refresh()  # the same snapshot is not counted twice
-    pressure = surge.pressure(cell7, 1010.0)
-    assert pressure.supply == Decimal(1) and pressure.multiplier > Decimal("1.0")
 
 
 def test_a_child_gets_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
