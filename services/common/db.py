@@ -12,7 +12,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
@@ -46,11 +46,23 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
     transaction on release."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database server cannot be reached (down, restarting, unreachable)."""
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except OSError as exc:  # refused, no socket, unreachable, timed out: the server is not there
+        raise DatabaseUnavailable(f"cannot reach the database: {exc}") from exc
+
+
 async def create_pool(
     database_url: str, schema: str, *, min_size: int = 1, max_size: int = 10
 ) -> Pool:
     pool = await asyncpg.create_pool(
         database_url,
+        connect=_connect,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,

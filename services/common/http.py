@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from polder.common.db import DatabaseUnavailable
 from polder.common.errors import ApiError
 from polder.common.metrics import (
     ASGIApp,
@@ -113,10 +114,9 @@ def service_app(
         )
         return error_response(err)
 
-    @app.exception_handler(asyncpg.PostgresConnectionError)
-    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)
-    @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(OSError)
+    @app.exception_handler(DatabaseUnavailable)  # a new connection could not be made
+    @app.exception_handler(asyncpg.PostgresConnectionError)  # one broke under a query
+    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)  # shutting down
     async def _database_down(_: Request, exc: Exception) -> Response:
         # The database (or the network to it) is down or restarting: say so at once, with a
         # hint when to retry, rather than a 500. The pool reconnects by itself when it is back.
