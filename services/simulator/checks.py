@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+from polder.billing.domain.policies import PolicyName
 from polder.common.auth import Role
 from polder.simulator.agents import Sim
 from polder.simulator.client import Answer
 from polder.simulator.observations import OrderObs, WorkerObs
 
 T = TypeVar("T")
-POLICIES = ("nl_hourly", "platform_share", "prop22", "nyc_tlc", "seattle_payup")
+POLICIES = tuple(p.value for p in PolicyName)
 # Statements report seconds with millisecond precision.
 ROUNDING_S = 0.001
 
