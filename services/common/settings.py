@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     max_future_skew_s: float = 30.0
     max_speed_mps: float = 70.0  # 252 km/h: anything faster is a GPS jump, not a car
     max_ping_age_s: float = 24 * 3600.0  # older pings are refused as stale
+    publish_timeout_s: float = 3.0  # an ingest request waits this long for the broker
     location_ttl_s: float = 60.0
     nearby_max_radius_m: float = 10_000.0
     nearby_max_limit: int = 200

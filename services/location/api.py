@@ -83,7 +83,13 @@ async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> I
     except ApiError:
         raise
     except Exception as exc:  # broker unreachable or timed out: nothing was accepted
-        raise ApiError(503, "unavailable", "cannot record pings right now; retry") from exc
+        raise ApiError(
+            503,
+            "unavailable",
+            "cannot record pings right now; retry",
+            headers={"Retry-After": "1"},
+            retry_after_s=1,
+        ) from exc
     return IngestResult(
         accepted=len(result.accepted),
         rejected=[Rejection(index=i, reason=r.value) for i, r in result.rejected],

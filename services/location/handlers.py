@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,9 +26,18 @@ class Ingest:
     """Screens a driver's pings and publishes the accepted ones as one event."""
 
     def __init__(
-        self, bus: Bus, index: LocationIndex, limits: Limits, metrics: LocationMetrics
+        self,
+        bus: Bus,
+        index: LocationIndex,
+        limits: Limits,
+        metrics: LocationMetrics,
+        publish_timeout_s: float = 3.0,
     ) -> None:
         self.bus = bus
+        # How long a request waits for the broker to acknowledge its pings before the driver
+        # is told 503 "retry": a broker that is down must not hold requests for the
+        # producer's own 15 s timeout.
+        self.publish_timeout_s = publish_timeout_s
         self.index = index
         self.limits = limits
         self.metrics = metrics
@@ -61,7 +71,9 @@ class Ingest:
                 },
                 time=now,
             )
-            await self.bus.publish(DRIVER_LOCATIONS, driver_id, event)
+            await asyncio.wait_for(
+                self.bus.publish(DRIVER_LOCATIONS, driver_id, event), self.publish_timeout_s
+            )
             self.metrics.pings_accepted.inc(len(result.accepted))
             assert result.last is not None
             self._last[driver_id] = result.last

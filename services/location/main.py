@@ -63,7 +63,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
             rt = LocationRuntime(
                 settings=settings,
                 index=index,
-                ingest=Ingest(res.bus, index, limits, metrics),
+                ingest=Ingest(res.bus, index, limits, metrics, settings.publish_timeout_s),
                 limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
                 metrics=metrics,
             )

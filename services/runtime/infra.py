@@ -165,9 +165,19 @@ class EmbeddedBroker:
                 time.sleep(0.05)
         raise InfraError(f"broker did not listen on {self.bootstrap} within {timeout_s} s")
 
+    def pause(self) -> None:
+        """Stop answering without closing anything (SIGSTOP): a hung or partitioned broker."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self._proc is None:
             return
+        self.resume()  # a paused process would not act on SIGTERM
         self._proc.terminate()
         try:
             self._proc.wait(timeout=10)

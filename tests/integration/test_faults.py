@@ -9,17 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from polder.billing.main import build_app as build_billing
 from polder.common.auth import issue_token
+from polder.common.bus import create_topics
+from polder.common.envelope import format_time
 from polder.common.settings import Settings
 from polder.dispatch.main import build_app as build_dispatch
-from polder.runtime.infra import EmbeddedPostgres, ensure_database
+from polder.location.main import build_app as build_location
+from polder.runtime.infra import EmbeddedBroker, EmbeddedPostgres, ensure_database, free_port
 from tests.conftest import eventually
 from tests.support import serve
 
@@ -118,3 +123,72 @@ async def test_postgres_restarted_under_running_services(
             within=30,
         )
         assert r.json()["driver_id"] == "drv-f"
+
+
+async def test_broker_unreachable_ingest_says_retry_and_loses_nothing_acknowledged(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The broker stops answering (SIGSTOP: what a hung or partitioned broker looks like, and
+    unlike a restart of the in-memory embedded broker it keeps what it acknowledged). Ingest
+    answers 503 with Retry-After instead of accepting pings it cannot record; when the broker
+    answers again the same process records pings again, and every ping it acknowledged,
+    before or after, is in the trace."""
+    broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "broker.log")
+    bootstrap = await asyncio.to_thread(broker.start)
+    s = settings.model_copy(update={"kafka_bootstrap": bootstrap, "publish_timeout_s": 1.0})
+    await create_topics(s)
+    headers = auth(s, "driver", "drv-b")
+    acknowledged = 0
+    try:
+        async with serve(build_location(s)) as base, httpx.AsyncClient(timeout=30) as client:
+
+            async def ping() -> httpx.Response:
+                await asyncio.sleep(0.01)  # each ping recorded at a later millisecond
+                here = {"lat": CENTRE[0], "lng": CENTRE[1]}  # parked: no jump between pings
+                body = {"pings": [{**here, "recorded_at": format_time(datetime.now(UTC))}]}
+                return await asyncio.wait_for(  # a hang guard, not a speed target
+                    client.post(f"{base}/v1/drivers/drv-b/locations", json=body, headers=headers),
+                    timeout=15,
+                )
+
+            for _ in range(3):
+                r = await ping()
+                assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+                acknowledged += 1
+            broker.pause()
+            try:
+                for _ in range(2):
+                    r = await ping()
+                    assert r.status_code == 503, r.text
+                    assert r.json()["error"]["code"] == "unavailable"
+                    assert int(r.headers["Retry-After"]) >= 1
+            finally:
+                broker.resume()
+
+            async def recorded_again() -> httpx.Response:
+                return await ping()
+
+            r = await eventually(recorded_again, until=lambda r: r.status_code == 202)
+            acknowledged += r.json()["accepted"]
+            for _ in range(2):
+                r = await ping()
+                assert r.status_code == 202, r.text
+                acknowledged += 1
+
+            async def traced() -> int:
+                conn = await asyncpg.connect(
+                    s.database_url, server_settings={"search_path": s.db_schema("location")}
+                )
+                try:
+                    value: int = await conn.fetchval(
+                        "SELECT count(*) FROM pings WHERE driver_id = 'drv-b'"
+                    )
+                    return value
+                finally:
+                    await conn.close()
+
+            # pings the broker got before it hung, or after the 503, may be traced too (the
+            # driver retried them); none acknowledged may be missing
+            assert await eventually(traced, until=lambda k: k >= acknowledged, within=30) >= 7
+    finally:
+        broker.stop()
