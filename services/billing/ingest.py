@@ -9,7 +9,6 @@ its key taken and changes nothing. A record whose ids cannot be stored is dead-l
 
 from __future__ import annotations
 
-import base64
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,11 +25,10 @@ from polder.billing.domain.timeline import StateChange, epoch_ms
 from polder.billing.domain.trips import OrderFacts
 from polder.billing.ledger import post_many
 from polder.billing.metrics import BillingMetrics
-from polder.common.bus import Bus, Received
+from polder.common.bus import Bus, Received, dead_letter
 from polder.common.db import Connection, Pool
 from polder.common.envelope import encode
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
-from polder.common.topics import DLQ
 from polder.fares.tariff import TariffBook
 
 log = structlog.get_logger(__name__)
@@ -96,25 +94,19 @@ class BillingIngest:
             self.relay.notify()
 
     async def _dead_letter(self, r: Received, reason: str) -> None:
-        """The record on polder.dlq with the reason; at least once (a retried batch may send
-        it again), like every event."""
-        letter = self.bus.event(
-            "polder.dlq.dead_letter.v1",
-            subject=f"{r.topic}/{r.partition}/{r.offset}",
-            data={
-                "consumer": CONSUMER,
-                "topic": r.topic,
-                "partition": r.partition,
-                "offset": r.offset,
-                "key": r.key,
-                "reason": reason,
-                "payload_b64": base64.b64encode(encode(r.event)).decode(),
-            },
+        await dead_letter(
+            self.bus,
+            self.metrics,
+            consumer=CONSUMER,
+            kind="invalid",
+            topic=r.topic,
+            partition=r.partition,
+            offset=r.offset,
+            key=r.key,
+            reason=reason,
+            payload=encode(r.event),
             time=r.event.time,
         )
-        await self.bus.publish(DLQ, key=r.key or letter.subject, event=letter)
-        self.metrics.dead_letters.labels(CONSUMER, "invalid").inc()
-        log.warning("dead-lettered a record", consumer=CONSUMER, reason=reason)
 
     async def _store(self, conn: Connection, batch: _Facts) -> set[Any]:
         """Each kind of fact in one set-based INSERT (unnest): one round trip per table. Returns

@@ -230,25 +230,19 @@ class Consumer:
         return True
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
-        kind = "decode" if isinstance(exc, DecodeError) else "schema"
-        value = record.value or b""
-        letter = self.bus.event(
-            "polder.dlq.dead_letter.v1",
-            subject=f"{record.topic}/{record.partition}/{record.offset}",
-            data={
-                "consumer": self.name,
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "key": record.key.decode(errors="replace") if record.key is not None else None,
-                "reason": str(exc)[:2000],
-                "payload_b64": base64.b64encode(value).decode(),
-            },
+        await dead_letter(
+            self.bus,
+            self.metrics,
+            consumer=self.name,
+            kind="decode" if isinstance(exc, DecodeError) else "schema",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key is not None else None,
+            reason=str(exc),
+            payload=record.value or b"",
             time=datetime.fromtimestamp(record.timestamp / 1000, tz=UTC),
         )
-        await self.bus.publish(DLQ, key=letter.data["key"] or letter.subject, event=letter)
-        self.metrics.dead_letters.labels(self.name, kind).inc()
-        log.warning("dead-lettered a record", consumer=self.name, reason=str(exc)[:200])
 
     async def _record_lag(self) -> None:
         """Lag against the log end, asked of the broker at most once a second (the high
@@ -266,6 +260,41 @@ class Consumer:
             self.metrics.consumer_lag.labels(self.name, tp.topic, str(tp.partition)).set(
                 max(0, ends[tp] - position)
             )
+
+
+async def dead_letter(
+    bus: Bus,
+    metrics: CommonMetrics,
+    *,
+    consumer: str,
+    kind: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: str | None,
+    reason: str,
+    payload: bytes,
+    time: datetime,
+) -> None:
+    """Put a record a consumer cannot process on polder.dlq with the reason (at least once: a
+    retried batch may send it again, like every event), count it and log it."""
+    letter = bus.event(
+        "polder.dlq.dead_letter.v1",
+        subject=f"{topic}/{partition}/{offset}",
+        data={
+            "consumer": consumer,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": key,
+            "reason": reason[:2000],
+            "payload_b64": base64.b64encode(payload).decode(),
+        },
+        time=time,
+    )
+    await bus.publish(DLQ, key=key or letter.subject, event=letter)
+    metrics.dead_letters.labels(consumer, kind).inc()
+    log.warning("dead-lettered a record", consumer=consumer, reason=reason[:200])
 
 
 async def create_topics(settings: Settings, topics: Sequence[Topic] = TOPICS) -> None:
