@@ -10,7 +10,6 @@ its key taken and changes nothing. A record whose ids cannot be stored is dead-l
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,9 +19,8 @@ from typing import Any
 import structlog
 
 from polder.billing.domain.ledger import Posting
-from polder.billing.domain.settlement import TRIP_ENDS, OfferMade, promised_eta_s, settle_trip
-from polder.billing.domain.timeline import StateChange, epoch_ms
-from polder.billing.domain.trips import OrderFacts
+from polder.billing.domain.settlement import TRIP_ENDS, settle_trip
+from polder.billing.facts import TripFacts, load_trip_facts
 from polder.billing.ledger import post_many
 from polder.billing.metrics import BillingMetrics
 from polder.common.bus import Bus, Received, dead_letter
@@ -154,7 +152,8 @@ class BillingIngest:
     async def _settle(self, conn: Connection, trips: set[str], orders: set[str]) -> list[Outgoing]:
         """Post the fare of every ended trip whose order is known and that is not yet posted
         (the order and the trip's end travel on different topics: either may come first).
-        Three lookups and two inserts for the whole batch; the fares are computed in between."""
+        The ends, then the trips' facts (``facts.load_trip_facts``), then two inserts, for the
+        whole batch; the fares are computed in between."""
         if not trips and not orders:
             return []
         ends = await conn.fetch(
@@ -165,52 +164,37 @@ class BillingIngest:
             " SELECT event_id, data FROM driver_events"
             " WHERE data ->> 'order_id' = ANY($2::text[]) AND data ->> 'cause' = ANY($3::text[])"
             " AND data ->> 'trip_id' IS NOT NULL"
-            ") SELECT ends.event_id, ends.data ->> 'trip_id' AS trip_id, o.* FROM ends "
-            "JOIN orders o ON o.order_id = (ends.data ->> 'order_id')::uuid",
+            ") SELECT event_id, data ->> 'trip_id' AS trip_id FROM ends",
             list(trips),
             [_canonical(o) for o in orders],
             list(TRIP_ENDS),
         )
         if not ends:
             return []
-        changes: dict[str, list[StateChange]] = defaultdict(list)
-        for row in await conn.fetch(
-            "SELECT event_id, at, data FROM driver_events WHERE data ->> 'trip_id' = ANY($1)",
-            list({end["trip_id"] for end in ends}),
-        ):
-            changes[row["data"]["trip_id"]].append(change_from_row(row))
-        order_ids = list({end["order_id"] for end in ends})
-        no_shows = await no_show_orders(conn, order_ids)
-        offers = await offers_of(conn, order_ids)
+        facts = await load_trip_facts(conn, sorted({end["trip_id"] for end in ends}))
         postings = [
             posting
             for end in ends
-            if (
-                posting := self._settlement(
-                    end, changes[end["trip_id"]], no_shows, offers.get(str(end["order_id"]), [])
-                )
-            )
-            is not None
+            if (posting := self._settlement(end["trip_id"], end["event_id"], facts)) is not None
         ]
         events = await post_many(conn, self.bus, postings)
         for _topic, _key, event in events:
             self.metrics.postings.labels(event.data["kind"]).inc()
         return events
 
-    def _settlement(
-        self, end: Any, changes: list[StateChange], no_shows: set[str], offers: list[OfferMade]
-    ) -> Posting | None:
-        order = OrderFacts.from_row(end)
-        driver = next((c.driver_id for c in changes), "")
+    def _settlement(self, trip_id: str, end_event_id: str, facts: TripFacts) -> Posting | None:
+        inputs = facts.inputs(trip_id, self.tariffs)
+        if inputs is None:
+            return None  # the order is not here yet: its arrival settles the trip
         return settle_trip(
-            trip_id=end["trip_id"],
-            end_event_id=end["event_id"],
-            changes=changes,
-            order=order,
-            tariff=self.tariffs.get(end["city"], order.product, end["placed_at"]),
-            no_show=str(end["order_id"]) in no_shows,
+            trip_id=trip_id,
+            end_event_id=end_event_id,
+            changes=inputs.changes,
+            order=inputs.order,
+            tariff=inputs.tariff,
+            no_show=inputs.no_show,
             driver_share=self.driver_share,
-            promised_eta_s=promised_eta_s(offers, driver, changes, end["trip_id"]),
+            promised_eta_s=inputs.promised_eta_s,
         )
 
 
@@ -256,30 +240,6 @@ class _Facts:
             )
 
 
-async def no_show_orders(conn: Connection | Pool, order_ids: list[Any]) -> set[str]:
-    """Those of the orders cancelled because the customer did not come."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT order_id::text FROM order_changes WHERE order_id = ANY($1::uuid[]) "
-        "AND data ->> 'reason' = 'no_show'",
-        [str(o) for o in order_ids],
-    )
-    return {r["order_id"] for r in rows}
-
-
-async def offers_of(conn: Connection | Pool, order_ids: list[Any]) -> dict[str, list[OfferMade]]:
-    """The offers made for each of the orders (by order id as text)."""
-    out: dict[str, list[OfferMade]] = defaultdict(list)
-    for r in await conn.fetch(
-        "SELECT order_id::text, driver_id, made_at, pickup_eta_s FROM offers "
-        "WHERE order_id = ANY($1::uuid[])",
-        [str(o) for o in order_ids],
-    ):
-        out[r["order_id"]].append(
-            OfferMade(r["order_id"], r["driver_id"], epoch_ms(r["made_at"]), r["pickup_eta_s"])
-        )
-    return out
-
-
 # The ids each stored event type carries that billing's tables keep as uuid (the schemas say
 # format uuid, which the validator does not enforce).
 _UUID_FIELDS = {
@@ -313,10 +273,6 @@ def _canonical(order_id: str) -> str:
     """The text form the driver events carry (lower-case, hyphenated), for the index lookup.
     Every id here passed ``_id_problem``'s hyphenated-UUID check, so lower-casing is enough."""
     return order_id.lower()
-
-
-def change_from_row(row: Any) -> StateChange:
-    return StateChange.from_event(row["event_id"], int(row["at"].timestamp() * 1000), row["data"])
 
 
 def _time(value: str | None) -> datetime | None:

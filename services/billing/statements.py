@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -22,16 +21,15 @@ from polder.billing.domain.policies_base import TripRecord
 from polder.billing.domain.policies_rates import RateBook
 from polder.billing.domain.report import Tally, by_cell, by_hour, by_worker, overall
 from polder.billing.domain.segments import Product, Segment
-from polder.billing.domain.settlement import promised_eta_s
 from polder.billing.domain.statement import (
     Statement,
     build_statement,
     share_below_floor,
     unpaid_waiting_gini,
 )
-from polder.billing.domain.timeline import StateChange, build_timeline, epoch_ms
-from polder.billing.domain.trips import OrderFacts, Trip, trip_from_changes
-from polder.billing.ingest import change_from_row, no_show_orders, offers_of
+from polder.billing.domain.timeline import build_timeline, epoch_ms
+from polder.billing.domain.trips import Trip, trip_from_changes
+from polder.billing.facts import change_from_row, load_trip_facts
 from polder.common.db import Pool
 from polder.common.errors import ApiError
 from polder.common.settings import Settings
@@ -160,49 +158,25 @@ class Statements:
         return (await self.trips([str(trip_id)])).get(str(trip_id))
 
     async def trips(self, trip_ids: list[str]) -> dict[str, TripView]:
-        """The ended trips among ``trip_ids``, in three queries whatever their number."""
+        """The ended trips among ``trip_ids``, in four queries whatever their number."""
         if not trip_ids:
             return {}
-        changes: dict[str, list[StateChange]] = defaultdict(list)
-        for row in await self.pool.fetch(
-            "SELECT event_id, at, data FROM driver_events WHERE data ->> 'trip_id' = ANY($1)",
-            trip_ids,
-        ):
-            changes[row["data"]["trip_id"]].append(change_from_row(row))
-        order_of = {
-            trip_id: order_id
-            for trip_id, cs in changes.items()
-            if (order_id := next((c.order_id for c in cs if c.order_id), None))
-        }
-        orders = {
-            str(row["order_id"]): row
-            for row in await self.pool.fetch(
-                "SELECT * FROM orders WHERE order_id = ANY($1::uuid[])",
-                sorted({str(uuid.UUID(o)) for o in order_of.values()}),
-            )
-        }
-        no_shows = await no_show_orders(self.pool, sorted(orders))
-        offers = await offers_of(self.pool, sorted(orders))
+        facts = await load_trip_facts(self.pool, trip_ids)
         views: dict[str, TripView] = {}
-        for trip_id, order_id in order_of.items():
-            order_row = orders.get(str(uuid.UUID(order_id)))
-            if order_row is None:
+        for trip_id in facts.changes:
+            inputs = facts.inputs(trip_id, self.tariffs)
+            if inputs is None:
                 continue
-            order = OrderFacts.from_row(order_row)
-            tariff = self.tariffs.get(order_row["city"], order.product, order_row["placed_at"])
-            driver = next((c.driver_id for c in changes[trip_id]), "")
             trip = trip_from_changes(
                 trip_id,
-                changes[trip_id],
-                order,
-                tariff,
-                no_show=order.order_id in no_shows,
-                promised_eta_s=promised_eta_s(
-                    offers.get(order.order_id, []), driver, changes[trip_id], trip_id
-                ),
+                inputs.changes,
+                inputs.order,
+                inputs.tariff,
+                no_show=inputs.no_show,
+                promised_eta_s=inputs.promised_eta_s,
             )
             if trip is not None:
-                views[trip_id] = TripView(trip, trip.driver_id, order.customer_id)
+                views[trip_id] = TripView(trip, trip.driver_id, inputs.order.customer_id)
         return views
 
 
