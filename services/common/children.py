@@ -11,9 +11,11 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 
 import structlog
@@ -45,6 +47,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
         text = value if isinstance(value, str) else json.dumps(value)
         env[f"POLDER_{name.upper()}"] = text
     return env
+
+
+@contextlib.contextmanager
+def share_folder(prefix: str, wanted: bool = True) -> Iterator[Path | None]:
+    """A folder a helper process leaves its metrics in for its parent (None when there is no
+    helper), removed afterwards."""
+    if not wanted:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class ChildProcess:

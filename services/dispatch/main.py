@@ -8,8 +8,6 @@ matcher inline (``matcher="inline"``) or drive its batches themselves (``matcher
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -19,7 +17,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Received
-from polder.common.children import ChildProcess, MergedRegistry
+from polder.common.children import ChildProcess, MergedRegistry, share_folder
 from polder.common.http import service_app
 from polder.common.outbox import OutboxRelay
 from polder.common.positions import apply_pings
@@ -130,17 +128,9 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal share
-        if matcher != "process":
+        with share_folder("polder-matcher-", matcher == "process") as share:
             async with serve(app):
                 yield
-            return
-        # Where the matcher process leaves its metrics and supply snapshots for this one.
-        share = Path(tempfile.mkdtemp(prefix="polder-matcher-"))
-        try:
-            async with serve(app):
-                yield
-        finally:
-            shutil.rmtree(share, ignore_errors=True)
 
     app = service_app(
         title="Polder dispatch service", settings=settings, lifespan=lifespan, metrics=metrics

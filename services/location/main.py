@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from polder.common.children import ChildProcess, MergedRegistry
+from polder.common.children import ChildProcess, MergedRegistry, share_folder
 from polder.common.geoindex import LocationIndex
 from polder.common.http import amend_openapi, document_models, service_app
 from polder.common.ratelimit import RateLimiter
@@ -41,17 +39,9 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if traces == "inline":
-            async with serve(app, None):
-                yield
-            return
-        # Where the trace process leaves its metrics for this one.
-        share = Path(tempfile.mkdtemp(prefix="polder-traces-"))
-        try:
+        with share_folder("polder-traces-", traces == "process") as share:
             async with serve(app, share):
                 yield
-        finally:
-            shutil.rmtree(share, ignore_errors=True)
 
     @contextlib.asynccontextmanager
     async def serve(app: FastAPI, share: Path | None) -> AsyncIterator[None]:
