@@ -62,6 +62,8 @@ class SchemaRegistry:
         validator = self._validators.get(name)
         if validator is None:
             raise SchemaError(f"unknown event type {name!r}")
+        if validator.is_valid(instance):  # the common case, without building error objects
+            return
         errors = [
             f"{'/'.join(map(str, e.instance_path)) or '(root)'}: {e.message}"
             for e in validator.iter_errors(instance)

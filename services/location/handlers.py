@@ -67,7 +67,10 @@ class Ingest:
                 data={
                     "driver_id": driver_id,
                     "received_at": format_time(now),
-                    "pings": [self._ping_doc(p) for _, p in result.accepted],
+                    "pings": [
+                        _ping_doc(p, ms)
+                        for (_, p), ms in zip(result.accepted, result.accepted_ms, strict=True)
+                    ],
                 },
                 time=now,
             )
@@ -79,27 +82,24 @@ class Ingest:
             self._last[driver_id] = result.last
         return result
 
-    def _ping_doc(self, p: PingLike) -> dict[str, object]:
-        doc: dict[str, object] = {
-            "lat": p.lat,
-            "lng": p.lng,
-            # epoch ms: a tenth of the cost of an RFC 3339 string, both to write and to read
-            "recorded_at_ms": int(p.recorded_at.timestamp() * 1000),
-        }
-        if p.accuracy_m is not None:
-            doc["accuracy_m"] = p.accuracy_m
-        if p.speed_mps is not None:
-            doc["speed_mps"] = p.speed_mps
-        if p.heading_deg is not None:
-            doc["heading_deg"] = p.heading_deg
-        return doc
-
     def forget_expired(self) -> None:
         """Drop fixes of drivers the index no longer holds, so the map stays bounded."""
         for driver_id in [d for d in self._last if self.index.get(d) is None]:
             fix = self._last[driver_id]
             if time.time() - fix.recorded_at.timestamp() > self.index.ttl_s:
                 del self._last[driver_id]
+
+
+def _ping_doc(p: PingLike, recorded_at_ms: int) -> dict[str, object]:
+    # recorded_at as epoch ms: a tenth of the cost of an RFC 3339 string, to write and to read
+    doc: dict[str, object] = {"lat": p.lat, "lng": p.lng, "recorded_at_ms": recorded_at_ms}
+    if p.accuracy_m is not None:
+        doc["accuracy_m"] = p.accuracy_m
+    if p.speed_mps is not None:
+        doc["speed_mps"] = p.speed_mps
+    if p.heading_deg is not None:
+        doc["heading_deg"] = p.heading_deg
+    return doc
 
 
 class IndexUpdater:
@@ -136,20 +136,9 @@ class TraceWriter:
                 )
             }
             rows = [
-                (
-                    r.event.data["driver_id"],
-                    datetime.fromtimestamp(p["recorded_at_ms"] / 1000, UTC),
-                    parse_time(r.event.data["received_at"]),
-                    p["lat"],
-                    p["lng"],
-                    h3.latlng_to_cell(p["lat"], p["lng"], self.resolution),
-                    p.get("accuracy_m"),
-                    p.get("speed_mps"),
-                    p.get("heading_deg"),
-                    r.event.id,
-                )
+                row
                 for r in _first_of_each(records, fresh)
-                for p in r.event.data["pings"]
+                for row in _trace_rows(r, self.resolution)
             ]
             if rows:
                 await conn.copy_records_to_table(
@@ -169,6 +158,29 @@ class TraceWriter:
                     ],
                 )
         self.metrics.traces_written.inc(len(rows))
+
+
+def _trace_rows(r: Received, resolution: int) -> list[tuple[object, ...]]:
+    """One ``pings`` row per ping of a recorded event (the event's fields read once)."""
+    data = r.event.data
+    driver_id, event_id = data["driver_id"], r.event.id
+    received_at = parse_time(data["received_at"])
+    cell = h3.latlng_to_cell
+    return [
+        (
+            driver_id,
+            datetime.fromtimestamp(p["recorded_at_ms"] / 1000, UTC),
+            received_at,
+            p["lat"],
+            p["lng"],
+            cell(p["lat"], p["lng"], resolution),
+            p.get("accuracy_m"),
+            p.get("speed_mps"),
+            p.get("heading_deg"),
+            event_id,
+        )
+        for p in data["pings"]
+    ]
 
 
 def _first_of_each(records: Sequence[Received], wanted: set[str]) -> list[Received]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-import h3
+from polder.common.geoindex import haversine_m
 
 
 class Reason(StrEnum):
@@ -75,34 +75,39 @@ class Screened:
     accepted: list[tuple[int, PingLike]]
     rejected: list[tuple[int, Reason]]
     last: Fix | None
+    # recorded_at of each accepted ping in epoch milliseconds, in the order of ``accepted``:
+    # what the event carries, computed once here (a datetime's timestamp() is not free).
+    accepted_ms: list[int] = field(default_factory=list)
 
 
 def _shape_problem(p: PingLike) -> Reason | None:
-    numbers = (p.lat, p.lng, p.accuracy_m, p.speed_mps, p.heading_deg)
-    if any(x is not None and not math.isfinite(x) for x in numbers):
-        return Reason.NOT_FINITE
-    if not -90.0 <= p.lat <= 90.0:
-        return Reason.LAT_OUT_OF_RANGE
-    if not -180.0 <= p.lng <= 180.0:
-        return Reason.LNG_OUT_OF_RANGE
-    if p.accuracy_m is not None and p.accuracy_m < 0:
-        return Reason.INVALID_ACCURACY
-    if p.speed_mps is not None and p.speed_mps < 0:
-        return Reason.INVALID_SPEED
-    if p.heading_deg is not None and not 0.0 <= p.heading_deg <= 360.0:
-        return Reason.INVALID_HEADING
+    # Comparisons are False for NaN, so each range check also refuses NaN; infinities fail
+    # the ranges too. Optional fields are checked only when present.
+    lat, lng = p.lat, p.lng
+    if not -90.0 <= lat <= 90.0:
+        return Reason.NOT_FINITE if not math.isfinite(lat) else Reason.LAT_OUT_OF_RANGE
+    if not -180.0 <= lng <= 180.0:
+        return Reason.NOT_FINITE if not math.isfinite(lng) else Reason.LNG_OUT_OF_RANGE
+    accuracy, speed, heading = p.accuracy_m, p.speed_mps, p.heading_deg
+    if accuracy is not None and not 0.0 <= accuracy < math.inf:
+        return Reason.NOT_FINITE if not math.isfinite(accuracy) else Reason.INVALID_ACCURACY
+    if speed is not None and not 0.0 <= speed < math.inf:
+        return Reason.NOT_FINITE if not math.isfinite(speed) else Reason.INVALID_SPEED
+    if heading is not None and not 0.0 <= heading <= 360.0:
+        return Reason.NOT_FINITE if not math.isfinite(heading) else Reason.INVALID_HEADING
     return None
 
 
 def distance_m(a_lat: float, a_lng: float, b_lat: float, b_lng: float) -> float:
-    return float(h3.great_circle_distance((a_lat, a_lng), (b_lat, b_lng), unit="m"))
+    return haversine_m(a_lat, a_lng, b_lat, b_lng)
 
 
 def _motion_problem(
-    p: PingLike, t: float, last: Fix | None, last_t: float, now_t: float, limits: Limits
+    p: PingLike, t: float, last: tuple[float, float] | None, last_t: float, now_t: float,
+    limits: Limits,
 ) -> Reason | None:
     """``t``, ``last_t`` and ``now_t`` are epoch seconds: float arithmetic, not timedeltas,
-    since this runs for every ping."""
+    since this runs for every ping. ``last`` is the (lat, lng) accepted before this ping."""
     if t - now_t > limits.max_future_skew_s:
         return Reason.FUTURE
     if now_t - t > limits.max_age_s:
@@ -112,7 +117,7 @@ def _motion_problem(
     dt = t - last_t
     if dt <= 0:
         return Reason.STALE
-    if distance_m(last.lat, last.lng, p.lat, p.lng) / dt > limits.max_speed_mps:
+    if haversine_m(last[0], last[1], p.lat, p.lng) > limits.max_speed_mps * dt:
         return Reason.IMPOSSIBLE_JUMP
     return None
 
@@ -123,19 +128,34 @@ def screen(pings: Sequence[PingLike], last: Fix | None, now: datetime, limits: L
     Pings are taken in the order they were recorded (a phone may flush its buffer out of order);
     indices in the result refer to the batch as sent. A ping no newer than the last accepted one
     is stale, so a retried batch is not indexed twice.
+
+    This runs for every ping the service takes (50 000 a second): it keeps to floats and tuples
+    and builds the one ``Fix`` it returns at the end.
     """
     accepted: list[tuple[int, PingLike]] = []
+    accepted_ms: list[int] = []
     rejected: list[tuple[int, Reason]] = []
     times = [p.recorded_at.timestamp() for p in pings]
     now_t = now.timestamp()
-    last_t = last.recorded_at.timestamp() if last is not None else 0.0
-    for i in sorted(range(len(pings)), key=times.__getitem__):
+    if last is None:
+        last_point, last_t = None, 0.0
+    else:
+        last_point, last_t = (last.lat, last.lng), last.recorded_at.timestamp()
+    newest: PingLike | None = None
+    order: Sequence[int] = range(len(pings))
+    if any(times[i] > times[i + 1] for i in range(len(times) - 1)):
+        order = sorted(order, key=times.__getitem__)
+    for i in order:
         p = pings[i]
-        reason = _shape_problem(p) or _motion_problem(p, times[i], last, last_t, now_t, limits)
+        t = times[i]
+        reason = _shape_problem(p) or _motion_problem(p, t, last_point, last_t, now_t, limits)
         if reason is not None:
             rejected.append((i, reason))
             continue
         accepted.append((i, p))
-        last, last_t = Fix(p.lat, p.lng, p.recorded_at), times[i]
+        accepted_ms.append(int(t * 1000))
+        newest, last_point, last_t = p, (p.lat, p.lng), t
     rejected.sort()
-    return Screened(accepted=accepted, rejected=rejected, last=last)
+    if newest is not None:
+        last = Fix(newest.lat, newest.lng, newest.recorded_at)
+    return Screened(accepted=accepted, rejected=rejected, last=last, accepted_ms=accepted_ms)
