@@ -15,6 +15,7 @@ TARGET_PINGS_PER_S = 50_000.0
 TARGET_P99_S = 0.250
 ACCEPTED = "polder_location_pings_accepted_total"
 TO_INDEX = "polder_location_ping_to_index_seconds"
+LOOP_LAG = "polder_event_loop_lag_seconds"
 LAG = "polder_consumer_lag_records"
 INDEXER, TRACES = "location-index", "location-traces"
 
@@ -47,6 +48,7 @@ def summarise(run: Run) -> dict[str, Any]:
     per_event = everything.pings_accepted / max(1, published)
     indexed_events = b.total(f"{TO_INDEX}_count") - a.total(f"{TO_INDEX}_count")
     buckets = bucket_delta(a.buckets(TO_INDEX), b.buckets(TO_INDEX))
+    loop_lag = bucket_delta(a.buckets(LOOP_LAG), b.buckets(LOOP_LAG))
     lags = [s.total(LAG, consumer=INDEXER) for s in run.scrapes]
     indexed_total = run.drained.total(f"{TO_INDEX}_count") - run.before.total(f"{TO_INDEX}_count")
     return {
@@ -61,6 +63,8 @@ def summarise(run: Run) -> dict[str, Any]:
             "ping_to_index_p50_s": bucket_quantile(buckets, 0.50),
             "ping_to_index_p99_s": bucket_quantile(buckets, 0.99),
             "ping_to_index_buckets": buckets,
+            "service_loop_lag_p50_s": bucket_quantile(loop_lag, 0.50),
+            "service_loop_lag_p99_s": bucket_quantile(loop_lag, 0.99),
             "index_lag_records": {
                 "window_start": lags[0], "window_end": lags[-1], "max": max(lags),
             },
@@ -133,6 +137,9 @@ def render(doc: dict[str, Any]) -> str:
         ("ping→index p50 (bucket-interpolated)", fmt(e2e["ping_to_index_p50_s"] * 1000, " ms")),
         ("ping→index p99 (bucket-interpolated)",
          f"{fmt(p99 * 1000, ' ms')}   target ≤ 250 ms: {_verdict(p99 <= TARGET_P99_S)}"),
+        ("service event-loop lag p50 / p99",
+         f"{fmt(e2e['service_loop_lag_p50_s'] * 1000, ' ms')} / "
+         f"{fmt(e2e['service_loop_lag_p99_s'] * 1000, ' ms')}"),
         ("index lag start / end / max (records)",
          f"{lag['window_start']:.0f} / {lag['window_end']:.0f} / {lag['max']:.0f}"),
         ("trace-writer lag at window end", f"{e2e['traces_lag_records_window_end']:.0f} records"),

@@ -28,7 +28,7 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from loadtests._drivers import Ping, SimDriver, make_drivers
+from loadtests._drivers import SimDriver, make_drivers
 from polder.common.auth import issue_token
 from polder.common.settings import Settings
 
@@ -148,12 +148,9 @@ class Pacer:
             await asyncio.sleep(slot - now)
 
 
-SendBatch = Callable[[SimDriver, list[Ping]], Awaitable[tuple[int, Any]]]
+# (driver, JSON array of pings) → (status, decoded answer)
+SendBatch = Callable[[SimDriver, bytes], Awaitable[tuple[int, Any]]]
 Ready = Callable[[], Awaitable[Window]]
-
-
-def encode(pings: list[Ping]) -> bytes:
-    return orjson.dumps(pings)
 
 
 def decode(raw: bytes | str) -> Any:
@@ -187,10 +184,10 @@ async def _drive(
             try:
                 status, body = await send(d, pings)
             except FAILURES as exc:
-                rec.failure(len(pings), type(exc).__name__)
+                rec.failure(batch, type(exc).__name__)
                 active.remove(d)
                 continue
-            rec.answer(len(pings), now, time.time(), status, body)
+            rec.answer(batch, now, time.time(), status, body)
 
 
 async def _drive_all(
@@ -215,10 +212,10 @@ def _tokens(ids: list[str]) -> dict[str, str]:
 
 
 def _http_sender(client: httpx.AsyncClient, tokens: dict[str, str]) -> SendBatch:
-    async def send(d: SimDriver, pings: list[Ping]) -> tuple[int, Any]:
+    async def send(d: SimDriver, pings: bytes) -> tuple[int, Any]:
         resp = await client.post(
             f"/v1/drivers/{d.driver_id}/locations",
-            content=b'{"pings":' + encode(pings) + b"}",
+            content=b'{"pings":' + pings + b"}",
             headers={
                 "authorization": f"Bearer {tokens[d.driver_id]}",
                 "content-type": "application/json",
@@ -268,9 +265,9 @@ async def _open_sockets(plan: Plan) -> dict[str, ClientConnection]:
 async def run_ws(plan: Plan, drivers: list[SimDriver], ready: Ready) -> Recorder:
     sockets = await _open_sockets(plan)
 
-    async def send(d: SimDriver, pings: list[Ping]) -> tuple[int, Any]:
+    async def send(d: SimDriver, pings: bytes) -> tuple[int, Any]:
         ws = sockets[d.driver_id]
-        await ws.send(encode(pings), text=True)
+        await ws.send(pings, text=True)
         try:
             body = decode(await asyncio.wait_for(ws.recv(), timeout=30))
         except TimeoutError:

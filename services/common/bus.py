@@ -161,6 +161,9 @@ class Consumer:
                 for tp, records in batches.items():
                     if not await self._process(tp, records, stop):
                         return  # stopping mid-retry: the batch stays uncommitted
+                    # A handler that never awaits (an in-memory index) would otherwise hold the
+                    # event loop for the whole fetch: let requests run between partitions.
+                    await asyncio.sleep(0)
                 await self._record_lag()
         finally:
             await self._consumer.stop()

@@ -51,6 +51,13 @@ class CommonMetrics:
             ["consumer", "topic", "partition"],
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "polder_event_loop_lag_seconds",
+            "How long a ready callback waits for its turn on the service's event loop "
+            "(sampled every 100 ms): what every request and consumer step pays on top",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
         self.handler_failures = Counter(
             "polder_consumer_handler_failures_total",
             "Batches whose handler raised; the batch is retried after a back-off",

@@ -15,7 +15,7 @@ from polder.common.http import ReadyCheck
 from polder.common.metrics import CommonMetrics
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
-from polder.common.tasks import stop_tasks, tasks_alive
+from polder.common.tasks import stop_tasks, tasks_alive, watch_loop_lag
 from polder.common.topics import Topic
 
 
@@ -84,6 +84,7 @@ async def service_resources(
     try:
         await migrate(pool, schema, migrations)
         await bus.start()
+        resources.run(watch_loop_lag(metrics.loop_lag.observe, resources.stop), "loop-lag")
         yield resources
     finally:
         resources.stop.set()

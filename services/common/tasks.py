@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 
 
 async def stop_tasks(tasks: Sequence[asyncio.Task[None]], grace_s: float = 3.0) -> None:
@@ -37,3 +38,16 @@ async def tasks_alive(tasks: Sequence[asyncio.Task[None]]) -> None:
     for t in tasks:
         if t.done():
             raise RuntimeError(f"{t.get_name()} stopped")
+
+
+async def watch_loop_lag(
+    observe: Callable[[float], None], stop: asyncio.Event, every_s: float = 0.1
+) -> None:
+    """Sample how long a ready callback waits on this event loop, ``every_s``, until stopped."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
+        queued = loop.time()
+        await asyncio.sleep(0)  # back of the ready queue: run again when everything before ran
+        observe(loop.time() - queued)
