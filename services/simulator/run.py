@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import secrets
 import signal
@@ -11,8 +10,6 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from polder.common.settings import Settings
 from polder.simulator import report as reports
@@ -50,11 +47,10 @@ class Options:
 
 async def wait_ready(api: Polder, timeout_s: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
-    for name, client in api.http.items():
+    for name in api.urls:
         while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
+            if await api.ready(name):
+                break
             if asyncio.get_running_loop().time() > deadline:
                 raise SystemExit(
                     f"polder simulate: {name} at {api.urls[name]} is not ready; "
