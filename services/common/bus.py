@@ -47,7 +47,7 @@ class Bus:
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=self.source,
             acks="all",
-            linger_ms=2,
+            linger_ms=self.settings.kafka_linger_ms,
             max_batch_size=512 * 1024,
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=15_000,
@@ -161,9 +161,10 @@ class Consumer:
                 for tp, records in batches.items():
                     if not await self._process(tp, records, stop):
                         return  # stopping mid-retry: the batch stays uncommitted
-                    # A handler that never awaits (an in-memory index) would otherwise hold the
-                    # event loop for the whole fetch: let requests run between partitions.
-                    await asyncio.sleep(0)
+                # getmany() answers from its buffer without yielding, and a handler that never
+                # awaits (an in-memory index) would hold the event loop for everything fetched:
+                # let the service's requests run between two takes of ``max_records``.
+                await asyncio.sleep(0)
                 await self._record_lag()
         finally:
             await self._consumer.stop()

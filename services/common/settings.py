@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # out, so it bounds the delay of every consumer (aiokafka's default of 500 ms would be
     # most of the ping→index budget).
     kafka_fetch_max_wait_ms: int = 20
+    # How long the producer gathers records into one request. Each request costs the broker and
+    # every consumer the same whatever its size: at 1 000 events/s on Tansu, 5 ms instead of 2
+    # takes a fifth off the broker's CPU for ~3 ms more latency.
+    kafka_linger_ms: int = Field(default=5, ge=0, le=1000)
     # Connections per service process; 0 takes the service's own default (dispatch 20, else 10).
     db_pool_size: int = Field(default=0, ge=0)
     # Isolation: appended to topic names (".ns") and Postgres schemas ("_ns"), so tests and
