@@ -117,7 +117,10 @@ class IndexUpdater:
 
 
 class TraceWriter:
-    """Writes accepted pings to ``pings``; an event id seen before writes nothing (replays)."""
+    """Writes accepted pings to ``pings`` once: an event id seen before writes nothing (replays)
+    and a ping whose (driver_id, recorded_at) is stored already is skipped (the same ping sent
+    again in another request). Rows are COPYed into a per-connection temporary table and moved
+    with one ``INSERT ... ON CONFLICT DO NOTHING``: set-based, as fast as COPY nearly."""
 
     def __init__(self, pool: Pool, metrics: LocationMetrics, resolution: int) -> None:
         self.pool = pool
@@ -125,6 +128,7 @@ class TraceWriter:
         self.resolution = resolution
 
     async def __call__(self, records: Sequence[Received]) -> None:
+        written = 0
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = {
                 row["event_id"]
@@ -152,23 +156,34 @@ class TraceWriter:
                 for p in r.event.data["pings"]
             ]
             if rows:
-                await conn.copy_records_to_table(
-                    "pings",
-                    records=rows,
-                    columns=[
-                        "driver_id",
-                        "recorded_at",
-                        "received_at",
-                        "lat",
-                        "lng",
-                        "cell",
-                        "accuracy_m",
-                        "speed_mps",
-                        "heading_deg",
-                        "event_id",
-                    ],
+                # ON COMMIT DELETE ROWS: the table is created once per connection and empty
+                # at the start of every transaction.
+                await conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS pings_in "
+                    "(LIKE pings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
-        self.metrics.traces_written.inc(len(rows))
+                await conn.copy_records_to_table("pings_in", records=rows, columns=_COLUMNS)
+                status = await conn.execute(
+                    f"INSERT INTO pings ({', '.join(_COLUMNS)}) "  # noqa: S608 (fixed names)
+                    f"SELECT {', '.join(_COLUMNS)} FROM pings_in ORDER BY recorded_at "
+                    "ON CONFLICT (driver_id, recorded_at) DO NOTHING"
+                )
+                written = int(status.rsplit(" ", 1)[-1])
+        self.metrics.traces_written.inc(written)
+
+
+_COLUMNS = [
+    "driver_id",
+    "recorded_at",
+    "received_at",
+    "lat",
+    "lng",
+    "cell",
+    "accuracy_m",
+    "speed_mps",
+    "heading_deg",
+    "event_id",
+]
 
 
 def _first_of_each(records: Sequence[Received], wanted: set[str]) -> list[Received]:
