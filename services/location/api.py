@@ -22,6 +22,7 @@ from polder.common.auth import (
 )
 from polder.common.errors import ApiError
 from polder.common.http import raw_json_body
+from polder.location.handlers import DriverOffline
 from polder.location.models import (
     BATCH,
     ONE_PING,
@@ -80,6 +81,13 @@ async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> I
         )
     try:
         result = await rt.ingest(driver_id, pings, datetime.now(UTC))
+    except DriverOffline as exc:
+        raise ApiError(
+            409,
+            "driver_offline",
+            f"driver {driver_id} is not online: go online (dispatch) before sending positions;"
+            " a status change takes a moment to reach this service, so retry shortly after",
+        ) from exc
     except ApiError:
         raise
     except Exception as exc:  # broker unreachable or timed out: nothing was accepted
@@ -101,7 +109,19 @@ async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> I
     status_code=202,
     response_model=IngestResult,
     openapi_extra=raw_json_body(PingBatchIn),
-    responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+    responses={
+        400: {},
+        401: {},
+        403: {},
+        409: {
+            "description": "`driver_offline`: the driver is not on shift (online, on a trip or"
+            " on a break, as dispatch last published it); no ping of the batch is taken"
+        },
+        413: {},
+        422: {},
+        429: {},
+        503: {},
+    },
 )
 async def post_locations(
     driver_id: Annotated[str, Path(pattern=DRIVER_ID)],

@@ -36,6 +36,11 @@ class LocationMetrics(CommonMetrics):
             "Drivers in the index (fresh positions)",
             registry=registry,
         )
+        self.drivers_on_shift = Gauge(
+            "polder_location_drivers_on_shift",
+            "Drivers this replica takes pings from (online, on a trip or on a break)",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "polder_location_rate_limited_total",
             "Requests or frames refused with 429",
