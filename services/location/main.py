@@ -12,6 +12,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from polder.common import retention
 from polder.common.children import ChildProcess, MergedRegistry, share_folder
 from polder.common.geoindex import LocationIndex
 from polder.common.http import amend_openapi, document_models, service_app
@@ -34,6 +35,7 @@ from polder.location.handlers import (
 )
 from polder.location.metrics import LocationMetrics
 from polder.location.models import PingBatchIn
+from polder.location.retention import TraceRetention
 from polder.location.runtime import LocationRuntime
 
 SERVICE = "location"
@@ -103,6 +105,17 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 res.run(process.run(res.stop), "location-trace-process")
                 app.state.trace_process = process
             res.run(_expire_loop(rt, res.stop), "location-expiry")
+            res.run(
+                retention.run(
+                    res.pool,
+                    f"retention:{settings.db_schema(SERVICE)}",
+                    TraceRetention(res.pool, metrics),
+                    res.stop,
+                    retention_h=settings.raw_ping_retention_h,
+                    every_s=settings.retention_interval_s,
+                ),
+                "location-retention",
+            )
             await wait_for_start(indexer.ready, res.tasks, "location index consumer")
             await wait_for_start(statuses_followed.ready, res.tasks, "location status consumer")
             app.state.runtime = rt

@@ -41,6 +41,11 @@ class LocationMetrics(CommonMetrics):
             "Drivers this replica takes pings from (online, on a trip or on a break)",
             registry=registry,
         )
+        self.pings_thinned = Counter(
+            "polder_location_pings_thinned_total",
+            "Raw trace pings past retention, deleted and counted into res-8 cells",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "polder_location_rate_limited_total",
             "Requests or frames refused with 429",
