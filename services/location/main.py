@@ -71,6 +71,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 ),
                 limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
                 metrics=metrics,
+                pool=res.pool,
             )
             indexer = res.consumer(
                 "location-index",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from polder.common.db import Pool
 from polder.common.geoindex import LocationIndex
 from polder.common.ratelimit import RateLimiter
 from polder.common.settings import Settings
@@ -20,3 +21,4 @@ class LocationRuntime:
     ingest: Ingest
     limiter: RateLimiter
     metrics: LocationMetrics
+    pool: Pool

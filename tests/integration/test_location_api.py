@@ -472,3 +472,48 @@ async def test_every_replica_knows_who_is_on_shift_after_a_restart(settings: Set
         await publish_status(settings, "rs-off")
         await on_shift(second.app, "rs-off")
         await on_shift(third.app, "rs-off")
+
+
+async def test_a_driver_exports_its_own_trace_and_no_one_elses(api: Api) -> None:
+    sent = [ping(3, lat=52.3701), ping(2, lat=52.3702)]
+    assert (await api.post_pings("ex-1", sent)).status_code == 202
+    assert (await api.post_pings("ex-2", [ping(2, lat=52.38)])).status_code == 202
+    pool = await create_pool(api.settings.database_url, api.settings.db_schema("location"))
+    try:
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        await pool.execute(  # positions past retention, as the job leaves them
+            "INSERT INTO ping_cells (driver_id, hour, cell8, pings) VALUES ('ex-1', $1, $2, 7)",
+            hour,
+            0x88196953B1FFFFF,
+        )
+
+        async def stored() -> int:
+            n: int = await pool.fetchval("SELECT count(*) FROM pings")
+            return n
+
+        await eventually(stored, until=lambda n: n == 3)
+    finally:
+        await pool.close()
+    window = {
+        "from": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+        "to": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    }
+    path = f"{api.base}/v1/drivers/ex-1/export"
+    mine = await api.client.get(path, params=window, headers=api.auth("driver", "ex-1"))
+    assert mine.status_code == 200, mine.text
+    body = mine.json()
+    assert body["driver_id"] == "ex-1" and body["status"]["status"] == "idle"
+    assert [p["lat"] for p in body["pings"]] == [52.3701, 52.3702]
+    assert body["cells"] == [{"hour": hour.isoformat(), "cell8": "88196953b1fffff", "pings": 7}]
+    ops = await api.client.get(path, params=window, headers=api.auth("operator", "ops"))
+    assert ops.status_code == 200 and ops.json() == body
+    for role, sub in (("driver", "ex-2"), ("customer", "ex-1")):
+        other = await api.client.get(path, params=window, headers=api.auth(role, sub))
+        assert other.status_code == 403, (role, other.text)
+    too_long = await api.client.get(
+        path,
+        params={"from": "2026-11-01T00:00:00Z", "to": "2026-11-09T00:00:00Z"},
+        headers=api.auth("driver", "ex-1"),
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["error"]["code"] == "range_too_long"
