@@ -180,11 +180,16 @@ class Consumer:
         self._consumer.assign(partitions)
         if self.start_offsets is not None:
             offsets = await self.start_offsets()
+            first = await self._consumer.beginning_offsets(partitions)
+            ends = await self._consumer.end_offsets(partitions)
             for tp in partitions:
-                if (tp.topic, tp.partition) in offsets:
-                    self._consumer.seek(tp, offsets[(tp.topic, tp.partition)])
-                else:
+                at = offsets.get((tp.topic, tp.partition))
+                # Past the end: the log started over (a new in-memory broker); before the
+                # beginning: retention took the rest. Either way, all that there is.
+                if at is None or not first[tp] <= at <= ends[tp]:
                     await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, at)
             return
         if self.start_at_ms is None:
             await self._consumer.seek_to_end(*partitions)

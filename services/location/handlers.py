@@ -191,10 +191,11 @@ class StatusWriter:
                     [changes[c].event.time for c in kept],
                 )
             await conn.execute(
-                "INSERT INTO driver_status_offsets AS o (topic, partition, next_offset) "
+                "INSERT INTO driver_status_offsets (topic, partition, next_offset) "
                 "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) "
-                "ON CONFLICT (topic, partition) DO UPDATE "
-                "SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)",
+                # not GREATEST: going back only makes a replica read some events twice, and a
+                # log that started over (a new embedded broker) is followed from the start
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
                 [t for t, _ in ends],
                 [p for _, p in ends],
                 list(ends.values()),

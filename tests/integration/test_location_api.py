@@ -517,3 +517,26 @@ async def test_a_driver_exports_its_own_trace_and_no_one_elses(api: Api) -> None
     )
     assert too_long.status_code == 422
     assert too_long.json()["error"]["code"] == "range_too_long"
+
+
+async def test_stored_offsets_past_the_log_end_mean_the_log_started_over(
+    settings: Settings,
+) -> None:
+    """The embedded broker keeps its log in memory while Postgres keeps driver_status: offsets
+    stored by an earlier broker's life are past the new log's end, and the new log is read
+    from its beginning instead of skipped."""
+    async with start(settings):
+        pass  # migrations applied
+    pool = await create_pool(settings.database_url, settings.db_schema("location"))
+    try:
+        topic = settings.topic("polder.driver.events")
+        await pool.executemany(
+            "INSERT INTO driver_status_offsets (topic, partition, next_offset) "
+            "VALUES ($1, $2, 1000) ON CONFLICT (topic, partition) DO UPDATE SET next_offset = 1000",
+            [(topic, p) for p in range(8)],
+        )
+    finally:
+        await pool.close()
+    await publish_status(settings, "reborn")
+    async with start(settings) as api:
+        await on_shift(api.app, "reborn")
