@@ -19,15 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 import httpx
 
-from polder.common.bus import create_topics
+from polder.common.bus import Bus, create_topics
+from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
+from polder.common.topics import DRIVER_EVENTS
 from polder.runtime.infra import (
     EmbeddedBroker,
     EmbeddedPostgres,
@@ -182,3 +185,49 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+async def publish_online(settings: Settings, driver_ids: Sequence[str]) -> None:
+    """Publish the status change dispatch publishes when a worker goes online, for each of
+    ``driver_ids``: the location service takes no position from a worker who is offline."""
+    bus = Bus(settings, SchemaRegistry.load(), source="polder/dispatch")
+    await bus.start()
+    try:
+        now = datetime.now(UTC)
+        seq = int(time.time() * 1000)  # above any earlier run's numbers for the same ids
+        for driver_id in driver_ids:
+            data: dict[str, object] = {
+                "driver_id": driver_id,
+                "seq": seq,
+                "from": "offline",
+                "to": "idle",
+                "cause": "went_online",
+            }
+            event = bus.event("polder.driver.state_changed.v1", driver_id, data, now)
+            await bus.producer.send(
+                settings.topic(DRIVER_EVENTS.name),
+                value=bus.registry.encode(event),
+                key=driver_id.encode(),
+            )
+        await bus.producer.flush()
+    finally:
+        await bus.stop()
+
+
+def drivers_on_shift(base_url: str) -> float:
+    """How many workers the location service at ``base_url`` takes pings from."""
+    with httpx.Client(timeout=5.0, trust_env=False) as client:
+        text = client.get(f"{base_url}/metrics").text
+    for line in text.splitlines():
+        if line.startswith("polder_location_drivers_on_shift "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def wait_on_shift(base_url: str, n: float, timeout_s: float = 60.0) -> None:
+    """Wait until the location service at ``base_url`` takes pings from ``n`` workers."""
+    deadline = time.monotonic() + timeout_s
+    while drivers_on_shift(base_url) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the location service did not hear {n:.0f} workers go online")
+        time.sleep(0.1)

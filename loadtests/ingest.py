@@ -12,6 +12,7 @@ second in between. Writes ``loadtests/results/ingest-<mode>.json``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import shlex
@@ -30,9 +31,12 @@ from loadtests._report import write_result
 from loadtests._stats import Scrape, cpu_snapshot, pids_matching, process_table
 from loadtests._system import (
     RunningService,
+    drivers_on_shift,
     location_service,
+    publish_online,
     raise_fd_limit,
     stop_on_sigterm,
+    wait_on_shift,
 )
 
 TO_INDEX_COUNT = "polder_location_ping_to_index_seconds_count"
@@ -168,12 +172,18 @@ def _measure(svc: RunningService, mode: Mode, opts: Options, workers: list[Spawn
 
 def run_mode(svc: RunningService, mode: Mode, opts: Options) -> Run:
     """Start the load generators, measure one window, and always reap them."""
+    plans = _plans(svc, mode, opts)
+    # Every simulated driver goes online first (as dispatch would publish it), before the clock.
+    ids = [d for plan in plans for d in plan.driver_ids]
+    before = drivers_on_shift(svc.base_url)
+    asyncio.run(publish_online(svc.settings, ids))
+    wait_on_shift(svc.base_url, before + len(ids))
     ctx = multiprocessing.get_context("spawn")
     out: Queue[Any] = ctx.Queue()
     windows: Queue[Any] = ctx.Queue()
     workers = [
         ctx.Process(target=worker_entry, args=(i, plan, out, windows), daemon=True)
-        for i, plan in enumerate(_plans(svc, mode, opts))
+        for i, plan in enumerate(plans)
     ]
     for w in workers:
         w.start()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 
 import uvicorn
 from fastapi import FastAPI
@@ -14,7 +17,7 @@ from polder.common.bus import Bus, Consumer, Received
 from polder.common.metrics import CommonMetrics
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
-from polder.common.topics import Topic
+from polder.common.topics import DRIVER_EVENTS, Topic
 from polder.runtime.infra import free_port
 from tests.conftest import eventually
 
@@ -78,3 +81,47 @@ async def read_topic(
         await task
         await bus.stop()
     return seen
+
+
+# Per-driver sequence numbers of the status events tests publish: later calls, higher numbers.
+_SEQ = itertools.count(int(time.time() * 1000))
+_CAUSE = {"idle": "went_online", "offline": "went_offline", "break": "took_break"}
+
+
+async def publish_status(settings: Settings, *drivers: str, to: str = "idle") -> None:
+    """Publish the state change dispatch would publish when each driver goes online (or
+    ``to`` another state): for tests that run the location service without dispatch."""
+    bus = Bus(settings, SchemaRegistry.load(), source="polder/dispatch")
+    await bus.start()
+    try:
+        for driver in drivers:
+            event = bus.event(
+                "polder.driver.state_changed.v1",
+                subject=driver,
+                data={
+                    "driver_id": driver,
+                    "seq": next(_SEQ),
+                    "from": "offline" if to != "offline" else "idle",
+                    "to": to,
+                    "cause": _CAUSE.get(to, "went_online"),
+                },
+                time=datetime.now(UTC),
+            )
+            await bus.publish(DRIVER_EVENTS, driver, event)
+    finally:
+        await bus.stop()
+
+
+async def on_shift(app: FastAPI, *drivers: str, expected: bool = True) -> None:
+    """Wait until the running location app knows each driver is on shift (or not)."""
+
+    async def known() -> list[bool]:
+        return [app.state.runtime.statuses.on_shift(d) for d in drivers]
+
+    await eventually(known, until=lambda got: all(g == expected for g in got))
+
+
+async def go_online(settings: Settings, app: FastAPI, *drivers: str) -> None:
+    """The drivers go online as the location service sees it (no dispatch needed)."""
+    await publish_status(settings, *drivers)
+    await on_shift(app, *drivers)

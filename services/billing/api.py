@@ -9,11 +9,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from polder.billing import export
 from polder.billing.domain.policies import PolicyName
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import parse_range
 from polder.common.auth import CurrentPrincipal, Role, require_role
 from polder.common.errors import ApiError
+from polder.common.timerange import parse_range as parse_export_range
 
 router = APIRouter(prefix="/v1")
 DriverId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
@@ -55,6 +57,32 @@ async def statement(
     if "text/csv" in request.headers.get("accept", ""):
         return Response(result.to_csv(), media_type="text/csv")
     return JSONResponse(result.to_dict())
+
+
+EXPORT_RANGE_DOC = "RFC 3339 with a UTC offset; by default the current UTC day; at most 7 days"
+
+
+@router.get("/drivers/{driver_id}/export", responses=ERRORS)
+async def export_driver_data(
+    driver_id: DriverId,
+    request: Request,
+    principal: CurrentPrincipal,
+    start: Annotated[str | None, Query(alias="from", description=EXPORT_RANGE_DOC)] = None,
+    end: Annotated[str | None, Query(alias="to", description=EXPORT_RANGE_DOC)] = None,
+) -> dict[str, Any]:
+    """Everything billing holds about a worker over a range, as JSON: the statement with its
+    per-day pay, the time segments, the postings on the worker's own accounts, and the pings
+    kept (raw, and marks and measured legs of those past retention). The worker itself, or an
+    operator; at most 7 days per request (`range_too_long` beyond)."""
+    if not (
+        principal.role is Role.OPERATOR
+        or (principal.role is Role.DRIVER and principal.sub == driver_id)
+    ):
+        raise ApiError(403, "forbidden", "only the worker itself or an operator")
+    rt = _rt(request)
+    now = datetime.now(UTC)
+    a, b = parse_export_range(start, end, now, export.MAX_SPAN)
+    return await export.export(rt.statements, driver_id, a, b, now)
 
 
 @router.get("/trips/{trip_id}/fare", responses=ERRORS)

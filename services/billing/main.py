@@ -17,8 +17,10 @@ from polder.billing.metrics import BillingMetrics
 from polder.billing.periods import PeriodCloser
 from polder.billing.pings import CONSUMER as PINGS_CONSUMER
 from polder.billing.pings import PingKeeper
+from polder.billing.retention import PingRetention
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import Reports, Statements
+from polder.common import retention
 from polder.common.http import service_app
 from polder.common.outbox import OutboxRelay
 from polder.common.service import service_resources
@@ -46,7 +48,9 @@ def build_app(settings: Settings) -> FastAPI:
                 statements, res.bus, relay, metrics, policy=settings.default_policy
             )
             spacing_ms = int(settings.billing_ping_spacing_s * 1000)
-            keeper = PingKeeper(res.pool, metrics, spacing_ms)
+            keeper = PingKeeper(
+                res.pool, metrics, spacing_ms, retention_s=settings.raw_ping_retention_h * 3600
+            )
             for name, topics, handler in (
                 (CONSUMER, [DRIVER_EVENTS, ORDERS, DISPATCH], ingest),
                 (PINGS_CONSUMER, [DRIVER_LOCATIONS], keeper),
@@ -55,6 +59,17 @@ def build_app(settings: Settings) -> FastAPI:
                 # whatever its size, so fewer, fuller batches are the cheaper way through a lag.
                 res.consumer(name, topics, handler, group_id=name, max_records=BATCH_RECORDS)
             res.run(relay.run(res.stop), "billing-outbox")
+            res.run(
+                retention.run(
+                    res.pool,
+                    f"retention:{settings.db_schema(SERVICE)}",
+                    PingRetention(res.pool, metrics),
+                    res.stop,
+                    retention_h=settings.raw_ping_retention_h,
+                    every_s=settings.retention_interval_s,
+                ),
+                "billing-retention",
+            )
             res.run(closer.run(res.stop), "billing-periods")
             reports = Reports(statements)
             fleet_lock = f"fleet:{settings.db_schema(SERVICE)}"

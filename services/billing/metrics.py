@@ -33,6 +33,11 @@ class BillingMetrics(CommonMetrics):
             ["policy", "paid"],
             registry=registry,
         )
+        self.pings_thinned = Counter(
+            "polder_billing_pings_thinned_total",
+            "Pings past retention whose positions were deleted (kept as res-8 marks and legs)",
+            registry=registry,
+        )
         self.topups = Counter(
             "polder_billing_topup_minor_total",
             "Top-ups posted to the ledger, by policy and currency (minor units)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,15 +21,27 @@ class PingKeeper:
     enough for distance on city streets and for signs of life, at a fraction of the rows.
     Thinning is per process and best-effort; the primary key makes replays harmless."""
 
-    def __init__(self, pool: Pool, metrics: BillingMetrics, spacing_ms: int) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        metrics: BillingMetrics,
+        spacing_ms: int,
+        retention_s: float | None = None,
+    ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.spacing_ms = spacing_ms
+        # A replayed ping received longer ago than retention is not stored again as a raw
+        # position (the retention job has thinned its neighbours already).
+        self.retention_s = retention_s
         self._last_kept: dict[str, int] = {}
 
     async def __call__(self, records: Sequence[Received]) -> None:
         rows: list[tuple[Any, ...]] = []
+        oldest = time.time() - self.retention_s if self.retention_s is not None else None
         for r in records:
+            if oldest is not None and r.event.time.timestamp() < oldest:
+                continue
             data = r.event.data
             driver = data["driver_id"]
             last = self._last_kept.get(driver, -(10**15))

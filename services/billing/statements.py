@@ -11,6 +11,7 @@ from typing import Any
 import h3.api.basic_int as h3
 
 from polder.billing.domain.distance import (
+    Leg,
     Ping,
     TripDistance,
     engaged_distance,
@@ -90,11 +91,24 @@ class Statements:
         changes = [change_from_row(r) for r in rows]
         # received_ms: epoch_ms() of received_at, computed by Postgres (exact: extract(epoch)
         # is numeric; floor as epoch_ms floors), a month of pings is ~150 000 rows
+        # Pings past retention are marks (no position) and their legs were measured before
+        # the positions went (billing.retention): the same statement either way.
         ping_rows = await self.pool.fetch(
             "SELECT recorded_at_ms, floor(extract(epoch FROM received_at) * 1000)::bigint "
             "AS received_ms, lat, lng, accuracy_m, cell8 FROM pings "
             "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3 "
+            "UNION ALL "
+            "SELECT recorded_at_ms, floor(extract(epoch FROM received_at) * 1000)::bigint, "
+            "NULL, NULL, accuracy_m, cell8 FROM ping_marks "
+            "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3 "
             "ORDER BY recorded_at_ms",
+            driver_id,
+            start - LOOKBACK,
+            end,
+        )
+        leg_rows = await self.pool.fetch(
+            "SELECT start_ms, end_ms, distance_m FROM ping_legs "
+            "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3",
             driver_id,
             start - LOOKBACK,
             end,
@@ -117,8 +131,13 @@ class Statements:
         )
         measured = engaged_distance(
             timeline.segments,
-            [Ping(r["recorded_at_ms"], r["lat"], r["lng"], r["accuracy_m"]) for r in ping_rows],
+            [
+                Ping(r["recorded_at_ms"], r["lat"], r["lng"], r["accuracy_m"])
+                for r in ping_rows
+                if r["lat"] is not None
+            ],
             clock_offset_ms=offset,
+            measured=[Leg(r["start_ms"], r["end_ms"], r["distance_m"]) for r in leg_rows],
         )
         start_ms, end_ms = epoch_ms(start), epoch_ms(end)
         segments = replace(timeline, segments=measured.segments).clip(start_ms, end_ms).segments

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -89,6 +89,9 @@ class Bus:
 
 
 Handler = Callable[[Sequence["Received"]], Awaitable[None]]
+# Where to start reading each (topic as named on the broker, partition); a partition not in the
+# answer is read from its beginning.
+StartOffsets = Callable[[], Awaitable[Mapping[tuple[str, int], int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,9 @@ class Consumer:
 
     With ``group_id`` it joins a consumer group and resumes from committed offsets. Without one
     (in-memory state such as the location index) it reads every partition itself, starting at
-    ``start_at_ms`` (a timestamp) so the state can be rebuilt after a restart.
+    ``start_at_ms`` (a timestamp) so the state can be rebuilt after a restart, or at
+    ``start_offsets`` (asked once, when the partitions are assigned: state loaded from a
+    snapshot that records the offsets it covers).
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class Consumer:
         handler: Handler,
         group_id: str | None,
         start_at_ms: Callable[[], int] | None = None,
+        start_offsets: StartOffsets | None = None,
         max_records: int = MAX_RECORDS,
         retry_backoff_s: float = 1.0,
     ) -> None:
@@ -132,6 +138,7 @@ class Consumer:
         self.handler = handler
         self.group_id = settings.topic(group_id) if group_id else None
         self.start_at_ms = start_at_ms
+        self.start_offsets = start_offsets
         self.max_records = max_records
         self.retry_backoff_s = retry_backoff_s
         self.ready = asyncio.Event()
@@ -175,6 +182,19 @@ class Consumer:
             ids = await self._wait_for_partitions(topic)
             partitions += [TopicPartition(topic, p) for p in sorted(ids)]
         self._consumer.assign(partitions)
+        if self.start_offsets is not None:
+            offsets = await self.start_offsets()
+            first = await self._consumer.beginning_offsets(partitions)
+            ends = await self._consumer.end_offsets(partitions)
+            for tp in partitions:
+                at = offsets.get((tp.topic, tp.partition))
+                # Past the end: the log started over (a new in-memory broker); before the
+                # beginning: retention took the rest. Either way, all that there is.
+                if at is None or not first[tp] <= at <= ends[tp]:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, at)
+            return
         if self.start_at_ms is None:
             await self._consumer.seek_to_end(*partitions)
             return

@@ -131,6 +131,10 @@ class MergedRegistry(CollectorRegistry):
             families[family.name] = _copy(family)
         for family in self._helper_families():
             mine = families.get(family.name)
+            if mine is None and family.name.endswith("_created"):
+                # the text format gives a counter's `_created` a family of its own; ours
+                # holds it as a sample of the counter: one HELP line per name, not two
+                mine = families.get(family.name.removesuffix("_created"))
             if mine is None:
                 families[family.name] = family
                 continue

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from polder.common.bus import MAX_RECORDS, Bus, Consumer, Handler
+from polder.common.bus import MAX_RECORDS, Bus, Consumer, Handler, StartOffsets
 from polder.common.db import Pool, create_pool, migrate
 from polder.common.http import ReadyCheck
 from polder.common.metrics import CommonMetrics
@@ -40,6 +40,7 @@ class Resources:
         *,
         group_id: str | None,
         start_at_ms: Callable[[], int] | None = None,
+        start_offsets: StartOffsets | None = None,
         max_records: int = MAX_RECORDS,
     ) -> Consumer:
         consumer = Consumer(
@@ -52,6 +53,7 @@ class Resources:
             handler=handler,
             group_id=group_id,
             start_at_ms=start_at_ms,
+            start_offsets=start_offsets,
             max_records=max_records,
         )
         self.run(consumer.run(self.stop), name)

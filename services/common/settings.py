@@ -68,7 +68,12 @@ class Settings(BaseSettings):
     location_ttl_s: float = 60.0
     nearby_max_radius_m: float = 10_000.0
     nearby_max_limit: int = 200
-    index_resolution: int = 9
+    index_resolution: int = Field(default=9, ge=8, le=15)  # ≥ 8: retention keeps res-8 cells
+
+    # Privacy: raw positions (location's trace, billing's thinned copy) received longer ago
+    # than this are deleted; older positions are kept only as H3 resolution-8 cells.
+    raw_ping_retention_h: float = Field(default=72.0, gt=0)
+    retention_interval_s: float = Field(default=600.0, gt=0)  # how often the job looks
 
     # Dispatch service.
     city: str = "amsterdam"

@@ -22,6 +22,9 @@ from polder.common.auth import (
 )
 from polder.common.errors import ApiError
 from polder.common.http import raw_json_body
+from polder.common.timerange import parse_range
+from polder.location import export
+from polder.location.handlers import DriverOffline
 from polder.location.models import (
     BATCH,
     ONE_PING,
@@ -40,6 +43,7 @@ from polder.location.runtime import LocationRuntime
 router = APIRouter(prefix="/v1")
 
 DRIVER_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+EXPORT_RANGE_DOC = "RFC 3339 with a UTC offset; by default the current UTC day; at most 7 days"
 
 
 def _runtime(request: Request | WebSocket) -> LocationRuntime:
@@ -80,6 +84,13 @@ async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> I
         )
     try:
         result = await rt.ingest(driver_id, pings, datetime.now(UTC))
+    except DriverOffline as exc:
+        raise ApiError(
+            409,
+            "driver_offline",
+            f"driver {driver_id} is not online: go online (dispatch) before sending positions;"
+            " a status change takes a moment to reach this service, so retry shortly after",
+        ) from exc
     except ApiError:
         raise
     except Exception as exc:  # broker unreachable or timed out: nothing was accepted
@@ -101,7 +112,19 @@ async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> I
     status_code=202,
     response_model=IngestResult,
     openapi_extra=raw_json_body(PingBatchIn),
-    responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+    responses={
+        400: {},
+        401: {},
+        403: {},
+        409: {
+            "description": "`driver_offline`: the driver is not on shift (online, on a trip or"
+            " on a break, as dispatch last published it); no ping of the batch is taken"
+        },
+        413: {},
+        422: {},
+        429: {},
+        503: {},
+    },
 )
 async def post_locations(
     driver_id: Annotated[str, Path(pattern=DRIVER_ID)],
@@ -215,3 +238,26 @@ async def supply(
     counts = rt.index.supply(res, time.time())
     cells = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return SupplyOut(cells=[SupplyCell(cell=h3.int_to_str(c), drivers=n) for c, n in cells])
+
+
+@router.get("/drivers/{driver_id}/export", responses={401: {}, 403: {}, 422: {}, 429: {}})
+async def export_driver_data(
+    driver_id: Annotated[str, Path(pattern=DRIVER_ID)],
+    request: Request,
+    principal: CurrentPrincipal,
+    start: Annotated[str | None, Query(alias="from", description=EXPORT_RANGE_DOC)] = None,
+    end: Annotated[str | None, Query(alias="to", description=EXPORT_RANGE_DOC)] = None,
+) -> dict[str, Any]:
+    """Everything this service holds about a worker over a range, as JSON: the raw pings
+    (device time in the range; kept for the retention period), the hourly res-8 cells of older
+    ones, and the last status heard. The worker itself, or an operator; at most 7 days per
+    request (`range_too_long` beyond)."""
+    if not (
+        principal.role is Role.OPERATOR
+        or (principal.role is Role.DRIVER and principal.sub == driver_id)
+    ):
+        raise ApiError(403, "forbidden", "only the worker itself or an operator")
+    rt = _runtime(request)
+    _check_rate(rt, principal)
+    a, b = parse_range(start, end, datetime.now(UTC), export.MAX_SPAN)
+    return await export.export(rt.pool, driver_id, a, b)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import h3.api.basic_int as h3
@@ -16,10 +16,21 @@ from polder.common.geoindex import LocationIndex
 from polder.common.positions import apply_pings
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.location.domain.pings import Fix, Limits, PingLike, Screened, screen
+from polder.location.domain.status import DriverStatuses, StatusChange, newest
 from polder.location.metrics import LocationMetrics
 
 PINGS_RECORDED = "polder.location.pings_recorded.v1"
 TRACE_CONSUMER = "location-traces"
+STATUS_CONSUMER = "location-driver-status"
+STATE_CHANGED = "polder.driver.state_changed.v1"
+
+
+class DriverOffline(Exception):  # noqa: N818 (a refusal, not a fault)
+    """The driver is not on shift: none of its pings are taken."""
+
+    def __init__(self, driver_id: str) -> None:
+        super().__init__(f"driver {driver_id} is offline")
+        self.driver_id = driver_id
 
 
 class Ingest:
@@ -31,9 +42,11 @@ class Ingest:
         index: LocationIndex,
         limits: Limits,
         metrics: LocationMetrics,
+        statuses: DriverStatuses,
         publish_timeout_s: float = 3.0,
     ) -> None:
         self.bus = bus
+        self.statuses = statuses
         # How long a request waits for the broker to acknowledge its pings before the driver
         # is told 503 "retry": a broker that is down must not hold requests for the
         # producer's own 15 s timeout.
@@ -56,6 +69,9 @@ class Ingest:
         return mine
 
     async def __call__(self, driver_id: str, pings: Sequence[PingLike], now: datetime) -> Screened:
+        if not self.statuses.on_shift(driver_id):
+            self.metrics.pings_rejected.labels("driver_offline").inc(len(pings))
+            raise DriverOffline(driver_id)
         result = screen(pings, self.last_fix(driver_id), now, self.limits)
         self.metrics.batch_size.observe(len(pings))
         for _, reason in result.rejected:
@@ -116,8 +132,81 @@ class IndexUpdater:
         self.metrics.indexed_drivers.set(len(self.index))
 
 
+def _change(r: Received) -> StatusChange:
+    data = r.event.data
+    return StatusChange(data["driver_id"], data["seq"], data["to"])
+
+
+class StatusFollower:
+    """Keeps this replica's map of who is on shift (a consumer of every partition)."""
+
+    def __init__(self, statuses: DriverStatuses, metrics: LocationMetrics) -> None:
+        self.statuses = statuses
+        self.metrics = metrics
+
+    async def __call__(self, records: Sequence[Received]) -> None:
+        for r in records:
+            if r.event.type == STATE_CHANGED:
+                self.statuses.apply(_change(r))
+        self.metrics.drivers_on_shift.set(len(self.statuses))
+
+    async def load(self, pool: Pool) -> Mapping[tuple[str, int], int]:
+        """Load ``driver_status`` and return the offsets it is complete to, from one snapshot:
+        following the topic from there misses nothing and what it sees twice is ignored."""
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            rows = await conn.fetch("SELECT driver_id, seq, status FROM driver_status")
+            offsets = await conn.fetch(
+                "SELECT topic, partition, next_offset FROM driver_status_offsets"
+            )
+        self.statuses.load(StatusChange(r["driver_id"], r["seq"], r["status"]) for r in rows)
+        self.metrics.drivers_on_shift.set(len(self.statuses))
+        return {(r["topic"], r["partition"]): r["next_offset"] for r in offsets}
+
+
+class StatusWriter:
+    """Stores the newest state of every driver and how far the table is complete, in one
+    transaction (one consumer group across replicas). Idempotent: a row only moves forward."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def __call__(self, records: Sequence[Received]) -> None:
+        changes = {_change(r): r for r in records if r.event.type == STATE_CHANGED}
+        kept = newest(changes)
+        ends: dict[tuple[str, int], int] = {}
+        for r in records:
+            ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if kept:
+                await conn.execute(
+                    "INSERT INTO driver_status AS s (driver_id, seq, status, changed_at) "
+                    "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], "
+                    "$4::timestamptz[]) "
+                    "ON CONFLICT (driver_id) DO UPDATE SET seq = EXCLUDED.seq, "
+                    "status = EXCLUDED.status, changed_at = EXCLUDED.changed_at "
+                    "WHERE s.seq < EXCLUDED.seq",
+                    [c.driver_id for c in kept],
+                    [c.seq for c in kept],
+                    [c.status for c in kept],
+                    [changes[c].event.time for c in kept],
+                )
+            await conn.execute(
+                "INSERT INTO driver_status_offsets (topic, partition, next_offset) "
+                "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]) "
+                # not GREATEST: going back only makes a replica read some events twice, and a
+                # log that started over (a new embedded broker) is followed from the start
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                [t for t, _ in ends],
+                [p for _, p in ends],
+                list(ends.values()),
+            )
+
+
 class TraceWriter:
-    """Writes accepted pings to ``pings``; an event id seen before writes nothing (replays)."""
+    """Writes accepted pings to ``pings`` once: an event id seen before writes nothing (replays)
+    and a ping whose (driver_id, recorded_at) is stored already is skipped (the same ping sent
+    again in another request). Rows are COPYed into a per-connection temporary table and moved
+    with one ``INSERT ... ON CONFLICT DO NOTHING``: set-based, as fast as COPY nearly."""
 
     def __init__(self, pool: Pool, metrics: LocationMetrics, resolution: int) -> None:
         self.pool = pool
@@ -125,6 +214,7 @@ class TraceWriter:
         self.resolution = resolution
 
     async def __call__(self, records: Sequence[Received]) -> None:
+        written = 0
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = {
                 row["event_id"]
@@ -141,23 +231,34 @@ class TraceWriter:
                 for row in _trace_rows(r, self.resolution)
             ]
             if rows:
-                await conn.copy_records_to_table(
-                    "pings",
-                    records=rows,
-                    columns=[
-                        "driver_id",
-                        "recorded_at",
-                        "received_at",
-                        "lat",
-                        "lng",
-                        "cell",
-                        "accuracy_m",
-                        "speed_mps",
-                        "heading_deg",
-                        "event_id",
-                    ],
+                # ON COMMIT DELETE ROWS: the table is created once per connection and empty
+                # at the start of every transaction.
+                await conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS pings_in "
+                    "(LIKE pings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
-        self.metrics.traces_written.inc(len(rows))
+                await conn.copy_records_to_table("pings_in", records=rows, columns=_COLUMNS)
+                status = await conn.execute(
+                    f"INSERT INTO pings ({', '.join(_COLUMNS)}) "  # noqa: S608 (fixed names)
+                    f"SELECT {', '.join(_COLUMNS)} FROM pings_in ORDER BY recorded_at "
+                    "ON CONFLICT (driver_id, recorded_at) DO NOTHING"
+                )
+                written = int(status.rsplit(" ", 1)[-1])
+        self.metrics.traces_written.inc(written)
+
+
+_COLUMNS = [
+    "driver_id",
+    "recorded_at",
+    "received_at",
+    "lat",
+    "lng",
+    "cell",
+    "accuracy_m",
+    "speed_mps",
+    "heading_deg",
+    "event_id",
+]
 
 
 def _trace_rows(r: Received, resolution: int) -> list[tuple[object, ...]]:

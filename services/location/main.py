@@ -12,6 +12,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from polder.common import retention
 from polder.common.children import ChildProcess, MergedRegistry, share_folder
 from polder.common.geoindex import LocationIndex
 from polder.common.http import amend_openapi, document_models, service_app
@@ -19,12 +20,22 @@ from polder.common.ratelimit import RateLimiter
 from polder.common.service import service_resources
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
-from polder.common.topics import DRIVER_LOCATIONS
+from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS
 from polder.location.api import router
 from polder.location.domain.pings import Limits
-from polder.location.handlers import TRACE_CONSUMER, IndexUpdater, Ingest, TraceWriter
+from polder.location.domain.status import DriverStatuses
+from polder.location.handlers import (
+    STATUS_CONSUMER,
+    TRACE_CONSUMER,
+    IndexUpdater,
+    Ingest,
+    StatusFollower,
+    StatusWriter,
+    TraceWriter,
+)
 from polder.location.metrics import LocationMetrics
 from polder.location.models import PingBatchIn
+from polder.location.retention import TraceRetention
 from polder.location.runtime import LocationRuntime
 
 SERVICE = "location"
@@ -51,12 +62,17 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
             limits = Limits(
                 settings.max_future_skew_s, settings.max_speed_mps, settings.max_ping_age_s
             )
+            statuses = DriverStatuses()
             rt = LocationRuntime(
                 settings=settings,
                 index=index,
-                ingest=Ingest(res.bus, index, limits, metrics, settings.publish_timeout_s),
+                statuses=statuses,
+                ingest=Ingest(
+                    res.bus, index, limits, metrics, statuses, settings.publish_timeout_s
+                ),
                 limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
                 metrics=metrics,
+                pool=res.pool,
             )
             indexer = res.consumer(
                 "location-index",
@@ -67,6 +83,19 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 # 2000-event fetch (100 000 pings) held ingest for ~100 ms; 100 events are ~5 ms.
                 max_records=INDEX_FETCH_RECORDS,
                 start_at_ms=lambda: int((time.time() - settings.location_ttl_s) * 1000),
+            )
+            # Who is on shift: one group stores it, every replica follows it in memory from
+            # the stored snapshot on (no replica reads dispatch's tables).
+            res.consumer(
+                STATUS_CONSUMER, [DRIVER_EVENTS], StatusWriter(res.pool), group_id=STATUS_CONSUMER
+            )
+            follower = StatusFollower(statuses, metrics)
+            statuses_followed = res.consumer(
+                "location-status-map",
+                [DRIVER_EVENTS],
+                follower,
+                group_id=None,
+                start_offsets=lambda: follower.load(res.pool),
             )
             if share is None:
                 res.consumer(
@@ -81,7 +110,19 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 res.run(process.run(res.stop), "location-trace-process")
                 app.state.trace_process = process
             res.run(_expire_loop(rt, res.stop), "location-expiry")
+            res.run(
+                retention.run(
+                    res.pool,
+                    f"retention:{settings.db_schema(SERVICE)}",
+                    TraceRetention(res.pool, metrics),
+                    res.stop,
+                    retention_h=settings.raw_ping_retention_h,
+                    every_s=settings.retention_interval_s,
+                ),
+                "location-retention",
+            )
             await wait_for_start(indexer.ready, res.tasks, "location index consumer")
+            await wait_for_start(statuses_followed.ready, res.tasks, "location status consumer")
             app.state.runtime = rt
             app.state.ready_checks = res.ready_checks()
             yield

@@ -36,6 +36,16 @@ class LocationMetrics(CommonMetrics):
             "Drivers in the index (fresh positions)",
             registry=registry,
         )
+        self.drivers_on_shift = Gauge(
+            "polder_location_drivers_on_shift",
+            "Drivers this replica takes pings from (online, on a trip or on a break)",
+            registry=registry,
+        )
+        self.pings_thinned = Counter(
+            "polder_location_pings_thinned_total",
+            "Raw trace pings past retention, deleted and counted into res-8 cells",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "polder_location_rate_limited_total",
             "Requests or frames refused with 429",

@@ -95,6 +95,15 @@ class Sim:
 
 # --- workers -------------------------------------------------------------------------------
 
+# A status change reaches the location service a moment after dispatch answers.
+OFFLINE_RETRIES = 10
+OFFLINE_RETRY_S = 0.3
+
+
+def _code(r: Answer) -> str | None:
+    error = r.body.get("error") if isinstance(r.body, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
+
 
 class WorkerAgent:
     def __init__(self, sim: Sim, index: int, plan: ShiftPlan) -> None:
@@ -154,10 +163,11 @@ class WorkerAgent:
             except (OSError, websockets.WebSocketException) as exc:
                 sim.problems.append(f"{self.id}: offer feed failed: {exc!r}")
         finally:
-            # Offline first (a pending offer is declined with it), then the last pings.
-            await self.set_status("offline")
+            # The last pings first (no position is taken from a worker who is offline), then
+            # offline (a pending offer is declined with it).
             self._pinging.set()
             await pinger
+            await self.set_status("offline")
 
     async def read_feed(self, ws: websockets.ClientConnection) -> None:
         async for raw in ws:
@@ -184,15 +194,24 @@ class WorkerAgent:
         }
 
     async def send_pings(self, pings: list[dict[str, Any]]) -> None:
-        r = await self._call(
-            "POST", "location", f"/v1/drivers/{self.id}/locations", json={"pings": pings}
-        )
-        if r.ok:
-            self.obs.pings_sent += len(pings)
-        else:
-            self.obs.ping_errors += 1
-            if r.status not in (0, 429, 503):
-                self.sim.problems.append(f"{self.id}: pings refused {r.status}: {r.reason()}")
+        """Send a batch. Right after going online the location service may not have heard it
+        yet (the status change travels dispatch → topic → location): a ``driver_offline``
+        refusal is retried after a moment, a few times, and counted."""
+        for attempt in range(OFFLINE_RETRIES + 1):
+            r = await self._call(
+                "POST", "location", f"/v1/drivers/{self.id}/locations", json={"pings": pings}
+            )
+            if r.ok:
+                self.obs.pings_sent += len(pings)
+                return
+            if r.status == 409 and _code(r) == "driver_offline" and attempt < OFFLINE_RETRIES:
+                self.obs.ping_offline_retries += 1
+                await asyncio.sleep(OFFLINE_RETRY_S)
+                continue
+            break
+        self.obs.ping_errors += 1
+        if r.status not in (0, 429, 503):
+            self.sim.problems.append(f"{self.id}: pings refused {r.status}: {r.reason()}")
 
     async def ping_loop(self) -> None:
         b = self.sim.behaviour

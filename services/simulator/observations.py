@@ -55,6 +55,8 @@ class WorkerObs:
     trips_completed: int = 0
     pings_sent: int = 0
     ping_errors: int = 0
+    # batches sent again because the location service had not yet heard the worker go online
+    ping_offline_retries: int = 0
     step_errors: int = 0
     statement_waited_s: float | None = None  # the check waited this long for billing
 

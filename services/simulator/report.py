@@ -125,6 +125,7 @@ def build(
             "trips_completed": sum(w.trips_completed for w in workers),
             "pings_sent": sum(w.pings_sent for w in workers),
             "ping_batches_refused": sum(w.ping_errors for w in workers),
+            "ping_batches_retried_offline": sum(w.ping_offline_retries for w in workers),
         },
         "time": time_shares(result.statements),
         "earnings_per_online_hour": earnings(result),

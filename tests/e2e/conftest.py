@@ -55,6 +55,10 @@ class Up:
     def location(self) -> str:
         return f"http://127.0.0.1:{self.env['POLDER_LOCATION_PORT']}"
 
+    @property
+    def dispatch(self) -> str:
+        return f"http://127.0.0.1:{self.env['POLDER_DISPATCH_PORT']}"
+
     def start(self, *args: str, command: list[str] | None = None) -> None:
         """`polder up` with ``args``, or ``command`` (e.g. `make demo`) in its own process
         group, which `stop` then interrupts as a terminal's Ctrl-C does."""

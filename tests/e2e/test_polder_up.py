@@ -28,9 +28,22 @@ def test_polder_up_runs_the_system_and_stops_everything_it_started(up: Up) -> No
     ]
     with httpx.Client(timeout=10) as client:
         assert client.get(f"{up.location}/readyz").status_code == 200
-        r = client.post(
-            f"{up.location}/v1/drivers/e2e-driver/locations", json={"pings": pings}, headers=driver
+        # the driver goes online (dispatch); the location service hears it a moment later
+        online = client.post(
+            f"{up.dispatch}/v1/drivers/e2e-driver/status", json={"status": "online"}, headers=driver
         )
+        assert online.status_code == 200, online.text
+        deadline = time.monotonic() + 15
+        while True:
+            r = client.post(
+                f"{up.location}/v1/drivers/e2e-driver/locations",
+                json={"pings": pings},
+                headers=driver,
+            )
+            if r.status_code != 409 or time.monotonic() > deadline:
+                break
+            assert r.json()["error"]["code"] == "driver_offline"
+            time.sleep(0.1)
         assert r.status_code == 202 and r.json()["accepted"] == 2
         deadline = time.monotonic() + 15
         drivers: list[dict[str, object]] = []

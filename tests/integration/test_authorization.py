@@ -51,6 +51,7 @@ ALLOWED: dict[tuple[str, str, str], frozenset[tuple[str, str]]] = {
     ("location", "WS", "/v1/drivers/{driver_id}/locations/ws"): frozenset({DRIVER_A}),
     ("location", "GET", "/v1/drivers/nearby"): frozenset({OPERATOR}),
     ("location", "GET", "/v1/supply"): frozenset({OPERATOR}),
+    ("location", "GET", "/v1/drivers/{driver_id}/export"): frozenset({DRIVER_A, OPERATOR}),
     ("dispatch", "POST", "/v1/drivers/{driver_id}/status"): frozenset({DRIVER_A}),
     ("dispatch", "GET", "/v1/drivers/{driver_id}/offers"): frozenset({DRIVER_A}),
     ("dispatch", "WS", "/v1/drivers/{driver_id}/feed"): frozenset({DRIVER_A}),
@@ -63,6 +64,7 @@ ALLOWED: dict[tuple[str, str, str], frozenset[tuple[str, str]]] = {
     ("dispatch", "POST", "/v1/orders/{order_id}/cancel"): frozenset({CUSTOMER_A, OPERATOR}),
     ("dispatch", "GET", "/v1/orders/{order_id}/decisions"): frozenset({OPERATOR}),
     ("billing", "GET", "/v1/drivers/{driver_id}/statement"): frozenset({DRIVER_A, OPERATOR}),
+    ("billing", "GET", "/v1/drivers/{driver_id}/export"): frozenset({DRIVER_A, OPERATOR}),
     ("billing", "GET", "/v1/trips/{trip_id}/fare"): frozenset({DRIVER_A, CUSTOMER_A, OPERATOR}),
     ("billing", "GET", "/v1/reports/waiting"): frozenset({OPERATOR}),
 }

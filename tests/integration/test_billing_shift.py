@@ -19,7 +19,7 @@ from tests.conftest import eventually
 from tests.integration.test_billing import billing_service
 from tests.integration.test_dispatch import CENTRE, running
 from tests.integration.test_location_api import start as location_service
-from tests.support import read_topic
+from tests.support import on_shift, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +52,8 @@ async def test_a_shift_through_the_real_apis_ends_in_a_statement_matching_its_ti
             await asyncio.sleep(0.3)
             where[0] += metres / 111_000
             now = datetime.now(UTC).isoformat()
-            r = await loc.post_pings(
-                driver, [{"lat": where[0], "lng": where[1], "recorded_at": now}]
+            r = await loc.post_pings(  # online through dispatch, not the test helper
+                driver, [{"lat": where[0], "lng": where[1], "recorded_at": now}], online=False
             )
             assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
 
@@ -61,6 +61,7 @@ async def test_a_shift_through_the_real_apis_ends_in_a_statement_matching_its_ti
             "POST", f"/v1/drivers/{driver}/status", "driver", driver, json={"status": "online"}
         )
         assert r.status_code == 200, r.text
+        await on_shift(loc.app, driver)  # dispatch's status change reached the location service
         await move()
 
         async def position() -> Any:

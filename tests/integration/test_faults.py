@@ -26,7 +26,7 @@ from polder.dispatch.main import build_app as build_dispatch
 from polder.location.main import build_app as build_location
 from polder.runtime.infra import EmbeddedBroker, EmbeddedPostgres, ensure_database, free_port
 from tests.conftest import eventually
-from tests.support import serve
+from tests.support import go_online, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -140,7 +140,9 @@ async def test_broker_unreachable_ingest_says_retry_and_loses_nothing_acknowledg
     headers = auth(s, "driver", "drv-b")
     acknowledged = 0
     try:
-        async with serve(build_location(s)) as base, httpx.AsyncClient(timeout=30) as client:
+        location = build_location(s)
+        async with serve(location) as base, httpx.AsyncClient(timeout=30) as client:
+            await go_online(s, location, "drv-b")
 
             async def ping() -> httpx.Response:
                 await asyncio.sleep(0.01)  # each ping recorded at a later millisecond

@@ -12,13 +12,14 @@ from typing import Any, Literal
 import httpx
 import pytest
 import websockets
+from fastapi import FastAPI
 
 from polder.common.auth import issue_token
 from polder.common.db import create_pool
 from polder.common.settings import Settings
 from polder.location.main import build_app
 from tests.conftest import eventually
-from tests.support import serve
+from tests.support import go_online, on_shift, publish_status, serve
 
 pytestmark = pytest.mark.integration
 
@@ -31,17 +32,34 @@ def ping(
 
 
 class Api:
-    def __init__(self, base: str, settings: Settings, client: httpx.AsyncClient) -> None:
+    """A running location service. Drivers a test posts pings for go online first (a status
+    event on polder.driver.events, as dispatch publishes it), unless ``online=False``."""
+
+    def __init__(
+        self, base: str, settings: Settings, client: httpx.AsyncClient, app: FastAPI
+    ) -> None:
         self.base = base
         self.settings = settings
         self.client = client
+        self.app = app
+        self.known_online: set[str] = set()
+
+    async def online(self, *drivers: str) -> None:
+        await go_online(self.settings, self.app, *drivers)
+        self.known_online.update(drivers)
 
     def auth(self, role: str, sub: str) -> dict[str, str]:
         return {"authorization": f"Bearer {issue_token(self.settings, role, sub)}"}
 
     async def post_pings(
-        self, driver: str, pings: list[dict[str, Any]], as_: str | None = None
+        self,
+        driver: str,
+        pings: list[dict[str, Any]],
+        as_: str | None = None,
+        online: bool = True,
     ) -> httpx.Response:
+        if online and driver not in self.known_online:
+            await self.online(driver)
         return await self.client.post(
             f"{self.base}/v1/drivers/{driver}/locations",
             json={"pings": pings},
@@ -63,7 +81,7 @@ async def start(
 ) -> AsyncIterator[Api]:
     app = build_app(settings, traces=traces)
     async with serve(app) as base, httpx.AsyncClient(timeout=10) as client:
-        yield Api(base, settings, client)
+        yield Api(base, settings, client, app)
 
 
 @pytest.fixture
@@ -279,6 +297,7 @@ async def test_drivers_leave_the_index_after_the_ttl(settings: Settings) -> None
 
 async def test_websocket_frames_are_acknowledged_and_a_bad_frame_closes_nothing(api: Api) -> None:
     ws_base = api.base.replace("http", "ws")
+    await api.online("w1", "w2")
     token = issue_token(api.settings, "driver", "w1")
     other = issue_token(api.settings, "driver", "w2")
     async with (
@@ -392,3 +411,132 @@ async def test_the_trace_process_stores_pings_and_reports_through_the_service(
         )
         assert 'polder_consumer_lag_records{consumer="location-traces"' in text
         assert 'polder_consumer_lag_records{consumer="location-index"' in text
+
+
+async def test_pings_of_a_driver_who_is_not_on_shift_are_refused(api: Api) -> None:
+    """No position is taken from a worker who is offline (or never went online); on a break
+    the worker is still signed in and is heard. Refusals are counted by reason."""
+    never = await api.post_pings("off-1", [ping(2)], online=False)
+    assert never.status_code == 409, never.text
+    assert never.json()["error"]["code"] == "driver_offline"
+    await api.online("off-1")
+    assert (await api.post_pings("off-1", [ping(2)])).status_code == 202
+    await publish_status(api.settings, "off-1", to="break")
+    assert (await api.post_pings("off-1", [ping(1, lat=52.3701)])).status_code == 202
+    await publish_status(api.settings, "off-1", to="offline")
+    await on_shift(api.app, "off-1", expected=False)
+    gone = await api.post_pings("off-1", [ping(0.5, lat=52.3702), ping(0.4, lat=52.3703)])
+    assert gone.status_code == 409 and gone.json()["error"]["code"] == "driver_offline"
+    metrics = (await api.client.get(f"{api.base}/metrics")).text
+    assert 'polder_location_pings_rejected_total{reason="driver_offline"} 3.0' in metrics
+    assert "polder_location_pings_accepted_total 2.0" in metrics
+
+
+async def test_an_offline_driver_gets_an_error_frame_on_the_websocket(api: Api) -> None:
+    token = issue_token(api.settings, "driver", "ws-off")
+    url = f"{api.base.replace('http', 'ws')}/v1/drivers/ws-off/locations/ws?token={token}"
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps(ping(2)))
+        assert json.loads(await ws.recv())["error"]["code"] == "driver_offline"
+        await api.online("ws-off")  # the socket stays open: the next frame is taken
+        await ws.send(json.dumps(ping(1)))
+        assert json.loads(await ws.recv()) == {"accepted": 1, "rejected": []}
+
+
+async def test_every_replica_knows_who_is_on_shift_after_a_restart(settings: Settings) -> None:
+    """The statuses are stored in the location schema with the offsets they cover; a replica
+    started later loads them and follows the topic from there."""
+    async with start(settings) as api:
+        await api.online("rs-on", "rs-off")
+        await publish_status(settings, "rs-off", to="offline")
+        await on_shift(api.app, "rs-off", expected=False)
+        pool = await create_pool(settings.database_url, settings.db_schema("location"))
+        try:
+
+            async def stored() -> dict[str, str]:
+                rows = await pool.fetch("SELECT driver_id, status FROM driver_status")
+                return {r["driver_id"]: r["status"] for r in rows}
+
+            await eventually(stored, until=lambda s: s == {"rs-on": "idle", "rs-off": "offline"})
+            covered = await pool.fetchval("SELECT sum(next_offset) FROM driver_status_offsets")
+            assert covered == 3  # every status event published so far
+        finally:
+            await pool.close()
+    async with start(settings) as second, start(settings) as third:
+        for replica in (second, third):
+            rt = replica.app.state.runtime
+            assert rt.statuses.on_shift("rs-on") and not rt.statuses.on_shift("rs-off")
+            r = await replica.post_pings("rs-off", [ping(1)], online=False)
+            assert r.status_code == 409
+        # a change published now reaches every replica
+        await publish_status(settings, "rs-off")
+        await on_shift(second.app, "rs-off")
+        await on_shift(third.app, "rs-off")
+
+
+async def test_a_driver_exports_its_own_trace_and_no_one_elses(api: Api) -> None:
+    sent = [ping(3, lat=52.3701), ping(2, lat=52.3702)]
+    assert (await api.post_pings("ex-1", sent)).status_code == 202
+    assert (await api.post_pings("ex-2", [ping(2, lat=52.38)])).status_code == 202
+    pool = await create_pool(api.settings.database_url, api.settings.db_schema("location"))
+    try:
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        await pool.execute(  # positions past retention, as the job leaves them
+            "INSERT INTO ping_cells (driver_id, hour, cell8, pings) VALUES ('ex-1', $1, $2, 7)",
+            hour,
+            0x88196953B1FFFFF,
+        )
+
+        async def stored() -> int:
+            n: int = await pool.fetchval("SELECT count(*) FROM pings")
+            return n
+
+        await eventually(stored, until=lambda n: n == 3)
+    finally:
+        await pool.close()
+    window = {
+        "from": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+        "to": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+    }
+    path = f"{api.base}/v1/drivers/ex-1/export"
+    mine = await api.client.get(path, params=window, headers=api.auth("driver", "ex-1"))
+    assert mine.status_code == 200, mine.text
+    body = mine.json()
+    assert body["driver_id"] == "ex-1" and body["status"]["status"] == "idle"
+    assert [p["lat"] for p in body["pings"]] == [52.3701, 52.3702]
+    assert body["cells"] == [{"hour": hour.isoformat(), "cell8": "88196953b1fffff", "pings": 7}]
+    ops = await api.client.get(path, params=window, headers=api.auth("operator", "ops"))
+    assert ops.status_code == 200 and ops.json() == body
+    for role, sub in (("driver", "ex-2"), ("customer", "ex-1")):
+        other = await api.client.get(path, params=window, headers=api.auth(role, sub))
+        assert other.status_code == 403, (role, other.text)
+    too_long = await api.client.get(
+        path,
+        params={"from": "2026-11-01T00:00:00Z", "to": "2026-11-09T00:00:00Z"},
+        headers=api.auth("driver", "ex-1"),
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["error"]["code"] == "range_too_long"
+
+
+async def test_stored_offsets_past_the_log_end_mean_the_log_started_over(
+    settings: Settings,
+) -> None:
+    """The embedded broker keeps its log in memory while Postgres keeps driver_status: offsets
+    stored by an earlier broker's life are past the new log's end, and the new log is read
+    from its beginning instead of skipped."""
+    async with start(settings):
+        pass  # migrations applied
+    pool = await create_pool(settings.database_url, settings.db_schema("location"))
+    try:
+        topic = settings.topic("polder.driver.events")
+        await pool.executemany(
+            "INSERT INTO driver_status_offsets (topic, partition, next_offset) "
+            "VALUES ($1, $2, 1000) ON CONFLICT (topic, partition) DO UPDATE SET next_offset = 1000",
+            [(topic, p) for p in range(8)],
+        )
+    finally:
+        await pool.close()
+    await publish_status(settings, "reborn")
+    async with start(settings) as api:
+        await on_shift(api.app, "reborn")

@@ -67,3 +67,27 @@ async def test_pings_are_written_once_across_duplicates_and_replays(settings: Se
         assert first["received_at"] == datetime(2026, 11, 29, 12, tzinfo=UTC)
     finally:
         await pool.close()
+
+
+async def test_the_same_ping_resent_in_another_request_is_stored_once(settings: Settings) -> None:
+    """Two requests carrying the same pings are two events with their own ids: the trace keeps
+    one row per (driver, recorded_at), in one batch or in the next."""
+    schema = settings.db_schema("location")
+    pool = await create_pool(settings.database_url, schema)
+    try:
+        await migrate(pool, schema, "polder.location.migrations")
+        metrics = LocationMetrics(CollectorRegistry())
+        writer = TraceWriter(pool, metrics, resolution=9)
+        first, again, later = recorded("d1", 3), recorded("d1", 3), recorded("d1", 5)
+        assert first.id != again.id
+        await writer([received(first, 0), received(again, 1)])
+        await writer([received(later, 2)])  # two new pings, three seen before
+        await writer([received(recorded("d2", 3), 3)])  # another driver, same times
+        rows = await pool.fetch(
+            "SELECT driver_id, count(*) AS n, count(DISTINCT recorded_at) AS times "
+            "FROM pings GROUP BY driver_id ORDER BY driver_id"
+        )
+        assert [(r["driver_id"], r["n"], r["times"]) for r in rows] == [("d1", 5, 5), ("d2", 3, 3)]
+        assert metrics.traces_written._value.get() == 8  # noqa: SLF001
+    finally:
+        await pool.close()

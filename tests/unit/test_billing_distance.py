@@ -155,3 +155,25 @@ def test_clock_offset_is_the_smallest_delay_beyond_the_tolerance() -> None:
 def test_overlapping_segments_are_refused() -> None:
     with pytest.raises(ValueError, match="overlap"):
         engaged_distance([seg(K.ON_TRIP, 0, 10), seg(K.AT_DROPOFF, 5, 20)], [])
+
+
+def test_a_trace_is_split_for_retention_only_where_it_breaks() -> None:
+    from polder.billing.domain.distance import split_at_break
+
+    def at(*seconds: int, bad: frozenset[int] = frozenset()) -> list[Ping]:
+        return [
+            Ping(s * 1000, 52.37 + i * 1e-3, 4.89, 500.0 if i in bad else 5.0)
+            for i, s in enumerate(seconds)
+        ]
+
+    trace = at(0, 10, 20, 400, 410, 420)  # a 380 s pause after the third ping
+    assert split_at_break(trace, 6) == 6  # all of it: nothing follows
+    assert split_at_break(trace, 5) == 3  # up to the pause: the rest is one unbroken trace
+    assert split_at_break(trace, 2) == 0  # no break after the first two
+    # a cell-tower fix inside the pause does not bridge it (it never makes a leg): it goes
+    # with the part before
+    assert split_at_break(at(0, 10, 20, 200, 400, 410, bad=frozenset({3})), 5) == 4
+    # split where it breaks: the legs of the parts are the legs of the whole
+    whole = legs(trace)
+    n = split_at_break(trace, 5)
+    assert legs(trace[:n]) + legs(trace[n:]) == whole

@@ -47,3 +47,18 @@ def test_a_child_gets_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None
         if name.startswith("POLDER_"):
             monkeypatch.setenv(name, value)
     assert Settings() == settings
+
+
+def test_a_counters_created_sample_is_named_once(tmp_path: Path) -> None:
+    """The text format gives ``_created`` a family of its own: merged into ours, not repeated
+    (promtool refuses a second HELP line for a name)."""
+    own, helper = DispatchMetrics(CollectorRegistry()), DispatchMetrics(CollectorRegistry())
+    own.offers.labels("made").inc()
+    helper.offers.labels("made").inc(2)
+    helper.offers.labels("expired").inc()
+    file = tmp_path / "metrics.prom"
+    file.write_bytes(generate_latest(helper.registry))
+    text = generate_latest(MergedRegistry(own.registry, file)).decode()
+    assert text.count("# HELP polder_dispatch_offers_created ") == 1
+    assert 'polder_dispatch_offers_total{outcome="made"} 3.0' in text
+    assert 'polder_dispatch_offers_created{outcome="expired"}' in text

@@ -126,12 +126,14 @@ def engaged_distance(
     jitter: JitterFilter = JitterFilter(),
     clock_offset_ms: int = 0,
     kinds: frozenset[SegmentKind] = ENGAGED,
+    measured: Iterable[Leg] = (),
 ) -> EngagedDistance:
     """Fill ``distance_m`` of the segments of ``kinds`` (engaged ones by default) from the pings.
 
     ``segments`` are one worker's, non-overlapping (a ``Timeline``'s); other kinds keep their
     ``distance_m``. ``clock_offset_ms`` (server minus device) is added to each ping's time.
-    Per-trip totals count engaged kinds only.
+    ``measured`` are legs measured earlier (device time, from pings no longer held: retention),
+    counted as the pings' own legs are. Per-trip totals count engaged kinds only.
     """
     segs = sorted(segments, key=lambda s: (s.start_ms, s.end_ms))
     for a, b in zip(segs, segs[1:], strict=False):
@@ -143,7 +145,12 @@ def engaged_distance(
     )
     starts = [s.start_ms for s in segs]
     metres = [0.0] * len(segs)
-    for leg in legs(shifted, jitter):
+    earlier = (
+        replace(g, start_ms=g.start_ms + clock_offset_ms, end_ms=g.end_ms + clock_offset_ms)
+        for g in measured
+    )
+    all_legs = sorted([*earlier, *legs(shifted, jitter)], key=lambda g: (g.start_ms, g.end_ms))
+    for leg in all_legs:
         span = leg.end_ms - leg.start_ms
         i = max(0, bisect.bisect_right(starts, leg.start_ms) - 1)
         while i < len(segs) and segs[i].start_ms < leg.end_ms:
@@ -161,6 +168,30 @@ def engaged_distance(
         engaged_m=sum(s.distance_m for s in filled if s.kind in ENGAGED),
         p3_m=sum(s.distance_m for s in filled if s.kind in P3),
     )
+
+
+def split_at_break(
+    pings: Iterable[Ping], movable: int, jitter: JitterFilter = JitterFilter()
+) -> int:
+    """How many of the first ``movable`` pings (by time) can be measured on their own: the
+    largest count after which the trace breaks (the next accurate ping comes more than
+    ``max_gap_ms`` later, or none does), so their legs are the legs the whole trace has.
+    ``pings`` are a worker's, sorted by time; 0 when no break follows any of the first
+    ``movable``."""
+    trace = list(pings)
+    best = 0
+    last_accurate: int | None = None
+    for i, p in enumerate(trace):
+        if not _accurate(p, jitter):
+            continue
+        if last_accurate is not None and p.recorded_at_ms - last_accurate > jitter.max_gap_ms:
+            best = max(best, min(i, movable))
+        last_accurate = p.recorded_at_ms
+        if i >= movable:
+            break
+    else:
+        best = movable  # nothing after them: the trace ends
+    return best
 
 
 def estimate_clock_offset_ms(

@@ -1,0 +1,190 @@
+"""Retention: raw positions past the configured age are deleted, older positions are kept only
+as H3 res-8 cells, and a worker's statements stay exactly what they were."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import h3.api.basic_int as h3
+import pytest
+from prometheus_client import CollectorRegistry
+
+from polder.billing.ingest import BillingIngest
+from polder.billing.metrics import BillingMetrics
+from polder.billing.pings import PingKeeper
+from polder.billing.retention import PingRetention
+from polder.billing.statements import ALL_POLICIES
+from polder.common.bus import Bus, Received
+from polder.common.db import create_pool, migrate
+from polder.common.envelope import Event, format_time
+from polder.common.outbox import OutboxRelay
+from polder.common.retention import cut_for
+from polder.common.schemas import SchemaRegistry
+from polder.common.settings import Settings
+from polder.fares.tariff import load_tariffs
+from polder.location.handlers import TraceWriter
+from polder.location.metrics import LocationMetrics
+from polder.location.retention import TraceRetention
+from tests.integration.test_billing import billing_service
+from tests.integration.test_billing_property import as_event
+from tests.unit.test_billing_ledger import random_city
+
+pytestmark = pytest.mark.integration
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def trace_events(
+    driver: str, start_ms: int, end_ms: int, rng: random.Random, skew_ms: int
+) -> list[Event]:
+    """A phone's batches of 3 pings every 10 s while it drives, with a pause of 6–9 minutes now
+    and then (the trace breaks), a few cell-tower fixes, and a clock ``skew_ms`` behind."""
+    events, t = [], start_ms
+    lat, lng = 52.37 + rng.uniform(-0.01, 0.01), 4.89 + rng.uniform(-0.01, 0.01)
+    while t < end_ms:
+        pings = []
+        for _ in range(3):
+            t += 10_000
+            lat += rng.uniform(-1, 1) * 4e-4
+            lng += rng.uniform(-1, 1) * 6e-4
+            accuracy = 500.0 if rng.random() < 0.05 else 8.0
+            pings.append(
+                {"lat": lat, "lng": lng, "recorded_at_ms": t - skew_ms, "accuracy_m": accuracy}
+            )
+        received = t + rng.randint(100, 900)
+        events.append(
+            Event(
+                type="polder.location.pings_recorded.v1",
+                source="polder/location",
+                subject=driver,
+                time=_at(received),
+                data={
+                    "driver_id": driver,
+                    "received_at": format_time(_at(received)),
+                    "pings": pings,
+                },
+            )
+        )
+        if rng.random() < 0.05:
+            t += rng.randint(360_000, 540_000)
+    return events
+
+
+async def test_billing_thins_its_pings_and_every_statement_stays_the_same(
+    settings: Settings,
+) -> None:
+    rng = random.Random(7)
+    city = random_city(rng, 4)
+    facts = [*city.changes, *city.orders.values(), *city.no_shows, *city.offers]
+    records = [Received(as_event(f), None, "t", 0, i) for i, f in enumerate(facts)]
+    span: dict[str, tuple[int, int]] = {}
+    for c in city.changes:
+        lo, hi = span.get(c.driver_id, (c.at_ms, c.at_ms))
+        span[c.driver_id] = (min(lo, c.at_ms), max(hi, c.at_ms))
+    async with billing_service(settings) as b:
+        registry = SchemaRegistry.load()
+        bus = Bus(settings, registry, source="polder/billing")
+        metrics = BillingMetrics(CollectorRegistry())
+        ingest = BillingIngest(
+            b.pool, bus, OutboxRelay(b.pool, bus), load_tariffs(), Decimal("0.75"), metrics
+        )
+        await ingest(records)
+        keeper = PingKeeper(b.pool, metrics, spacing_ms=5_000)
+        for n, (driver, (lo, hi)) in enumerate(sorted(span.items())):
+            skew = 60_000 if n % 2 else 0  # some phones' clocks are a minute behind
+            events = trace_events(driver, lo - 60_000, hi + 600_000, rng, skew)
+            await keeper([Received(e, driver, "l", 0, i) for i, e in enumerate(events)])
+        first = min(lo for lo, _ in span.values())
+        last = max(hi for _, hi in span.values())
+        start = _at(first).replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=2)
+        now = datetime.now(UTC)
+
+        async def statements() -> dict[str, Any]:
+            return {
+                d: await b.rt.statements.compute(d, start, end, ALL_POLICIES, now) for d in span
+            }
+
+        before = await statements()
+        raw = await b.pool.fetchval("SELECT count(*) FROM pings")
+        assert raw > 300
+        # the pings measure engaged distance, which some policies pay for
+        assert any(st.engaged_m > 0 for sts, _, _ in before.values() for st in sts)
+
+        # a cut in the middle of the day, then one after everything
+        retention = PingRetention(b.pool, metrics)
+        middle = _at((first + last) // 2)
+        thinned_mid = await retention(middle)
+        assert 0 < thinned_mid < raw
+        assert await statements() == before
+        hours = 72.0
+        job_now = _at(last + 3_600_000) + timedelta(hours=hours)
+        thinned = await retention(cut_for(job_now, hours))
+        assert thinned_mid + thinned == raw
+        assert await b.pool.fetchval("SELECT count(*) FROM pings") == 0  # no position is left
+        assert await b.pool.fetchval("SELECT count(*) FROM ping_marks") == raw
+        assert await b.pool.fetchval("SELECT count(*) FROM ping_legs") > 0
+        assert await statements() == before
+        assert metrics.pings_thinned._value.get() == raw  # noqa: SLF001
+        assert await retention(cut_for(job_now, hours)) == 0  # nothing left to do
+
+
+async def test_location_thins_its_trace_into_res8_cells(settings: Settings) -> None:
+    schema = settings.db_schema("location")
+    pool = await create_pool(settings.database_url, schema)
+    try:
+        await migrate(pool, schema, "polder.location.migrations")
+        metrics = LocationMetrics(CollectorRegistry())
+        writer = TraceWriter(pool, metrics, resolution=9)
+        now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+        rng = random.Random(3)
+        sent: list[tuple[str, datetime, float, float]] = []
+        records = []
+        for i in range(60):
+            driver = f"d{i % 3}"
+            received = now - timedelta(hours=80 - i * 0.2)  # from 80 h to 68 h ago
+            pings = []
+            for k in range(5):
+                lat, lng = 52.3 + rng.uniform(0, 0.1), 4.8 + rng.uniform(0, 0.1)
+                recorded = received - timedelta(seconds=5 - k)
+                pings.append(
+                    {"lat": lat, "lng": lng, "recorded_at_ms": int(recorded.timestamp() * 1000)}
+                )
+                sent.append((driver, received, lat, lng))
+            event = Event(
+                type="polder.location.pings_recorded.v1",
+                source="polder/location",
+                subject=driver,
+                time=received,
+                data={"driver_id": driver, "received_at": format_time(received), "pings": pings},
+            )
+            records.append(Received(event, driver, "l", 0, i))
+        await writer(records)
+        cut = cut_for(now, 72.0)
+        old = [s for s in sent if s[1] < cut]
+        assert 0 < len(old) < len(sent)
+
+        thinned = await TraceRetention(pool, metrics, chunk=37)(cut)  # several chunks
+        assert thinned == len(old)
+        assert await pool.fetchval("SELECT count(*) FROM pings WHERE received_at < $1", cut) == 0
+        assert await pool.fetchval("SELECT count(*) FROM pings") == len(sent) - len(old)
+        expected: dict[tuple[str, datetime, int], int] = {}
+        for driver, received, lat, lng in old:
+            key = (
+                driver,
+                received.replace(minute=0, second=0, microsecond=0),
+                # the res-8 parent of the stored index cell
+                h3.cell_to_parent(h3.latlng_to_cell(lat, lng, 9), 8),
+            )
+            expected[key] = expected.get(key, 0) + 1
+        rows = await pool.fetch("SELECT driver_id, hour, cell8, pings FROM ping_cells")
+        assert {(r["driver_id"], r["hour"], r["cell8"]): r["pings"] for r in rows} == expected
+        assert metrics.pings_thinned._value.get() == len(old)  # noqa: SLF001
+        assert await TraceRetention(pool, metrics)(cut) == 0
+    finally:
+        await pool.close()
