@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from polder.billing.domain.policies import PolicyName
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import parse_range
-from polder.common.auth import CurrentPrincipal, Role, require_role
+from polder.common.auth import CurrentPrincipal, ReportingPrincipal, Role, require_role
 from polder.common.errors import ApiError
 
 router = APIRouter(prefix="/v1")
@@ -85,7 +85,7 @@ async def trip_fare(
 @router.get("/reports/waiting", responses=ERRORS)
 async def waiting_report(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ReportingPrincipal,
     start: Annotated[str | None, Query(alias="from", description=RANGE_DOC)] = None,
     end: Annotated[str | None, Query(alias="to", description=RANGE_DOC)] = None,
     group_by: Annotated[Literal["driver", "cell", "hour"], Query()] = "driver",

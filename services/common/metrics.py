@@ -51,6 +51,12 @@ class CommonMetrics:
             ["consumer", "topic", "partition"],
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "polder_rate_limited_total",
+            "Requests (or WebSocket frames) refused with 429: a token's budget was spent",
+            ["budget"],
+            registry=registry,
+        )
         self.handler_failures = Counter(
             "polder_consumer_handler_failures_total",
             "Batches whose handler raised; the batch is retried after a back-off",

@@ -57,20 +57,6 @@ def _parse_error(exc: ValidationError) -> ApiError:
     return ApiError(422, "invalid_request", "body does not match the schema", errors=details)
 
 
-def _check_rate(rt: LocationRuntime, principal: Principal) -> None:
-    wait = rt.limiter.take(principal.sub, time.monotonic())
-    if wait > 0:
-        rt.metrics.rate_limited.inc()
-        retry = max(1, round(wait + 0.5))
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"too many requests; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-            retry_after_s=retry,
-        )
-
-
 async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> IngestResult:
     if len(pings) > rt.settings.max_pings_per_batch:
         raise ApiError(
@@ -111,7 +97,6 @@ async def post_locations(
     """Record a batch of 1–500 GPS pings from the driver itself."""
     rt = _runtime(request)
     require_self(principal, Role.DRIVER, driver_id)
-    _check_rate(rt, principal)
     try:
         batch = BATCH.validate_json(await request.body())
     except ValidationError as exc:
@@ -152,7 +137,7 @@ async def _answer_frame(
             raise ApiError(
                 413, "body_too_large", f"frame exceeds {rt.settings.max_body_bytes} bytes"
             )
-        _check_rate(rt, principal)
+        rt.throttle.charge(principal.key)
         # One adapter per shape: a union adapter costs ~40 % more per frame.
         try:
             if frame.lstrip().startswith("["):

@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 from polder.common.children import ChildProcess, MergedRegistry, share_folder
 from polder.common.geoindex import LocationIndex
 from polder.common.http import amend_openapi, document_models, service_app
-from polder.common.ratelimit import RateLimiter
 from polder.common.service import service_resources
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
@@ -54,7 +53,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 settings=settings,
                 index=index,
                 ingest=Ingest(res.bus, index, limits, metrics, settings.publish_timeout_s),
-                limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+                throttle=app.state.throttle,
                 metrics=metrics,
             )
             indexer = res.consumer(

@@ -36,11 +36,6 @@ class LocationMetrics(CommonMetrics):
             "Drivers in the index (fresh positions)",
             registry=registry,
         )
-        self.rate_limited = Counter(
-            "polder_location_rate_limited_total",
-            "Requests or frames refused with 429",
-            registry=registry,
-        )
         self.traces_written = Counter(
             "polder_location_trace_pings_written_total",
             "Pings written to the trace table",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from polder.common.geoindex import LocationIndex
-from polder.common.ratelimit import RateLimiter
 from polder.common.settings import Settings
+from polder.common.throttle import Throttle
 from polder.location.handlers import Ingest
 from polder.location.metrics import LocationMetrics
 
@@ -16,5 +16,5 @@ class LocationRuntime:
     settings: Settings
     index: LocationIndex
     ingest: Ingest
-    limiter: RateLimiter
+    throttle: Throttle  # the app's, shared with the HTTP routes' dependency
     metrics: LocationMetrics
