@@ -179,7 +179,7 @@ def _document_common_errors(app: FastAPI) -> None:
     """Answers any API route can give, whatever its own code says: 400 for a body that is not
     JSON (FastAPI's parser), 413 for a body over the limit, 429 when the token's request
     budget is spent (every /v1/ route is authenticated), 503 while a dependency is down;
-    and the Idempotency-Key header is required where a route takes one."""
+    and the Idempotency-Key header's form, and whether the route requires it."""
 
     def amend(doc: dict[str, Any]) -> None:
         for path, operations in doc.get("paths", {}).items():
@@ -200,12 +200,20 @@ def _document_common_errors(app: FastAPI) -> None:
                 responses.setdefault(
                     "503", {"description": "a dependency is down; retry after Retry-After"}
                 )
+                # optional to FastAPI so that check_key() can answer a missing key with its own
+                # 400; a route marked x-idempotency-key-required needs one
+                required = operation.pop("x-idempotency-key-required", False)
                 for param in operation.get("parameters", []):
-                    # optional to FastAPI so that check_key() can answer a missing key with its
-                    # own 400, but a client must send one
                     if param["in"] == "header" and param["name"].lower() == "idempotency-key":
-                        param["required"] = True
+                        param["required"] = required
                         param["schema"] = IDEMPOTENCY_KEY_SCHEMA
+                        responses.setdefault(
+                            "400", {"description": "missing or invalid Idempotency-Key"}
+                        )
+                        responses.setdefault(
+                            "422",
+                            {"description": "the Idempotency-Key was used for another request"},
+                        )
 
     amend_openapi(app, amend)
 

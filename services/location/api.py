@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import h3.api.basic_int as h3
 import orjson
-from fastapi import APIRouter, Path, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import (
+    APIRouter,
+    Header,
+    Path,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from pydantic import ValidationError
 
 from polder.common.auth import (
@@ -21,7 +31,8 @@ from polder.common.auth import (
     verify_token,
 )
 from polder.common.errors import ApiError
-from polder.common.http import raw_json_body
+from polder.common.http import ORJSONResponse, raw_json_body
+from polder.common.idempotency import check_key
 from polder.location.models import (
     BATCH,
     ONE_PING,
@@ -38,6 +49,12 @@ from polder.location.models import (
 from polder.location.runtime import LocationRuntime
 
 router = APIRouter(prefix="/v1")
+
+PING_KEY_DOC = (
+    "Optional. A retried batch with the same key (and the same body) gets the first answer "
+    "and records nothing again; another body with the key is a 422. Kept in the receiving "
+    "process's memory for a few minutes: pings are deduplicated downstream anyway."
+)
 
 DRIVER_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -93,12 +110,26 @@ async def post_locations(
     driver_id: Annotated[str, Path(pattern=DRIVER_ID)],
     request: Request,
     principal: CurrentPrincipal,
-) -> IngestResult:
+    idempotency_key: Annotated[str | None, Header(description=PING_KEY_DOC)] = None,
+) -> IngestResult | Response:
     """Record a batch of 1–500 GPS pings from the driver itself."""
     rt = _runtime(request)
     require_self(principal, Role.DRIVER, driver_id)
+    raw = await request.body()
+    if idempotency_key is None:
+        return await _record(rt, driver_id, raw)
+    digest = hashlib.sha256(request.url.path.encode() + b"\n" + raw).hexdigest()
+
+    async def effect() -> tuple[int, dict[str, Any]]:
+        return 202, (await _record(rt, driver_id, raw)).model_dump(mode="json")
+
+    outcome = await rt.answers.once(principal.key, check_key(idempotency_key), digest, effect)
+    return ORJSONResponse(outcome.body, status_code=outcome.status)
+
+
+async def _record(rt: LocationRuntime, driver_id: str, raw: bytes) -> IngestResult:
     try:
-        batch = BATCH.validate_json(await request.body())
+        batch = BATCH.validate_json(raw)
     except ValidationError as exc:
         raise _parse_error(exc) from exc
     return await _ingest(rt, driver_id, batch.pings)

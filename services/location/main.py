@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from polder.common.children import ChildProcess, MergedRegistry, share_folder
 from polder.common.geoindex import LocationIndex
 from polder.common.http import amend_openapi, document_models, service_app
+from polder.common.idempotency import RecentAnswers
 from polder.common.service import service_resources
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
@@ -28,6 +29,10 @@ from polder.location.runtime import LocationRuntime
 
 SERVICE = "location"
 MIGRATIONS = "polder.location.migrations"
+# Answers to keyed ingest requests: longer than any client's retry window, and bounded (an
+# answer is ~100 bytes).
+ANSWERS_KEPT_S = 600.0
+ANSWERS_MAX = 200_000
 
 
 def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "process") -> FastAPI:
@@ -55,6 +60,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 ingest=Ingest(res.bus, index, limits, metrics, settings.publish_timeout_s),
                 throttle=app.state.throttle,
                 metrics=metrics,
+                answers=RecentAnswers(ANSWERS_KEPT_S, ANSWERS_MAX),
             )
             indexer = res.consumer(
                 "location-index",

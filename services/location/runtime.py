@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from polder.common.geoindex import LocationIndex
+from polder.common.idempotency import RecentAnswers
 from polder.common.settings import Settings
 from polder.common.throttle import Throttle
 from polder.location.handlers import Ingest
@@ -18,3 +19,4 @@ class LocationRuntime:
     ingest: Ingest
     throttle: Throttle  # the app's, shared with the HTTP routes' dependency
     metrics: LocationMetrics
+    answers: RecentAnswers  # to ingest requests sent with an Idempotency-Key
