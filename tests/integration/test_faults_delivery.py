@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,14 +34,19 @@ from polder.billing.ingest import CONSUMER as BILLING_CONSUMER
 from polder.billing.main import build_app as build_billing
 from polder.billing.pings import CONSUMER as PINGS_CONSUMER
 from polder.billing.runtime import BillingRuntime
-from polder.common.bus import Consumer, Received
+from polder.common.bus import Bus, Consumer, Received, create_topics
+from polder.common.envelope import Event, format_time
 from polder.common.metrics import CommonMetrics
 from polder.common.positions import apply_pings
+from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DISPATCH, DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS, Topic
-from tests.conftest import eventually
+from tests.conftest import Infra, eventually, isolated_settings
+from tests.integration.test_billing_property import as_event, ledger
+from tests.integration.test_billing_property import expected as oracle_posting
 from tests.integration.test_dispatch import CENTRE, Dispatch, running
 from tests.support import serve
+from tests.unit.test_billing_ledger import T0, City, clean_postings, random_city
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -448,3 +455,147 @@ async def test_a_second_billing_instance_joining_mid_stream_changes_no_effect(
             assert {r["event_id"]: r["n"] for r in stored} == dict.fromkeys(wanted, 1)
             await assert_invariants(d, first, work)
             await assert_invariants(d, second, work)
+
+
+# --- scenario: duplicates, reordering and skewed device clocks ------------------------------
+
+PING_EVERY_MS = 30_000
+SKEWS_MS = (10 * 60_000, -10 * 60_000, 7 * 60_000, -3 * 60_000)  # device minus server clock
+
+
+def ping_events(city: City, skewed: bool) -> list[tuple[Topic, str, Event]]:
+    """Each worker's pings every 30 s from its first to its last state change, driving a
+    straight line; received (server time) as recorded, on a device clock that is off by its
+    worker's skew when ``skewed``."""
+    out = []
+    for w, driver in enumerate(sorted({c.driver_id for c in city.changes})):
+        times = [c.at_ms for c in city.changes if c.driver_id == driver]
+        skew = SKEWS_MS[w % len(SKEWS_MS)] if skewed else 0
+        for n, t in enumerate(range(min(times), max(times) + 1, PING_EVERY_MS)):
+            data = {
+                "driver_id": driver,
+                "received_at": format_time(_at(t)),
+                "pings": [
+                    {
+                        "lat": CENTRE[0] + 0.0001 * n,  # ~11 m a ping: driving at 1.3 km/h...
+                        "lng": CENTRE[1] + 0.0004 * n,  # ...plus ~27 m east: ~4.7 km/h
+                        "recorded_at_ms": t + skew,
+                        "accuracy_m": 5.0,
+                    }
+                ],
+            }
+            event = Event(
+                type="polder.location.pings_recorded.v1",
+                source="polder/location",
+                subject=driver,
+                data=data,
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ping/{driver}/{t}")),
+                time=_at(t),
+            )
+            out.append((DRIVER_LOCATIONS, driver, event))
+    return out
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def history_events(city: City) -> list[tuple[Topic, str, Event]]:
+    """The facts as dispatch publishes them, each on its topic with its key, in time order."""
+    out: list[tuple[int, Topic, str, Event]] = []
+    for c in city.changes:
+        out.append((c.at_ms, DRIVER_EVENTS, c.driver_id, as_event(c)))
+    for o in city.orders.values():
+        out.append((T0, ORDERS, o.order_id, as_event(o)))
+    for x in city.no_shows:
+        out.append((T0, ORDERS, x.order_id, as_event(x)))
+    for f in city.offers:
+        out.append((f.made_ms, DISPATCH, f.order_id, as_event(f)))
+    out.sort(key=lambda r: (r[0], r[3].data.get("seq", 0)))
+    return [(topic, key, event) for _, topic, key, event in out]
+
+
+async def publish(settings: Settings, records: Sequence[tuple[Topic, str, Event]]) -> None:
+    bus = Bus(settings, SchemaRegistry.load(), source="polder/test")
+    await bus.start()
+    try:
+        encoded = []
+        for topic, key, event in records:
+            bus.registry.validate(event)  # the real contract's events
+            encoded.append((settings.topic(topic.name), key.encode(), bus.registry.encode(event)))
+        await bus.send_many(encoded)
+    finally:
+        await bus.stop()
+
+
+async def stored_counts(b: BillingInstance) -> tuple[int, ...]:
+    return tuple(
+        [
+            await b.pool.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608
+            for table in ("driver_events", "orders", "offers", "order_changes", "pings")
+        ]
+    )
+
+
+async def results(b: BillingInstance, city: City, now: datetime) -> dict[str, Any]:
+    """What billing makes of the history: the ledger after closing its days, and every
+    worker's segments and statement under every policy."""
+    first = _at(min(c.at_ms for c in city.changes))
+    last = _at(max(c.at_ms for c in city.changes))
+    day = b.rt.closer.day_of(first)
+    while day <= last:
+        await b.rt.closer.close(day, now)
+        day = b.rt.closer.day_of(day + timedelta(hours=26))
+    start, end = b.rt.closer.day_of(first), b.rt.closer.day_of(last) + timedelta(days=2)
+    out: dict[str, Any] = {"ledger": await ledger(b.pool)}
+    for driver in sorted({c.driver_id for c in city.changes}):
+        statements, segments, _ = await b.rt.statements.compute(driver, start, end, POLICIES, now)
+        out[driver] = {
+            "segments": segments,
+            "statements": [s.to_dict() for s in statements],
+        }
+    return out
+
+
+@pytest.mark.parametrize("seed", [3, 21])  # histories that settle trips
+async def test_duplicates_reordering_and_skewed_clocks_give_the_clean_results(
+    settings: Settings, infra: Infra, seed: int
+) -> None:
+    rng = random.Random(seed)
+    city = random_city(rng, 4)
+    clean_settings = isolated_settings(infra)
+    await create_topics(clean_settings)
+    clean_stream = [*history_events(city), *ping_events(city, skewed=False)]
+    faulty_stream = [
+        r
+        for r in [*history_events(city), *ping_events(city, skewed=True)]
+        for _ in range(rng.randint(1, 5))
+    ]
+    rng.shuffle(faulty_stream)  # reordered within each worker (and across them)
+    assert len(faulty_stream) > 2 * len(clean_stream)
+    async with billing(clean_settings) as clean, billing(settings) as faulty:
+        await publish(clean_settings, clean_stream)
+        await publish(settings, faulty_stream)
+        pings = len([r for r in clean_stream if r[0] is DRIVER_LOCATIONS])
+        wanted = (len(city.changes), len(city.orders), len(city.offers), len(city.no_shows), pings)
+        for b in (clean, faulty):
+            await eventually(lambda b=b: stored_counts(b), until=lambda c: c == wanted, within=90)
+        now = datetime.now(UTC)
+        expected = await results(clean, city, now)
+        assert await results(faulty, city, now) == expected
+        # and the clean history posts what the pure oracle does (top-ups aside, which closing
+        # the days adds), each trip settled once
+        posted = {tx: p for tx, p in expected["ledger"].items() if not p[0].startswith("topup")}
+        oracle = {tx: oracle_posting(p) for tx, p in clean_postings(city.changes, city).items()}
+        assert posted == oracle
+        assert any(kind == "trip_settlement" for kind, _, _ in posted.values())
+        for b in (clean, faulty):
+            await assert_ledger_sound(b.pool)
+        for driver in sorted({c.driver_id for c in city.changes}):
+            assert_exclusive(expected[driver]["segments"], driver)
+
+
+def assert_exclusive(segments: Sequence[Segment], who: str) -> None:
+    segs = sorted(segments, key=lambda s: s.start_ms)
+    for a, b in zip(segs, segs[1:], strict=False):
+        assert a.end_ms <= b.start_ms, (who, a, b)
