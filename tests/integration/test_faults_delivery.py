@@ -425,7 +425,7 @@ async def replay_into_dispatch(d: Dispatch, s: Settings) -> None:
     finally:
         stop.set()
         await task
-    assert seen == total
+    assert seen >= total  # at least once: a record may come twice, the views must not mind
 
 
 # --- scenario: a rebalance mid-stream -------------------------------------------------------
