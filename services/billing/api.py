@@ -13,7 +13,7 @@ from polder.billing import export
 from polder.billing.domain.policies import PolicyName
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import parse_range
-from polder.common.auth import CurrentPrincipal, Role, require_role
+from polder.common.auth import CurrentPrincipal, ReportingPrincipal, Role, require_role
 from polder.common.errors import ApiError
 from polder.common.timerange import parse_range as parse_export_range
 
@@ -113,7 +113,7 @@ async def trip_fare(
 @router.get("/reports/waiting", responses=ERRORS)
 async def waiting_report(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ReportingPrincipal,
     start: Annotated[str | None, Query(alias="from", description=RANGE_DOC)] = None,
     end: Annotated[str | None, Query(alias="to", description=RANGE_DOC)] = None,
     group_by: Annotated[Literal["driver", "cell", "hour"], Query()] = "driver",

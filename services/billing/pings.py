@@ -17,9 +17,10 @@ REPORT_RESOLUTION = 8
 
 
 class PingKeeper:
-    """Keeps a ping when it is at least ``spacing_ms`` after the last one kept for its driver:
-    enough for distance on city streets and for signs of life, at a fraction of the rows.
-    Thinning is per process and best-effort; the primary key makes replays harmless."""
+    """Keeps a ping when it is at least ``spacing_ms`` after the last one kept for its driver,
+    or older than it (delivered out of order): enough for distance on city streets and for
+    signs of life, at a fraction of the rows. Thinning is per process and best-effort; the
+    primary key makes replays harmless."""
 
     def __init__(
         self,
@@ -47,9 +48,11 @@ class PingKeeper:
             last = self._last_kept.get(driver, -(10**15))
             for p in sorted(data["pings"], key=lambda p: p["recorded_at_ms"]):
                 t = p["recorded_at_ms"]
-                if t - last < self.spacing_ms:
+                if 0 <= t - last < self.spacing_ms:
                     continue
-                last = t
+                # A ping older than the last kept one came late (a redelivery out of order):
+                # it is kept, not thinned against the future, or a late batch would be lost.
+                last = max(last, t)
                 cell = h3.latlng_to_cell(p["lat"], p["lng"], REPORT_RESOLUTION)
                 rows.append(
                     (driver, t, r.event.time, p["lat"], p["lng"], p.get("accuracy_m"), cell)

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from polder.common.errors import ApiError
 from polder.common.settings import Settings
+from polder.common.throttle import Budget, Throttle
 
 ALGORITHM = "HS256"
 
@@ -30,6 +31,11 @@ class Role(StrEnum):
 class Principal:
     role: Role
     sub: str
+
+    @property
+    def key(self) -> str:
+        """Whose budget a request spends: one per token identity (role and subject)."""
+        return f"{self.role.value}:{self.sub}"
 
 
 class AuthError(ApiError):
@@ -104,12 +110,31 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip()
 
 
+def charge(app_state: object, principal: Principal, budget: Budget = Budget.API) -> None:
+    """Spend one request of the token's budget in this service (429 when it is spent)."""
+    throttle: Throttle | None = getattr(app_state, "throttle", None)
+    if throttle is not None:
+        throttle.charge(principal.key, budget)
+
+
 async def authenticate(request: Request) -> Principal:
+    """The caller, whose token has budget left for this request."""
     settings: Settings = request.app.state.settings
-    return verify_token(settings, bearer_token(request.headers.get("authorization")))
+    principal = verify_token(settings, bearer_token(request.headers.get("authorization")))
+    charge(request.app.state, principal)
+    return principal
+
+
+async def authenticate_reporting(request: Request) -> Principal:
+    """The caller of a reporting route, charged to the token's reporting budget instead."""
+    settings: Settings = request.app.state.settings
+    principal = verify_token(settings, bearer_token(request.headers.get("authorization")))
+    charge(request.app.state, principal, Budget.REPORTS)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+ReportingPrincipal = Annotated[Principal, Depends(authenticate_reporting)]
 
 
 def require_role(principal: Principal, *roles: Role) -> None:

@@ -28,6 +28,7 @@ from polder.common.metrics import (
     Send,
 )
 from polder.common.settings import Settings
+from polder.common.throttle import Throttle
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +100,7 @@ def service_app(
 ) -> FastAPI:
     app = FastAPI(title=title, lifespan=lifespan, default_response_class=ORJSONResponse)
     app.state.settings = settings
+    app.state.throttle = Throttle(settings, metrics.rate_limited)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
@@ -175,8 +177,9 @@ IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 255, "p
 
 def _document_common_errors(app: FastAPI) -> None:
     """Answers any API route can give, whatever its own code says: 400 for a body that is not
-    JSON (FastAPI's parser), 413 for a body over the limit, 503 while a dependency is down;
-    and the Idempotency-Key header is required where a route takes one."""
+    JSON (FastAPI's parser), 413 for a body over the limit, 429 when the token's request
+    budget is spent (every /v1/ route is authenticated), 503 while a dependency is down;
+    and the Idempotency-Key header's form, and whether the route requires it."""
 
     def amend(doc: dict[str, Any]) -> None:
         for path, operations in doc.get("paths", {}).items():
@@ -188,14 +191,29 @@ def _document_common_errors(app: FastAPI) -> None:
                     responses.setdefault("400", {"description": "the body is not valid JSON"})
                     responses.setdefault("413", {"description": "the body is too large"})
                 responses.setdefault(
+                    "429",
+                    {
+                        "description": "this token's request budget is spent; retry after "
+                        "Retry-After (seconds)"
+                    },
+                )
+                responses.setdefault(
                     "503", {"description": "a dependency is down; retry after Retry-After"}
                 )
+                # optional to FastAPI so that check_key() can answer a missing key with its own
+                # 400; a route marked x-idempotency-key-required needs one
+                required = operation.pop("x-idempotency-key-required", False)
                 for param in operation.get("parameters", []):
-                    # optional to FastAPI so that check_key() can answer a missing key with its
-                    # own 400, but a client must send one
                     if param["in"] == "header" and param["name"].lower() == "idempotency-key":
-                        param["required"] = True
+                        param["required"] = required
                         param["schema"] = IDEMPOTENCY_KEY_SCHEMA
+                        responses.setdefault(
+                            "400", {"description": "missing or invalid Idempotency-Key"}
+                        )
+                        responses.setdefault(
+                            "422",
+                            {"description": "the Idempotency-Key was used for another request"},
+                        )
 
     amend_openapi(app, amend)
 

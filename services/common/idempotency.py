@@ -3,12 +3,20 @@ the request; the same key with the same request replays it, with another request
 
 The stored response is written in the same transaction as the effect, so a crash cannot leave
 an effect without its key or a key without its effect.
+
+A refusal the effect decides (404 not found, 409 conflict) is an answer too: it is stored and
+replayed, and the effect's writes are rolled back. Refusals of the request itself (400, 422)
+and transient ones (a 409 asking to retry, 5xx) are not stored, so the client can retry the
+same key, or correct its request and send it with a new one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -26,6 +34,18 @@ def request_hash(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
+# A refusal with one of these statuses is the request's outcome; "retry" asks for another try.
+STORED_REFUSALS = frozenset({404, 409})
+TRANSIENT_CODES = frozenset({"retry"})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    replayed: bool  # the stored answer to an earlier request: the effect did not run now
+
+
 def check_key(key: str | None) -> str:
     if not key:
         raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header")
@@ -40,10 +60,16 @@ class _Raced(Exception):
     """Another request with the same key committed first."""
 
 
-async def run_once(
-    pool: Pool, principal: str, key: str, digest: str, effect: Effect
-) -> tuple[int, dict[str, Any]]:
-    """Run ``effect`` at most once per (principal, key); return its (status, body)."""
+def _stored_refusal(err: ApiError) -> bool:
+    return err.status in STORED_REFUSALS and err.code not in TRANSIENT_CODES
+
+
+async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Effect) -> Outcome:
+    """Run ``effect`` at most once per (principal, key); return its answer, or the stored one.
+
+    Of concurrent requests with one key, one commits; the others' effects roll back (their
+    inserts of the key wait on the winner's and find it) and they replay the winner's answer.
+    """
     for _ in range(2):
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -55,7 +81,13 @@ async def run_once(
                 )
                 if stored is not None:
                     return _replay(stored, digest)
-                status, body = await effect(conn)
+                try:
+                    async with conn.transaction():  # a savepoint: a refusal leaves no writes
+                        status, body = await effect(conn)
+                except ApiError as err:
+                    if not _stored_refusal(err):
+                        raise
+                    status, body = err.status, err.body()
                 inserted = await conn.fetchval(
                     "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, "
                     "response) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
@@ -67,18 +99,95 @@ async def run_once(
                 )
                 if inserted is None:
                     raise _Raced  # roll our effect back and replay the winner's response
-                return status, body
+                return Outcome(status, body, replayed=False)
         except _Raced:
             continue
     raise ApiError(409, "idempotency_conflict", "a request with this key is still in progress")
 
 
-def _replay(stored: asyncpg.Record, digest: str) -> tuple[int, dict[str, Any]]:
+def _reused() -> ApiError:
+    return ApiError(
+        422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+    )
+
+
+def _replay(stored: asyncpg.Record, digest: str) -> Outcome:
     if stored["request_hash"] != digest:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request",
-        )
+        raise _reused()
     response: dict[str, Any] = stored["response"]
-    return int(stored["status_code"]), response
+    return Outcome(int(stored["status_code"]), response, replayed=True)
+
+
+Answer = tuple[int, dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _Recent:
+    digest: str
+    answer: asyncio.Future[Answer]
+    expires: float
+
+
+class RecentAnswers:
+    """Answers to Idempotency-Keys held in this process's memory for ``keep_s`` (at most
+    ``max_keys`` of them), for requests whose effects are deduplicated downstream anyway, where
+    a Postgres write per request would cost more than it saves. Same semantics as ``run_once``
+    within one process and its memory: a concurrent twin waits for the first answer and gets
+    it; a key is forgotten on restart, after ``keep_s``, or by another replica."""
+
+    def __init__(
+        self, keep_s: float, max_keys: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.keep_s = keep_s
+        self.max_keys = max_keys
+        self._clock = clock
+        self._recent: dict[tuple[str, str], _Recent] = {}
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    async def once(
+        self, principal: str, key: str, digest: str, effect: Callable[[], Awaitable[Answer]]
+    ) -> Outcome:
+        now = self._clock()
+        held = self._recent.get((principal, key))
+        if held is not None and held.expires > now:
+            if held.digest != digest:
+                raise _reused()
+            status, body = await asyncio.shield(held.answer)
+            return Outcome(status, body, replayed=True)
+        self._make_room(now)
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._recent[(principal, key)] = _Recent(digest, answer, now + self.keep_s)
+        try:
+            status, body = await effect()
+        except ApiError as err:
+            if not _stored_refusal(err):
+                self._forget(principal, key, answer, err)
+                raise
+            status, body = err.status, err.body()
+        except BaseException as exc:
+            self._forget(principal, key, answer, exc)
+            raise
+        answer.set_result((status, body))
+        return Outcome(status, body, replayed=False)
+
+    def _forget(
+        self, principal: str, key: str, answer: asyncio.Future[Answer], exc: BaseException
+    ) -> None:
+        """Not an answer to keep: the key is free again, and twins waiting get the error."""
+        held = self._recent.get((principal, key))
+        if held is not None and held.answer is answer:
+            del self._recent[(principal, key)]
+        if isinstance(exc, asyncio.CancelledError):
+            answer.cancel()
+        else:
+            answer.set_exception(exc)
+            answer.exception()  # retrieved: no "never retrieved" report when no twin waits
+
+    def _make_room(self, now: float) -> None:
+        if len(self._recent) < self.max_keys:
+            return
+        self._recent = {k: v for k, v in self._recent.items() if v.expires > now}
+        while len(self._recent) >= self.max_keys:  # all fresh: the oldest go first
+            del self._recent[next(iter(self._recent))]

@@ -58,6 +58,12 @@ class CommonMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "polder_rate_limited_total",
+            "Requests (or WebSocket frames) refused with 429: a token's budget was spent",
+            ["budget"],
+            registry=registry,
+        )
         self.handler_failures = Counter(
             "polder_consumer_handler_failures_total",
             "Batches whose handler raised; the batch is retried after a back-off",

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     rate_limit_per_s: float = 20.0  # requests per second per token subject
     rate_limit_burst: int = 40
+    # Operators' reporting routes (billing's /v1/reports/*): a budget of their own per token.
+    report_rate_limit_per_s: float = 1.0
+    report_rate_limit_burst: int = 10
 
     # Location service.
     max_pings_per_batch: int = 500

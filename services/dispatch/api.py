@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from polder.common.auth import (
     CurrentPrincipal,
+    Principal,
     Role,
     bearer_token,
     require_role,
@@ -22,8 +23,8 @@ from polder.common.auth import (
 )
 from polder.common.errors import ApiError
 from polder.common.idempotency import check_key, request_hash, run_once
-from polder.common.outbox import add_to_outbox
-from polder.dispatch.handlers import NotFound
+from polder.common.outbox import Outgoing, add_to_outbox
+from polder.dispatch.handlers import Answer, NotFound, Step
 from polder.dispatch.models import (
     AcceptOut,
     CancelOut,
@@ -45,6 +46,12 @@ router = APIRouter(prefix="/v1")
 
 DriverId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 ERRORS: dict[int | str, dict[str, Any]] = {401: {}, 403: {}, 404: {}, 409: {}, 422: {}}
+KEY_DOC = (
+    "Makes a retry safe: the first answer to a key (success, 404 or 409) is stored and "
+    "replayed for the same request; the same key with another request is a 422. Keys are "
+    "the caller's own (scoped per token subject and role)."
+)
+IdempotencyKey = Annotated[str | None, Header(description=KEY_DOC)]
 
 
 def _rt(request: Request | WebSocket) -> DispatchRuntime:
@@ -56,14 +63,37 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+async def _answer(
+    request: Request, principal: Principal, key: str | None, body: Any, step: Step[Answer]
+) -> JSONResponse:
+    """Run a state-changing step; with an Idempotency-Key, at most once per key."""
+    handlers = _rt(request).handlers
+    if key is None:
+        status, response = await handlers.run(step)
+    else:
+        digest = request_hash(request.method, request.url.path, body)
+        outcome = await handlers.run_once(principal.key, check_key(key), digest, step)
+        status, response = outcome.status, outcome.body
+    return JSONResponse(response, status_code=status)
+
+
 @router.post("/drivers/{driver_id}/status", response_model=StatusOut, responses=ERRORS)
 async def set_status(
-    driver_id: DriverId, body: StatusIn, request: Request, principal: CurrentPrincipal
-) -> StatusOut:
+    driver_id: DriverId,
+    body: StatusIn,
+    request: Request,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Go online, offline or on a break. Going offline with an open offer declines it."""
     require_self(principal, Role.DRIVER, driver_id)
-    status = await _rt(request).handlers.set_status(driver_id, body.status, _now())
-    return StatusOut(driver_id=driver_id, status=status)
+    handlers, now = _rt(request).handlers, _now()
+
+    async def step(conn: Any, events: list[Outgoing]) -> Answer:
+        status = await handlers.set_status(conn, events, driver_id, body.status, now)
+        return 200, StatusOut(driver_id=driver_id, status=status).model_dump(mode="json")
+
+    return await _answer(request, principal, idempotency_key, body.model_dump(mode="json"), step)
 
 
 @router.get("/drivers/{driver_id}/offers", response_model=OffersOut, responses=ERRORS)
@@ -118,38 +148,64 @@ async def _drain(websocket: WebSocket) -> None:
 
 @router.post("/offers/{offer_id}/accept", response_model=AcceptOut, responses=ERRORS)
 async def accept(
-    offer_id: uuid.UUID, request: Request, principal: CurrentPrincipal
-) -> dict[str, str]:
+    offer_id: uuid.UUID,
+    request: Request,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Accept an offer: exactly one of concurrent accept / expire / cancel wins."""
     require_role(principal, Role.DRIVER)
-    rt = _rt(request)
-    return await rt.handlers.accept(offer_id, principal.sub, _now())
+    handlers, now = _rt(request).handlers, _now()
+
+    async def step(conn: Any, events: list[Outgoing]) -> Answer:
+        return 200, await handlers.accept(conn, events, offer_id, principal.sub, now)
+
+    return await _answer(request, principal, idempotency_key, None, step)
 
 
 @router.post("/offers/{offer_id}/decline", response_model=DeclineOut, responses=ERRORS)
-async def decline(offer_id: uuid.UUID, request: Request, principal: CurrentPrincipal) -> DeclineOut:
+async def decline(
+    offer_id: uuid.UUID,
+    request: Request,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Decline an offer; the order is offered to someone else."""
     require_role(principal, Role.DRIVER)
-    rt = _rt(request)
-    await rt.handlers.decline(offer_id, principal.sub, _now())
-    return DeclineOut(offer_id=str(offer_id), status="declined")
+    handlers, now = _rt(request).handlers, _now()
+
+    async def step(conn: Any, events: list[Outgoing]) -> Answer:
+        await handlers.decline(conn, events, offer_id, principal.sub, now)
+        return 200, DeclineOut(offer_id=str(offer_id), status="declined").model_dump(mode="json")
+
+    return await _answer(request, principal, idempotency_key, None, step)
 
 
 @router.post("/trips/{trip_id}/events", response_model=TripEventOut, responses=ERRORS)
 async def trip_event(
-    trip_id: uuid.UUID, body: TripEventIn, request: Request, principal: CurrentPrincipal
-) -> TripEventOut:
+    trip_id: uuid.UUID,
+    body: TripEventIn,
+    request: Request,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Report a trip step: arrived_pickup, picked_up, arrived_dropoff, completed or cancelled."""
     require_role(principal, Role.DRIVER)
-    r = await _rt(request).handlers.trip_step(
-        trip_id, principal.sub, body.type, body.reason, _now()
-    )
-    return TripEventOut(
-        trip_id=r.trip_id,
-        order_id=r.order_id,
-        driver_status=r.worker_status,
-        order_status=r.order_status,
-    )
+    handlers, now = _rt(request).handlers, _now()
+
+    async def step(conn: Any, events: list[Outgoing]) -> Answer:
+        r = await handlers.trip_step(
+            conn, events, trip_id, principal.sub, body.type, body.reason, now
+        )
+        out = TripEventOut(
+            trip_id=r.trip_id,
+            order_id=r.order_id,
+            driver_status=r.worker_status,
+            order_status=r.order_status,
+        )
+        return 200, out.model_dump(mode="json")
+
+    return await _answer(request, principal, idempotency_key, body.model_dump(mode="json"), step)
 
 
 @router.post(
@@ -157,12 +213,13 @@ async def trip_event(
     status_code=201,
     response_model=OrderCreated,
     responses={**ERRORS, 400: {"description": "missing or invalid Idempotency-Key"}},
+    openapi_extra={"x-idempotency-key-required": True},
 )
 async def place_order(
     body: OrderIn,
     request: Request,
     principal: CurrentPrincipal,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Place a ride or delivery order; a retry with the same Idempotency-Key gets the same."""
     require_role(principal, Role.CUSTOMER)
@@ -174,16 +231,16 @@ async def place_order(
 
     async def effect(conn: Any) -> tuple[int, dict[str, Any]]:
         status, response, events = await rt.desk.place(conn, principal.sub, body, now)
-        emitted.extend(events)
+        emitted[:] = events  # of the attempt that commits
         await add_to_outbox(conn, rt.bus, events)
         return status, response
 
-    status, response = await run_once(rt.handlers.pool, principal.sub, key, digest, effect)
-    if emitted:  # a new order, not the stored answer to a retry
+    outcome = await run_once(rt.handlers.pool, principal.key, key, digest, effect)
+    if emitted and not outcome.replayed:  # a new order, not the stored answer to a retry
         rt.metrics.orders_placed.labels(body.kind).inc()
         if rt.handlers.relay is not None:
             rt.handlers.relay.notify()
-    return JSONResponse(response, status_code=status)
+    return JSONResponse(outcome.body, status_code=outcome.status)
 
 
 async def _order_for(request: Request, principal: Any, order_id: uuid.UUID) -> Any:
@@ -211,13 +268,21 @@ async def get_order(
 
 @router.post("/orders/{order_id}/cancel", response_model=CancelOut, responses=ERRORS)
 async def cancel_order(
-    order_id: uuid.UUID, request: Request, principal: CurrentPrincipal
-) -> CancelOut:
+    order_id: uuid.UUID,
+    request: Request,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
     """Cancel an order (its customer, or an operator). An open offer is withdrawn."""
     require_role(principal, Role.CUSTOMER, Role.OPERATOR)
     customer = None if principal.role is Role.OPERATOR else principal.sub
-    status = await _rt(request).handlers.cancel_order(order_id, customer, _now())
-    return CancelOut(order_id=str(order_id), status=status)
+    handlers, now = _rt(request).handlers, _now()
+
+    async def step(conn: Any, events: list[Outgoing]) -> Answer:
+        status = await handlers.cancel_order(conn, events, order_id, customer, now)
+        return 200, CancelOut(order_id=str(order_id), status=status).model_dump(mode="json")
+
+    return await _answer(request, principal, idempotency_key, None, step)
 
 
 @router.get("/orders/{order_id}/decisions", response_model=DecisionsOut, responses=ERRORS)

@@ -1,18 +1,22 @@
 """Dispatch use cases: load and lock state → decide with the domain → persist + outbox, in one
-transaction each. Races between accept, decline, expiry and cancel are settled by row locks."""
+transaction each. Races between accept, decline, expiry and cancel are settled by row locks.
+
+The use cases a request asks for are steps ``(conn, events, ...)``: ``run`` gives one a
+transaction of its own, ``run_once`` one shared with its Idempotency-Key and stored answer."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from polder.common.bus import Bus
 from polder.common.db import Pool
 from polder.common.errors import ApiError
+from polder.common.idempotency import Outcome, run_once
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
 from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.states import (
@@ -36,6 +40,10 @@ from polder.dispatch.transitions import (
     release_offer,
     resolve_offer,
 )
+
+T = TypeVar("T")
+Step = Callable[[Conn, list[Outgoing]], Awaitable[T]]
+Answer = tuple[int, dict[str, Any]]  # status and JSON body of a response
 
 STATUS_TARGET = {
     "online": WorkerStatus.IDLE,
@@ -91,13 +99,38 @@ class Handlers:
                 await add_to_outbox(conn, self.bus, events)
         except IllegalTransition as exc:
             raise conflict(exc) from exc
-        if events:
-            if self.relay is not None:
-                self.relay.notify()
-            self._after_commit(events)
+        self._after_commit(events)
+
+    async def run(self, step: Step[T]) -> T:
+        """One step in a transaction of its own."""
+        async with self.transaction() as (conn, events):
+            return await step(conn, events)
+
+    async def run_once(self, principal: str, key: str, digest: str, step: Step[Answer]) -> Outcome:
+        """One step at most once per (principal, Idempotency-Key): its answer is stored in its
+        transaction, and a retry gets the stored answer (common.idempotency)."""
+        committed: list[Outgoing] = []
+
+        async def effect(conn: Conn) -> Answer:
+            committed.clear()  # of an attempt rolled back for a concurrent twin
+            events: list[Outgoing] = []
+            try:
+                answer = await step(conn, events)
+            except IllegalTransition as exc:
+                raise conflict(exc) from exc
+            await add_to_outbox(conn, self.bus, events)
+            committed.extend(events)
+            return answer
+
+        outcome = await run_once(self.pool, principal, key, digest, effect)
+        if not outcome.replayed:
+            self._after_commit(committed)
+        return outcome
 
     def _after_commit(self, events: list[Outgoing]) -> None:
-        """Count offers by outcome and keep the available workers current."""
+        """Wake the relay, count offers by outcome and keep the available workers current."""
+        if events and self.relay is not None:
+            self.relay.notify()
         for _, _, event in events:
             if event.type == "polder.driver.state_changed.v1":
                 if self.availability is not None:
@@ -107,30 +140,29 @@ class Handlers:
 
     # --- workers -------------------------------------------------------------------------
 
-    async def set_status(self, driver_id: str, requested: str, now: datetime) -> str:
+    async def set_status(
+        self, conn: Conn, events: list[Outgoing], driver_id: str, requested: str, now: datetime
+    ) -> str:
         target = STATUS_TARGET[requested]
-        async with self.transaction() as (conn, events):
-            order = await self._order_of_pending_offer(conn, driver_id)
-            worker = await lock_worker(conn, driver_id, now)
-            status = WorkerStatus(worker["status"])
-            if status is target or (target is WorkerStatus.IDLE and status in _ONLINE):
-                return str(status.value)  # already there: a retried request changes nothing
-            if status in ON_A_JOB:
-                raise IllegalTransition("worker", status.value, STATUS_REQUESTS[requested])
-            if status is WorkerStatus.OFFERED:
-                if order is None or order["offer_id"] != worker["offer_id"]:
-                    raise ApiError(409, "retry", "the offer changed meanwhile; retry")
-                offer = await lock_offer(conn, worker["offer_id"])
-                assert offer is not None
-                _, worker, released = await release_offer(
-                    conn, self.bus, order, offer, worker, "declined", now
-                )
-                events += released
-            worker, event = await move_worker(
-                conn, self.bus, worker, STATUS_REQUESTS[requested], now
+        order = await self._order_of_pending_offer(conn, driver_id)
+        worker = await lock_worker(conn, driver_id, now)
+        status = WorkerStatus(worker["status"])
+        if status is target or (target is WorkerStatus.IDLE and status in _ONLINE):
+            return str(status.value)  # already there: a retried request changes nothing
+        if status in ON_A_JOB:
+            raise IllegalTransition("worker", status.value, STATUS_REQUESTS[requested])
+        if status is WorkerStatus.OFFERED:
+            if order is None or order["offer_id"] != worker["offer_id"]:
+                raise ApiError(409, "retry", "the offer changed meanwhile; retry")
+            offer = await lock_offer(conn, worker["offer_id"])
+            assert offer is not None
+            _, worker, released = await release_offer(
+                conn, self.bus, order, offer, worker, "declined", now
             )
-            events.append(event)
-            return str(worker["status"])
+            events += released
+        worker, event = await move_worker(conn, self.bus, worker, STATUS_REQUESTS[requested], now)
+        events.append(event)
+        return str(worker["status"])
 
     async def _order_of_pending_offer(self, conn: Conn, driver_id: str) -> Row | None:
         """Lock the order a worker holds an offer for, before the worker (lock order)."""
@@ -154,57 +186,57 @@ class Handlers:
 
     # --- offers --------------------------------------------------------------------------
 
-    async def accept(self, offer_id: uuid.UUID, driver_id: str, now: datetime) -> dict[str, str]:
-        async with self.transaction() as (conn, events):
-            order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
-            if offer["expires_at"] <= now:
-                raise ApiError(409, "offer_closed", "offer has expired", current_state="expired")
-            worker = await lock_worker(conn, driver_id, now)
-            trip_id = uuid.uuid4()
-            events.append(await resolve_offer(conn, self.bus, offer, "accepted", now, trip_id))
-            await conn.execute(
-                "INSERT INTO trips (trip_id, order_id, driver_id, status, accepted_at, "
-                "promised_eta_s) VALUES ($1, $2, $3, 'en_route_pickup', $4, $5)",
-                trip_id,
-                order["order_id"],
-                driver_id,
-                now,
-                offer["pickup_eta_s"],
-            )
-            self.metrics.order_to_assignment.observe((now - order["created_at"]).total_seconds())
-            _, order_event = await move_order(
-                conn,
-                self.bus,
-                order,
-                Cause.OFFER_ACCEPTED,
-                now,
-                driver_id=driver_id,
-                trip_id=trip_id,
-                offer_id=None,
-                assigned_at=now,
-                pickup_eta_s=offer["pickup_eta_s"],
-            )
-            _, worker_event = await move_worker(
-                conn,
-                self.bus,
-                worker,
-                Cause.OFFER_ACCEPTED,
-                now,
-                trip_id=trip_id,
-                order_id=order["order_id"],
-                kind=order["kind"],
-            )
-            events += [order_event, worker_event]
-            return {"trip_id": str(trip_id), "order_id": str(order["order_id"])}
+    async def accept(
+        self, conn: Conn, events: list[Outgoing], offer_id: uuid.UUID, driver_id: str, now: datetime
+    ) -> dict[str, str]:
+        order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
+        if offer["expires_at"] <= now:
+            raise ApiError(409, "offer_closed", "offer has expired", current_state="expired")
+        worker = await lock_worker(conn, driver_id, now)
+        trip_id = uuid.uuid4()
+        events.append(await resolve_offer(conn, self.bus, offer, "accepted", now, trip_id))
+        await conn.execute(
+            "INSERT INTO trips (trip_id, order_id, driver_id, status, accepted_at, "
+            "promised_eta_s) VALUES ($1, $2, $3, 'en_route_pickup', $4, $5)",
+            trip_id,
+            order["order_id"],
+            driver_id,
+            now,
+            offer["pickup_eta_s"],
+        )
+        self.metrics.order_to_assignment.observe((now - order["created_at"]).total_seconds())
+        _, order_event = await move_order(
+            conn,
+            self.bus,
+            order,
+            Cause.OFFER_ACCEPTED,
+            now,
+            driver_id=driver_id,
+            trip_id=trip_id,
+            offer_id=None,
+            assigned_at=now,
+            pickup_eta_s=offer["pickup_eta_s"],
+        )
+        _, worker_event = await move_worker(
+            conn,
+            self.bus,
+            worker,
+            Cause.OFFER_ACCEPTED,
+            now,
+            trip_id=trip_id,
+            order_id=order["order_id"],
+            kind=order["kind"],
+        )
+        events += [order_event, worker_event]
+        return {"trip_id": str(trip_id), "order_id": str(order["order_id"])}
 
-    async def decline(self, offer_id: uuid.UUID, driver_id: str, now: datetime) -> None:
-        async with self.transaction() as (conn, events):
-            order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
-            worker = await lock_worker(conn, driver_id, now)
-            _, _, released = await release_offer(
-                conn, self.bus, order, offer, worker, "declined", now
-            )
-            events += released
+    async def decline(
+        self, conn: Conn, events: list[Outgoing], offer_id: uuid.UUID, driver_id: str, now: datetime
+    ) -> None:
+        order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
+        worker = await lock_worker(conn, driver_id, now)
+        _, _, released = await release_offer(conn, self.bus, order, offer, worker, "declined", now)
+        events += released
 
     async def _lock_pending_offer(
         self, conn: Conn, offer_id: uuid.UUID, driver_id: str
@@ -270,40 +302,46 @@ class Handlers:
     # --- trips ---------------------------------------------------------------------------
 
     async def trip_step(
-        self, trip_id: uuid.UUID, driver_id: str, step: str, reason: str | None, now: datetime
+        self,
+        conn: Conn,
+        events: list[Outgoing],
+        trip_id: uuid.UUID,
+        driver_id: str,
+        step: str,
+        reason: str | None,
+        now: datetime,
     ) -> TripStepResult:
         cause = TRIP_STEPS[step]
-        async with self.transaction() as (conn, events):
-            trip = await conn.fetchrow("SELECT * FROM trips WHERE trip_id = $1", trip_id)
-            if trip is None or trip["driver_id"] != driver_id:
-                raise NotFound("trip")
-            order = await lock_order(conn, trip["order_id"])
-            assert order is not None
-            worker = await lock_worker(conn, driver_id, now)
-            if worker["trip_id"] != trip_id:
-                raise ApiError(
-                    409,
-                    "illegal_transition",
-                    f"trip is {trip['status']}",
-                    current_state=trip["status"],
-                )
-            # The driver's state is checked first: a refused step reports the driver's state.
-            worker, worker_event = await move_worker(
-                conn,
-                self.bus,
-                worker,
-                cause,
-                now,
-                trip_id=trip_id,
-                order_id=order["order_id"],
-                kind=order["kind"],
+        trip = await conn.fetchrow("SELECT * FROM trips WHERE trip_id = $1", trip_id)
+        if trip is None or trip["driver_id"] != driver_id:
+            raise NotFound("trip")
+        order = await lock_order(conn, trip["order_id"])
+        assert order is not None
+        worker = await lock_worker(conn, driver_id, now)
+        if worker["trip_id"] != trip_id:
+            raise ApiError(
+                409,
+                "illegal_transition",
+                f"trip is {trip['status']}",
+                current_state=trip["status"],
             )
-            order, order_event = await move_order(conn, self.bus, order, cause, now, reason=reason)
-            await self._record_trip_step(conn, trip_id, cause, worker["status"], now, reason)
-            events += [order_event, worker_event]
-            return TripStepResult(
-                str(trip_id), str(order["order_id"]), worker["status"], order["status"]
-            )
+        # The driver's state is checked first: a refused step reports the driver's state.
+        worker, worker_event = await move_worker(
+            conn,
+            self.bus,
+            worker,
+            cause,
+            now,
+            trip_id=trip_id,
+            order_id=order["order_id"],
+            kind=order["kind"],
+        )
+        order, order_event = await move_order(conn, self.bus, order, cause, now, reason=reason)
+        await self._record_trip_step(conn, trip_id, cause, worker["status"], now, reason)
+        events += [order_event, worker_event]
+        return TripStepResult(
+            str(trip_id), str(order["order_id"]), worker["status"], order["status"]
+        )
 
     async def _record_trip_step(
         self,
@@ -332,49 +370,53 @@ class Handlers:
     # --- orders --------------------------------------------------------------------------
 
     async def cancel_order(
-        self, order_id: uuid.UUID, customer_id: str | None, now: datetime
+        self,
+        conn: Conn,
+        events: list[Outgoing],
+        order_id: uuid.UUID,
+        customer_id: str | None,
+        now: datetime,
     ) -> str:
         """Cancel on behalf of the order's customer (or an operator, ``customer_id=None``)."""
-        async with self.transaction() as (conn, events):
-            order = await lock_order(conn, order_id)
-            if order is None or (customer_id is not None and order["customer_id"] != customer_id):
-                raise NotFound("order")
-            status = OrderStatus(order["status"])
-            cause = Cause.CANCELLED_BY_CUSTOMER
-            if status is OrderStatus.OFFERED:
-                offer = await lock_offer(conn, order["offer_id"])
-                assert offer is not None
-                worker = await lock_worker(conn, offer["driver_id"], now)
-                events.append(await resolve_offer(conn, self.bus, offer, "withdrawn", now))
-                _, w_event = await move_worker(
-                    conn,
-                    self.bus,
-                    worker,
-                    Cause.OFFER_WITHDRAWN,
-                    now,
-                    order_id=order_id,
-                    kind=order["kind"],
-                )
-                events.append(w_event)
-            elif status in (OrderStatus.ASSIGNED, OrderStatus.DRIVER_ARRIVED):
-                worker = await lock_worker(conn, order["driver_id"], now)
-                _, w_event = await move_worker(
-                    conn,
-                    self.bus,
-                    worker,
-                    cause,
-                    now,
-                    trip_id=order["trip_id"],
-                    order_id=order_id,
-                    kind=order["kind"],
-                )
-                events.append(w_event)
-                await self._record_trip_step(conn, order["trip_id"], cause, "", now, cause.value)
-            order, o_event = await move_order(
-                conn, self.bus, order, cause, now, offer_id=None, reason="cancelled by customer"
+        order = await lock_order(conn, order_id)
+        if order is None or (customer_id is not None and order["customer_id"] != customer_id):
+            raise NotFound("order")
+        status = OrderStatus(order["status"])
+        cause = Cause.CANCELLED_BY_CUSTOMER
+        if status is OrderStatus.OFFERED:
+            offer = await lock_offer(conn, order["offer_id"])
+            assert offer is not None
+            worker = await lock_worker(conn, offer["driver_id"], now)
+            events.append(await resolve_offer(conn, self.bus, offer, "withdrawn", now))
+            _, w_event = await move_worker(
+                conn,
+                self.bus,
+                worker,
+                Cause.OFFER_WITHDRAWN,
+                now,
+                order_id=order_id,
+                kind=order["kind"],
             )
-            events.append(o_event)
-            return str(order["status"])
+            events.append(w_event)
+        elif status in (OrderStatus.ASSIGNED, OrderStatus.DRIVER_ARRIVED):
+            worker = await lock_worker(conn, order["driver_id"], now)
+            _, w_event = await move_worker(
+                conn,
+                self.bus,
+                worker,
+                cause,
+                now,
+                trip_id=order["trip_id"],
+                order_id=order_id,
+                kind=order["kind"],
+            )
+            events.append(w_event)
+            await self._record_trip_step(conn, order["trip_id"], cause, "", now, cause.value)
+        order, o_event = await move_order(
+            conn, self.bus, order, cause, now, offer_id=None, reason="cancelled by customer"
+        )
+        events.append(o_event)
+        return str(order["status"])
 
 
 _ONLINE = frozenset({WorkerStatus.IDLE, WorkerStatus.OFFERED})

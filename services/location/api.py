@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import h3.api.basic_int as h3
 import orjson
-from fastapi import APIRouter, Path, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import (
+    APIRouter,
+    Header,
+    Path,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from pydantic import ValidationError
 
 from polder.common.auth import (
@@ -21,7 +31,8 @@ from polder.common.auth import (
     verify_token,
 )
 from polder.common.errors import ApiError
-from polder.common.http import raw_json_body
+from polder.common.http import ORJSONResponse, raw_json_body
+from polder.common.idempotency import check_key
 from polder.common.timerange import parse_range
 from polder.location import export
 from polder.location.handlers import DriverOffline
@@ -42,6 +53,12 @@ from polder.location.runtime import LocationRuntime
 
 router = APIRouter(prefix="/v1")
 
+PING_KEY_DOC = (
+    "Optional. A retried batch with the same key (and the same body) gets the first answer "
+    "and records nothing again; another body with the key is a 422. Kept in the receiving "
+    "process's memory for a few minutes: pings are deduplicated downstream anyway."
+)
+
 DRIVER_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 EXPORT_RANGE_DOC = "RFC 3339 with a UTC offset; by default the current UTC day; at most 7 days"
 
@@ -59,20 +76,6 @@ def _parse_error(exc: ValidationError) -> ApiError:
         {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors[:20]
     ]
     return ApiError(422, "invalid_request", "body does not match the schema", errors=details)
-
-
-def _check_rate(rt: LocationRuntime, principal: Principal) -> None:
-    wait = rt.limiter.take(principal.sub, time.monotonic())
-    if wait > 0:
-        rt.metrics.rate_limited.inc()
-        retry = max(1, round(wait + 0.5))
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"too many requests; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-            retry_after_s=retry,
-        )
 
 
 async def _ingest(rt: LocationRuntime, driver_id: str, pings: list[PingIn]) -> IngestResult:
@@ -130,13 +133,26 @@ async def post_locations(
     driver_id: Annotated[str, Path(pattern=DRIVER_ID)],
     request: Request,
     principal: CurrentPrincipal,
-) -> IngestResult:
+    idempotency_key: Annotated[str | None, Header(description=PING_KEY_DOC)] = None,
+) -> IngestResult | Response:
     """Record a batch of 1–500 GPS pings from the driver itself."""
     rt = _runtime(request)
     require_self(principal, Role.DRIVER, driver_id)
-    _check_rate(rt, principal)
+    raw = await request.body()
+    if idempotency_key is None:
+        return await _record(rt, driver_id, raw)
+    digest = hashlib.sha256(request.url.path.encode() + b"\n" + raw).hexdigest()
+
+    async def effect() -> tuple[int, dict[str, Any]]:
+        return 202, (await _record(rt, driver_id, raw)).model_dump(mode="json")
+
+    outcome = await rt.answers.once(principal.key, check_key(idempotency_key), digest, effect)
+    return ORJSONResponse(outcome.body, status_code=outcome.status)
+
+
+async def _record(rt: LocationRuntime, driver_id: str, raw: bytes) -> IngestResult:
     try:
-        batch = BATCH.validate_json(await request.body())
+        batch = BATCH.validate_json(raw)
     except ValidationError as exc:
         raise _parse_error(exc) from exc
     return await _ingest(rt, driver_id, batch.pings)
@@ -175,7 +191,7 @@ async def _answer_frame(
             raise ApiError(
                 413, "body_too_large", f"frame exceeds {rt.settings.max_body_bytes} bytes"
             )
-        _check_rate(rt, principal)
+        rt.throttle.charge(principal.key)
         # One adapter per shape: a union adapter costs ~40 % more per frame.
         try:
             if frame.lstrip().startswith("["):
@@ -257,7 +273,6 @@ async def export_driver_data(
         or (principal.role is Role.DRIVER and principal.sub == driver_id)
     ):
         raise ApiError(403, "forbidden", "only the worker itself or an operator")
-    rt = _runtime(request)
-    _check_rate(rt, principal)
+    rt = _runtime(request)  # the request was charged to the token's budget with its principal
     a, b = parse_range(start, end, datetime.now(UTC), export.MAX_SPAN)
     return await export.export(rt.pool, driver_id, a, b)

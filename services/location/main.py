@@ -16,7 +16,7 @@ from polder.common import retention
 from polder.common.children import ChildProcess, MergedRegistry, share_folder
 from polder.common.geoindex import LocationIndex
 from polder.common.http import amend_openapi, document_models, service_app
-from polder.common.ratelimit import RateLimiter
+from polder.common.idempotency import RecentAnswers
 from polder.common.service import service_resources
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
@@ -41,6 +41,10 @@ from polder.location.runtime import LocationRuntime
 SERVICE = "location"
 MIGRATIONS = "polder.location.migrations"
 INDEX_FETCH_RECORDS = 100
+# Answers to keyed ingest requests: longer than any client's retry window, and bounded (an
+# answer is ~100 bytes).
+ANSWERS_KEPT_S = 600.0
+ANSWERS_MAX = 200_000
 
 
 def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "process") -> FastAPI:
@@ -70,9 +74,10 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 ingest=Ingest(
                     res.bus, index, limits, metrics, statuses, settings.publish_timeout_s
                 ),
-                limiter=RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+                throttle=app.state.throttle,
                 metrics=metrics,
                 pool=res.pool,
+                answers=RecentAnswers(ANSWERS_KEPT_S, ANSWERS_MAX),
             )
             indexer = res.consumer(
                 "location-index",

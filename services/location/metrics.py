@@ -46,11 +46,6 @@ class LocationMetrics(CommonMetrics):
             "Raw trace pings past retention, deleted and counted into res-8 cells",
             registry=registry,
         )
-        self.rate_limited = Counter(
-            "polder_location_rate_limited_total",
-            "Requests or frames refused with 429",
-            registry=registry,
-        )
         self.traces_written = Counter(
             "polder_location_trace_pings_written_total",
             "Pings written to the trace table",

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from polder.common.db import Pool
 from polder.common.geoindex import LocationIndex
-from polder.common.ratelimit import RateLimiter
+from polder.common.idempotency import RecentAnswers
 from polder.common.settings import Settings
+from polder.common.throttle import Throttle
 from polder.location.domain.status import DriverStatuses
 from polder.location.handlers import Ingest
 from polder.location.metrics import LocationMetrics
@@ -19,6 +20,7 @@ class LocationRuntime:
     index: LocationIndex
     statuses: DriverStatuses
     ingest: Ingest
-    limiter: RateLimiter
+    throttle: Throttle  # the app's, shared with the HTTP routes' dependency
     metrics: LocationMetrics
     pool: Pool
+    answers: RecentAnswers  # to ingest requests sent with an Idempotency-Key

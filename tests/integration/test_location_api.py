@@ -540,3 +540,37 @@ async def test_stored_offsets_past_the_log_end_mean_the_log_started_over(
     await publish_status(settings, "reborn")
     async with start(settings) as api:
         await on_shift(api.app, "reborn")
+
+
+async def test_a_keyed_batch_retried_gets_its_first_answer_and_records_nothing_again(
+    api: Api,
+) -> None:
+    async def send(pings: list[dict[str, Any]], key: str, driver: str = "dk") -> httpx.Response:
+        return await api.client.post(
+            f"{api.base}/v1/drivers/{driver}/locations",
+            json={"pings": pings},
+            headers={**api.auth("driver", driver), "Idempotency-Key": key},
+        )
+
+    await api.online("dk")
+    await api.online("dk2")
+    batch = [ping(3, lat=52.3700), ping(2, lat=52.3701)]
+    first = await send(batch, "b-1")
+    assert first.status_code == 202 and first.json() == {"accepted": 2, "rejected": []}
+    twins = await asyncio.gather(*(send(batch, "b-1") for _ in range(3)))
+    assert all((r.status_code, r.json()) == (202, first.json()) for r in twins)
+    reused = await send([ping(1, lat=52.3702)], "b-1")
+    assert reused.status_code == 422 and reused.json()["error"]["code"] == "idempotency_key_reused"
+    # the same batch without its key is a new request: its pings are no longer new
+    plain = await api.post_pings("dk", batch)
+    assert plain.json()["rejected"] == [
+        {"index": 0, "reason": "stale"},
+        {"index": 1, "reason": "stale"},
+    ]
+    # another driver's key of the same name is their own
+    assert (await send(batch, "b-1", driver="dk2")).json() == {"accepted": 2, "rejected": []}
+    # a request refused before it ran keeps no answer: the key is free for a corrected one
+    assert (await send([], "b-2")).status_code == 422
+    assert (await send([ping(0.5, lat=52.3702)], "b-2")).json()["accepted"] == 1
+    metrics = (await api.client.get(f"{api.base}/metrics")).text
+    assert "polder_location_pings_accepted_total 5.0" in metrics  # 2 + 2 + 1, nothing twice

@@ -46,3 +46,23 @@ def test_location_ingest_documents_its_body_and_errors() -> None:
     assert {"/healthz", "/readyz", "/metrics", "/v1/drivers/nearby", "/v1/supply"} <= set(
         doc["paths"]
     )
+
+
+def test_every_state_changing_post_documents_its_idempotency_key() -> None:
+    doc = service_module("dispatch").build_app(Settings()).openapi()
+    posts = {path: ops["post"] for path, ops in doc["paths"].items() if "post" in ops}
+    assert set(posts) == {
+        "/v1/orders",
+        "/v1/orders/{order_id}/cancel",
+        "/v1/drivers/{driver_id}/status",
+        "/v1/offers/{offer_id}/accept",
+        "/v1/offers/{offer_id}/decline",
+        "/v1/trips/{trip_id}/events",
+    }
+    for path, post in posts.items():
+        [header] = [p for p in post["parameters"] if p["name"].lower() == "idempotency-key"]
+        assert header["in"] == "header" and header["schema"]["maxLength"] == 255
+        assert "422" in header["description"]
+        assert header["required"] is (path == "/v1/orders"), path
+        assert {"400", "422"} <= set(post["responses"]), path
+        assert "x-idempotency-key-required" not in post
