@@ -573,6 +573,11 @@ async def test_duplicates_reordering_and_skewed_clocks_give_the_clean_results(
     ]
     rng.shuffle(faulty_stream)  # reordered within each worker (and across them)
     assert len(faulty_stream) > 2 * len(clean_stream)
+    # The history lies in the past: keep its raw pings (billing skips pings older than
+    # retention, which the retention job would only thin again).
+    ten_years_h = 10 * 365 * 24.0
+    clean_settings = clean_settings.model_copy(update={"raw_ping_retention_h": ten_years_h})
+    settings = settings.model_copy(update={"raw_ping_retention_h": ten_years_h})
     async with billing(clean_settings) as clean, billing(settings) as faulty:
         await publish(clean_settings, clean_stream)
         await publish(settings, faulty_stream)
