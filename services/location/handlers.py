@@ -208,12 +208,26 @@ class TraceWriter:
     again in another request). Rows are COPYed into a per-connection temporary table and moved
     with one ``INSERT ... ON CONFLICT DO NOTHING``: set-based, as fast as COPY nearly."""
 
-    def __init__(self, pool: Pool, metrics: LocationMetrics, resolution: int) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        metrics: LocationMetrics,
+        resolution: int,
+        retention_s: float | None = None,
+    ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.resolution = resolution
+        # A replayed batch received longer ago than retention is not stored again as raw
+        # positions (the retention job has counted it into its res-8 cells already).
+        self.retention_s = retention_s
 
     async def __call__(self, records: Sequence[Received]) -> None:
+        if self.retention_s is not None:
+            oldest = time.time() - self.retention_s
+            records = [r for r in records if r.event.time.timestamp() >= oldest]
+            if not records:
+                return
         written = 0
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = {

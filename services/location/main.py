@@ -106,7 +106,12 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 res.consumer(
                     TRACE_CONSUMER,
                     [DRIVER_LOCATIONS],
-                    TraceWriter(res.pool, metrics, settings.index_resolution),
+                    TraceWriter(
+                        res.pool,
+                        metrics,
+                        settings.index_resolution,
+                        retention_s=settings.raw_ping_retention_h * 3600,
+                    ),
                     group_id=TRACE_CONSUMER,
                 )
             else:
