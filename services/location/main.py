@@ -109,7 +109,6 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                     TraceWriter(
                         res.pool,
                         metrics,
-                        settings.index_resolution,
                         retention_s=settings.raw_ping_retention_h * 3600,
                     ),
                     group_id=TRACE_CONSUMER,
@@ -124,7 +123,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 retention.run(
                     res.pool,
                     f"retention:{settings.db_schema(SERVICE)}",
-                    TraceRetention(res.pool, metrics),
+                    TraceRetention(res.pool, metrics, settings.index_resolution),
                     res.stop,
                     retention_h=settings.raw_ping_retention_h,
                     every_s=settings.retention_interval_s,

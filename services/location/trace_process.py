@@ -32,7 +32,6 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
             TraceWriter(
                 res.pool,
                 metrics,
-                settings.index_resolution,
                 retention_s=settings.raw_ping_retention_h * 3600,
             ),
             group_id=TRACE_CONSUMER,
