@@ -275,4 +275,4 @@ async def export_driver_data(
         raise ApiError(403, "forbidden", "only the worker itself or an operator")
     rt = _runtime(request)  # the request was charged to the token's budget with its principal
     a, b = parse_range(start, end, datetime.now(UTC), export.MAX_SPAN)
-    return await export.export(rt.pool, driver_id, a, b)
+    return await export.export(rt.pool, driver_id, a, b, rt.settings.index_resolution)

@@ -6,15 +6,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import h3.api.basic_int as h3
+
 from polder.common.db import Pool
 
 MAX_SPAN = timedelta(days=7)  # a week of a busy worker's trace is ~200 000 pings
 
 
-async def export(pool: Pool, driver_id: str, start: datetime, end: datetime) -> dict[str, Any]:
+async def export(
+    pool: Pool, driver_id: str, start: datetime, end: datetime, resolution: int
+) -> dict[str, Any]:
+    """``resolution``: the index's, for each ping's H3 cell."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         pings = await conn.fetch(
-            "SELECT recorded_at, received_at, lat, lng, cell, accuracy_m, speed_mps, "
+            "SELECT recorded_at, received_at, lat, lng, accuracy_m, speed_mps, "
             "heading_deg FROM pings WHERE driver_id = $1 AND recorded_at >= $2 "
             "AND recorded_at < $3 ORDER BY recorded_at",
             driver_id,
@@ -46,7 +51,7 @@ async def export(pool: Pool, driver_id: str, start: datetime, end: datetime) -> 
                 "received_at": r["received_at"].isoformat(),
                 "lat": r["lat"],
                 "lng": r["lng"],
-                "cell": f"{r['cell']:x}",
+                "cell": f"{h3.latlng_to_cell(r['lat'], r['lng'], resolution):x}",
                 "accuracy_m": r["accuracy_m"],
                 "speed_mps": r["speed_mps"],
                 "heading_deg": r["heading_deg"],

@@ -106,7 +106,11 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 res.consumer(
                     TRACE_CONSUMER,
                     [DRIVER_LOCATIONS],
-                    TraceWriter(res.pool, metrics, settings.index_resolution),
+                    TraceWriter(
+                        res.pool,
+                        metrics,
+                        retention_s=settings.raw_ping_retention_h * 3600,
+                    ),
                     group_id=TRACE_CONSUMER,
                 )
             else:
@@ -119,7 +123,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 retention.run(
                     res.pool,
                     f"retention:{settings.db_schema(SERVICE)}",
-                    TraceRetention(res.pool, metrics),
+                    TraceRetention(res.pool, metrics, settings.index_resolution),
                     res.stop,
                     retention_h=settings.raw_ping_retention_h,
                     every_s=settings.retention_interval_s,

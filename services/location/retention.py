@@ -1,14 +1,18 @@
 """Raw traces past retention become per-hour H3 resolution-8 cells (``ping_cells``).
 
-Set-based and chunked: each chunk deletes up to ``chunk`` raw rows and adds them to their cells
-in one statement (one transaction), so a crash leaves every ping either raw or counted, never
-both or neither. The res-8 parent is computed from the stored index cell (resolution ≥ 8) by
+Chunked: each chunk of stored batches is deleted and its pings added to their cells in one
+transaction. A ping's cell is the res-8 parent of its cell at the index's resolution (≥ 8), by
 the H3 bit layout: resolution field set to 8, digits 9–15 set to 7 ("unused").
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import h3.api.basic_int as h3
+import orjson
 
 from polder.common.db import Pool
 from polder.location.metrics import LocationMetrics
@@ -20,39 +24,80 @@ _SET8 = (CELL_RESOLUTION << 52) | _UNUSED_DIGITS_9_TO_15
 
 
 def parent8(cell: int) -> int:
-    """The res-8 parent of an H3 cell of resolution 8–15 (what the SQL below computes)."""
+    """The res-8 parent of an H3 cell of resolution 8–15."""
     return (cell & ~_RES_BITS) | _SET8
 
 
-_THIN = f"""
-WITH gone AS (
-    DELETE FROM pings
-     WHERE ctid = ANY(ARRAY(SELECT ctid FROM pings WHERE received_at < $1 LIMIT $2))
-    RETURNING driver_id, received_at, cell
-), counted AS (
-    INSERT INTO ping_cells AS c (driver_id, hour, cell8, pings)
-    SELECT driver_id, date_trunc('hour', received_at, 'UTC'),
-           (cell & ~{_RES_BITS}::bigint) | {_SET8}::bigint,
-           count(*)
-      FROM gone GROUP BY 1, 2, 3
-    ON CONFLICT (driver_id, hour, cell8) DO UPDATE SET pings = c.pings + EXCLUDED.pings
-)
-SELECT count(*) FROM gone
-"""  # noqa: S608 (constants only)
+# A chunk of the oldest batches received before the cut, deleted and handed back.
+_TAKE = """
+DELETE FROM trace_batches
+ WHERE event_id = ANY(ARRAY(
+       SELECT event_id FROM trace_batches WHERE received_at < $1
+        ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+RETURNING driver_id, received_at, pings::text AS pings
+"""
+
+_COUNT = """
+INSERT INTO ping_cells AS c (driver_id, hour, cell8, pings)
+SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::integer[])
+ON CONFLICT (driver_id, hour, cell8) DO UPDATE SET pings = c.pings + EXCLUDED.pings
+"""
 
 
 class TraceRetention:
-    def __init__(self, pool: Pool, metrics: LocationMetrics, chunk: int = 50_000) -> None:
+    """``chunk`` batches per transaction: they are deleted and their pings counted into
+    ``ping_cells`` in one transaction, so a crash leaves every ping raw or counted, never both
+    or neither. A ping stored twice (sent again in another request) is counted once when both
+    copies fall in one chunk, which is where a retry's copy lands unless the chunk ends between
+    them."""
+
+    def __init__(
+        self, pool: Pool, metrics: LocationMetrics, resolution: int, chunk: int = 2_000
+    ) -> None:
         self.pool = pool
         self.metrics = metrics
+        self.resolution = resolution  # the index's: cells are the parents of its cells
         self.chunk = chunk
 
     async def __call__(self, cut: datetime) -> int:
         """Thin every raw ping received before ``cut``; answers how many."""
         total = 0
         while True:
-            n: int = await self.pool.fetchval(_THIN, cut, self.chunk)
+            async with self.pool.acquire() as conn, conn.transaction():
+                batches = await conn.fetch(_TAKE, cut, self.chunk)
+                counts = cell_counts(
+                    [(b["driver_id"], b["received_at"], b["pings"]) for b in batches],
+                    self.resolution,
+                )
+                if counts:
+                    keys = list(counts)
+                    await conn.execute(
+                        _COUNT,
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                        [k[2] for k in keys],
+                        [counts[k] for k in keys],
+                    )
+            n = sum(counts.values())
             total += n
             self.metrics.pings_thinned.inc(n)
-            if n < self.chunk:
+            if len(batches) < self.chunk:
                 return total
+
+
+def cell_counts(
+    batches: Sequence[tuple[str, datetime, str]], resolution: int
+) -> Counter[tuple[str, datetime, int]]:
+    """Pings per (driver, UTC hour received, res-8 cell) of stored batches (driver, received_at,
+    pings JSON), each (driver, recorded_at) once."""
+    counts: Counter[tuple[str, datetime, int]] = Counter()
+    seen: set[tuple[str, int]] = set()
+    for driver, received_at, pings in batches:
+        hour = received_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        for p in orjson.loads(pings):
+            if (driver, p["recorded_at_ms"]) in seen:
+                continue
+            seen.add((driver, p["recorded_at_ms"]))
+            cell = h3.latlng_to_cell(p["lat"], p["lng"], resolution)
+            counts[(driver, hour, parent8(cell))] += 1
+    return counts

@@ -29,7 +29,11 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
         res.consumer(
             TRACE_CONSUMER,
             [DRIVER_LOCATIONS],
-            TraceWriter(res.pool, metrics, settings.index_resolution),
+            TraceWriter(
+                res.pool,
+                metrics,
+                retention_s=settings.raw_ping_retention_h * 3600,
+            ),
             group_id=TRACE_CONSUMER,
         )
         if share is not None:

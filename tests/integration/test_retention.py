@@ -140,7 +140,7 @@ async def test_location_thins_its_trace_into_res8_cells(settings: Settings) -> N
     try:
         await migrate(pool, schema, "polder.location.migrations")
         metrics = LocationMetrics(CollectorRegistry())
-        writer = TraceWriter(pool, metrics, resolution=9)
+        writer = TraceWriter(pool, metrics)
         now = datetime(2026, 12, 6, 12, tzinfo=UTC)
         rng = random.Random(3)
         sent: list[tuple[str, datetime, float, float]] = []
@@ -169,7 +169,7 @@ async def test_location_thins_its_trace_into_res8_cells(settings: Settings) -> N
         old = [s for s in sent if s[1] < cut]
         assert 0 < len(old) < len(sent)
 
-        thinned = await TraceRetention(pool, metrics, chunk=37)(cut)  # several chunks
+        thinned = await TraceRetention(pool, metrics, 9, chunk=37)(cut)  # two chunks of batches
         assert thinned == len(old)
         assert await pool.fetchval("SELECT count(*) FROM pings WHERE received_at < $1", cut) == 0
         assert await pool.fetchval("SELECT count(*) FROM pings") == len(sent) - len(old)
@@ -185,6 +185,6 @@ async def test_location_thins_its_trace_into_res8_cells(settings: Settings) -> N
         rows = await pool.fetch("SELECT driver_id, hour, cell8, pings FROM ping_cells")
         assert {(r["driver_id"], r["hour"], r["cell8"]): r["pings"] for r in rows} == expected
         assert metrics.pings_thinned._value.get() == len(old)  # noqa: SLF001
-        assert await TraceRetention(pool, metrics)(cut) == 0
+        assert await TraceRetention(pool, metrics, 9)(cut) == 0
     finally:
         await pool.close()
