@@ -128,7 +128,11 @@ class Consumer:
         start_offsets: StartOffsets | None = None,
         max_records: int = MAX_RECORDS,
         retry_backoff_s: float = 1.0,
+        prompt: bool = True,
     ) -> None:
+        """``prompt``: someone waits on this consumer's delay (the location index, the offer
+        feed): fetches wait at most ``kafka_fetch_max_wait_ms`` for data, else the longer
+        ``kafka_background_fetch_max_wait_ms``, which costs the broker less."""
         self.name = name
         self.settings = settings
         self.registry = registry
@@ -151,7 +155,11 @@ class Consumer:
             auto_offset_reset="earliest" if self.group_id else "latest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=settings.kafka_session_timeout_ms,
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=(
+                settings.kafka_fetch_max_wait_ms
+                if prompt
+                else settings.kafka_background_fetch_max_wait_ms
+            ),
             heartbeat_interval_ms=settings.kafka_heartbeat_ms,
         )
 

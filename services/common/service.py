@@ -42,7 +42,9 @@ class Resources:
         start_at_ms: Callable[[], int] | None = None,
         start_offsets: StartOffsets | None = None,
         max_records: int = MAX_RECORDS,
+        prompt: bool = False,
     ) -> Consumer:
+        """``prompt``: fetch with the short wait (see ``Consumer``); background by default."""
         consumer = Consumer(
             name=name,
             settings=self.settings,
@@ -55,6 +57,7 @@ class Resources:
             start_at_ms=start_at_ms,
             start_offsets=start_offsets,
             max_records=max_records,
+            prompt=prompt,
         )
         self.run(consumer.run(self.stop), name)
         return consumer

@@ -76,6 +76,7 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
                 fan_out,
                 group_id=None,  # every replica serves its own connected drivers
                 start_at_ms=lambda: int(time.time() * 1000),
+                prompt=True,  # a worker is waiting for the offer
             )
             ready = [(feeder, "dispatch feed consumer")]
             if separate:

@@ -87,6 +87,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 # Small fetches: applying one runs on the request loop without a pause, and a
                 # 2000-event fetch (100 000 pings) held ingest for ~100 ms; 100 events are ~5 ms.
                 max_records=INDEX_FETCH_RECORDS,
+                prompt=True,  # ping→index latency is a target
                 start_at_ms=lambda: int((time.time() - settings.location_ttl_s) * 1000),
             )
             # Who is on shift: one group stores it, every replica follows it in memory from
