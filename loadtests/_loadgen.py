@@ -131,19 +131,22 @@ class Recorder:
 class Pacer:
     """Spaces request starts evenly at a fixed rate, shared by all tasks of a process.
 
-    A slot that is already past is not made up for later: if the service falls behind, the load
-    becomes closed-loop (bounded by the requests in flight) and the achieved rate shows it.
+    A slot missed while every task waited for an answer is made up at once, but only within
+    ``catch_up_s``: short stalls do not lower the offered rate, while a service that falls
+    behind for longer turns the load closed-loop (bounded by the requests in flight), and the
+    achieved rate shows it.
     """
 
-    def __init__(self, per_s: float | None) -> None:
+    def __init__(self, per_s: float | None, catch_up_s: float = 0.1) -> None:
         self.interval = 1.0 / per_s if per_s else 0.0
+        self.catch_up_s = catch_up_s
         self.next = 0.0
 
     async def wait(self) -> None:
         if not self.interval:
             return
         now = time.monotonic()
-        slot = max(now, self.next)
+        slot = max(now - self.catch_up_s, self.next)
         self.next = slot + self.interval
         if slot > now:
             await asyncio.sleep(slot - now)

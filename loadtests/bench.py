@@ -100,10 +100,12 @@ def _scale(d: dict[str, Any]) -> Row:
 BENCHES = (
     Bench(
         "ingest",
-        "location ingest, WebSocket frames of 50, into the index",
+        "location ingest, WebSocket frames of 50, into the index, 51 000 pings/s offered",
         "≥ 50 000 pings/s, p99 ≤ 250 ms",
         "loadtests.ingest",
-        ("--mode", "ws", "--seconds", "15", "--out", "bench-ingest"),
+        # Paced just above the target rate: latency at a sustained rate, not the queueing of a
+        # closed loop (which grows with whatever is in flight); pings/s is what arrived.
+        ("--mode", "ws", "--seconds", "15", "--rate", "51000", "--out", "bench-ingest"),
         "bench-ingest-ws.json",
         _ingest,
     ),
