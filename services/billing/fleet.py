@@ -8,7 +8,6 @@ Labels are bounded: phases, yes/no, policies and currencies, never a worker."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from polder.billing.domain.statement import Statement, share_below_floor
 from polder.billing.metrics import BillingMetrics
 from polder.billing.statements import Reports
 from polder.common.db import leadership
+from polder.common.tasks import wait_for_event
 
 log = structlog.get_logger(__name__)
 
@@ -108,5 +108,4 @@ async def run(
                 publish(summarize(gathered.policy, gathered.segments, gathered.by_policy), metrics)
             except Exception:  # the database may be down: the gauges keep their last values
                 log.exception("fleet figures failed; retrying at the next interval")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            await wait_for_event(stop, every_s)

@@ -5,7 +5,6 @@ posted top-up and posts the right one; re-closing an unchanged day posts nothing
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -17,6 +16,7 @@ from polder.billing.metrics import BillingMetrics
 from polder.billing.statements import LOOKBACK, Statements
 from polder.common.bus import Bus
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
+from polder.common.tasks import wait_for_event
 
 log = structlog.get_logger(__name__)
 
@@ -130,5 +130,4 @@ class PeriodCloser:
                     await self.close(today - timedelta(days=back), now)
                 except Exception:
                     log.exception("closing a pay period failed; retrying later")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            await wait_for_event(stop, every_s)

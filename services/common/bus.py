@@ -24,6 +24,7 @@ from polder.common.envelope import DecodeError, Event
 from polder.common.metrics import CommonMetrics
 from polder.common.schemas import SchemaError, SchemaRegistry
 from polder.common.settings import Settings
+from polder.common.tasks import wait_for_event
 from polder.common.topics import DLQ, TOPICS, Topic
 
 log = structlog.get_logger(__name__)
@@ -248,8 +249,7 @@ class Consumer:
                 self.metrics.handler_failures.labels(self.name).inc()
                 log.exception("consumer handler failed; retrying batch", consumer=self.name)
                 backoff = min(self.retry_backoff_s * 2 ** (failures - 1), 30.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                await wait_for_event(stop, backoff)
                 if stop.is_set():
                     return False
         self.metrics.events_consumed.labels(self.name, tp.topic).inc(len(good))

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from polder.common.logging import configure_logging
 from polder.common.service import Resources
 from polder.common.settings import Settings
+from polder.common.tasks import wait_for_event
 
 log = structlog.get_logger(__name__)
 
@@ -93,8 +94,7 @@ class ChildProcess:
                 log.error(
                     "helper process exited; restarting", module=self.module, code=waiter.result()
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await wait_for_event(stop, 1.0)
                 continue
             await self.terminate()
 
@@ -179,8 +179,7 @@ async def write_metrics(registry: CollectorRegistry, share: Path, stop: asyncio.
     while not stop.is_set():
         tmp.write_bytes(generate_latest(registry))
         tmp.replace(path)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=METRICS_INTERVAL_S)
+        await wait_for_event(stop, METRICS_INTERVAL_S)
 
 
 async def watch_parent(parent: int, stop: asyncio.Event) -> None:
@@ -190,8 +189,7 @@ async def watch_parent(parent: int, stop: asyncio.Event) -> None:
             log.warning("parent process gone; stopping")
             stop.set()
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        await wait_for_event(stop, 1.0)
 
 
 async def run_until_stopped(res: Resources, stop: asyncio.Event) -> None:

@@ -18,6 +18,8 @@ import asyncpg
 import orjson
 import structlog
 
+from polder.common.tasks import wait_for_event
+
 log = structlog.get_logger(__name__)
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
@@ -120,8 +122,7 @@ async def leadership(
             if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
                 held = True
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+            await wait_for_event(stop, poll_s)
         try:
             yield held
         finally:

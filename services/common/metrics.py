@@ -53,8 +53,8 @@ class CommonMetrics:
         )
         self.loop_lag = Histogram(
             "polder_event_loop_lag_seconds",
-            "How long a ready callback waits for its turn on the service's event loop "
-            "(sampled every 100 ms): what every request and consumer step pays on top",
+            "How late a timer fires on the service's event loop (sampled every 100 ms): how "
+            "long other work held the loop, which every request and consumer step waits on top",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=registry,
         )

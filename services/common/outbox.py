@@ -8,7 +8,6 @@ idempotent (they dedupe on the event id), so at-least-once is enough.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import orjson
@@ -17,6 +16,7 @@ import structlog
 from polder.common.bus import Bus
 from polder.common.db import Connection, Pool
 from polder.common.envelope import Event
+from polder.common.tasks import wait_for_event
 from polder.common.topics import Topic
 
 log = structlog.get_logger(__name__)
@@ -72,8 +72,7 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
             if sent < self.batch:
                 self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=self.idle_poll_s)
+                await wait_for_event(self.wake, self.idle_poll_s)
 
     async def relay_once(self) -> int:
         """Send one batch. The advisory lock is held for the session, not in a transaction, so

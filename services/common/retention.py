@@ -4,13 +4,13 @@ advisory lock), so replicas never thin the same rows twice or race for them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from polder.common.db import Pool, leadership
+from polder.common.tasks import wait_for_event
 
 log = structlog.get_logger(__name__)
 
@@ -41,5 +41,4 @@ async def run(
                     log.info("retention pass", lock=lock, rows=thinned)
             except Exception:  # the database may be down: the next pass catches up
                 log.exception("retention pass failed; retrying at the next interval", lock=lock)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            await wait_for_event(stop, every_s)

@@ -40,14 +40,22 @@ async def tasks_alive(tasks: Sequence[asyncio.Task[None]]) -> None:
             raise RuntimeError(f"{t.get_name()} stopped")
 
 
+async def wait_for_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until ``event`` is set or ``timeout_s`` has passed; whether it was set. The pause of
+    every background loop: it ends at once when the service stops."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=timeout_s)
+    return event.is_set()
+
+
 async def watch_loop_lag(
     observe: Callable[[float], None], stop: asyncio.Event, every_s: float = 0.1
 ) -> None:
-    """Sample how long a ready callback waits on this event loop, ``every_s``, until stopped."""
+    """Observe, every ``every_s``, how late a timer fires on this event loop: how long the loop
+    was held by other work when it came due (what a request or a consumer step waits on top)."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=every_s)
-        queued = loop.time()
-        await asyncio.sleep(0)  # back of the ready queue: run again when everything before ran
-        observe(loop.time() - queued)
+        due = loop.time() + every_s
+        if await wait_for_event(stop, every_s):
+            return
+        observe(max(0.0, loop.time() - due))

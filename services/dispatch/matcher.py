@@ -4,7 +4,6 @@ write the offers in one transaction. Workers and orders that changed meanwhile a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from polder.common.envelope import format_time
 from polder.common.geoindex import LocationIndex
 from polder.common.outbox import Outgoing
 from polder.common.settings import Settings
+from polder.common.tasks import wait_for_event
 from polder.common.topics import DISPATCH
 from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.matching import (
@@ -100,8 +100,7 @@ class Matcher:
             except Exception:
                 log.exception("matching batch failed")
             wait = max(0.0, self.settings.batch_window_s - (self.clock() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+            await wait_for_event(stop, wait)
 
     async def run_once(self, now: datetime) -> BatchOutcome:
         pool = self.handlers.pool

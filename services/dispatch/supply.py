@@ -7,12 +7,12 @@ the last window back at once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
 
 from polder.common.db import Pool
+from polder.common.tasks import wait_for_event
 from polder.dispatch.domain.surge import SurgeModel
 
 log = structlog.get_logger(__name__)
@@ -44,8 +44,7 @@ class SupplyWriter:
                 await self.flush(time.time())
             except Exception:  # the database may be down: snapshots wait for the next round
                 log.exception("writing supply snapshots failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            await wait_for_event(stop, every_s)
 
 
 class SupplyFollower:
@@ -72,5 +71,4 @@ class SupplyFollower:
                 await self.poll()
             except Exception:  # the database may be down: quotes use what was seen so far
                 log.exception("reading supply snapshots failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            await wait_for_event(stop, every_s)

@@ -19,7 +19,7 @@ from polder.common.http import amend_openapi, document_models, service_app
 from polder.common.idempotency import RecentAnswers
 from polder.common.service import service_resources
 from polder.common.settings import Settings
-from polder.common.tasks import wait_for_start
+from polder.common.tasks import wait_for_event, wait_for_start
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS
 from polder.location.api import router
 from polder.location.domain.pings import Limits
@@ -158,8 +158,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
 
 async def _expire_loop(rt: LocationRuntime, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        await wait_for_event(stop, 1.0)
         rt.index.expire(time.time())
         rt.ingest.forget_expired()
         rt.metrics.indexed_drivers.set(len(rt.index))

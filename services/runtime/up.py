@@ -17,6 +17,7 @@ import structlog
 from polder.common.bus import create_topics
 from polder.common.db import create_pool, migrate
 from polder.common.settings import Settings
+from polder.common.tasks import wait_for_event
 from polder.runtime.catalog import available_services, service_module
 from polder.runtime.infra import (
     EmbeddedBroker,
@@ -172,8 +173,7 @@ async def up(settings: Settings, demo: Demo | None = None) -> int:
             flush=True,
         )
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await wait_for_event(stop, 1.0)
             for name, proc in system.processes.items():
                 if proc.poll() is not None and not stop.is_set():
                     log.error(

@@ -19,6 +19,7 @@ import orjson
 import websockets
 
 from polder.common.auth import Role
+from polder.common.tasks import wait_for_event
 from polder.simulator.city import City
 from polder.simulator.client import Answer, Polder
 from polder.simulator.clock import rfc3339_ms
@@ -67,9 +68,7 @@ class Sim:
         event = until or self.hard_stop
         if seconds <= 0:
             return event.is_set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=seconds)
-        return event.is_set()
+        return await wait_for_event(event, seconds)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from polder.common.auth import Role
+from polder.common.tasks import wait_for_event
 from polder.simulator.agents import Sim
 from polder.simulator.observations import Progress, progress
 
@@ -40,8 +41,7 @@ class LiveView:
         sim = self.sim
         every = 20.0
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=every)
+            await wait_for_event(self._stop, every)
             if self._stop.is_set():
                 return
             started = time.monotonic()
@@ -98,13 +98,11 @@ class LiveView:
                     self.table(self._progress()), console=self.console, refresh_per_second=2
                 ) as live:
                     while not self._stop.is_set():
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+                        await wait_for_event(self._stop, 1.0)
                         live.update(self.table(self._progress()))
             else:
                 while not self._stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), timeout=10.0)
+                    await wait_for_event(self._stop, 10.0)
                     print(self.line(self._progress()), flush=True)
         finally:
             billing.cancel()
