@@ -39,7 +39,7 @@ from polder.dispatch.domain.states import (
 from polder.dispatch.domain.surge import SurgeModel, count_by_cell7
 from polder.dispatch.handlers import Handlers
 from polder.dispatch.metrics import DispatchMetrics
-from polder.dispatch.transitions import order_event, worker_event
+from polder.dispatch.transitions import not_before, order_event, worker_event
 
 log = structlog.get_logger(__name__)
 
@@ -183,11 +183,14 @@ class Matcher:
                 )
             }
             offers, order_updates, worker_updates = [], [], []
-            expires = now + timedelta(seconds=self.settings.offer_ttl_s)
             for a in result.assignments:
                 order, worker = orders.get(a.order_id), workers.get(a.driver_id)
                 if order is None or worker is None:
                     continue  # cancelled, or the worker went offline, since the batch was read
+                # No earlier than the order's and the worker's last change, which may have
+                # committed after this batch took its clock (see transitions.move_worker).
+                at = not_before(not_before(now, worker["status_since"]), order["updated_at"])
+                expires = at + timedelta(seconds=self.settings.offer_ttl_s)
                 offer_id = uuid.uuid4()
                 pay = self._estimated_pay(order["quote"])
                 offers.append(
@@ -195,18 +198,16 @@ class Matcher:
                         offer_id,
                         order["order_id"],
                         a.driver_id,
-                        now,
+                        at,
                         expires,
                         a.eta_s,
                         a.distance_m,
                         pay,
                     )
                 )
-                order_updates.append((order["order_id"], offer_id))
-                worker_updates.append((a.driver_id, offer_id))
-                events += self._offer_events(
-                    order, worker, a, offer_id, pay, expires, batch_id, now
-                )
+                order_updates.append((order["order_id"], offer_id, at))
+                worker_updates.append((a.driver_id, offer_id, at))
+                events += self._offer_events(order, worker, a, offer_id, pay, expires, batch_id, at)
                 if order["first_offer_at"] is None:
                     self.metrics.order_to_offer.observe((now - order["created_at"]).total_seconds())
                 self.metrics.pickup_eta.observe(a.eta_s)
@@ -214,22 +215,20 @@ class Matcher:
             # One statement per table for the whole batch: row by row, a 200-order batch spent
             # most of a second in round trips.
             await conn.execute(
-                "UPDATE orders o SET status = 'offered', updated_at = $1, offer_id = u.offer_id, "
-                "first_offer_at = COALESCE(o.first_offer_at, $1) "
-                "FROM unnest($2::uuid[], $3::uuid[]) AS u(order_id, offer_id) "
+                "UPDATE orders o SET status = 'offered', updated_at = u.at, "
+                "offer_id = u.offer_id, first_offer_at = COALESCE(o.first_offer_at, u.at) "
+                "FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) "
+                "AS u(order_id, offer_id, at) "
                 "WHERE o.order_id = u.order_id",
-                now,
-                [o for o, _ in order_updates],
-                [f for _, f in order_updates],
+                *_columns(order_updates, 3),
             )
             await conn.execute(
-                "UPDATE workers w SET status = 'offered', status_since = $1, "
+                "UPDATE workers w SET status = 'offered', status_since = u.at, "
                 "offer_id = u.offer_id, seq = w.seq + 1 "
-                "FROM unnest($2::text[], $3::uuid[]) AS u(driver_id, offer_id) "
+                "FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) "
+                "AS u(driver_id, offer_id, at) "
                 "WHERE w.driver_id = u.driver_id",
-                now,
-                [d for d, _ in worker_updates],
-                [f for _, f in worker_updates],
+                *_columns(worker_updates, 3),
             )
             await conn.executemany(
                 "INSERT INTO offers (offer_id, order_id, driver_id, status, created_at, "
@@ -325,3 +324,8 @@ def _open_order(r: Any) -> OpenOrder:
         ready_at=r["ready_at"].timestamp() if r["ready_at"] else None,
         excluded=frozenset(r["excluded"]),
     )
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as ``width`` column lists (for ``unnest``), empty columns for no rows."""
+    return [list(c) for c in zip(*rows, strict=True)] or [[] for _ in range(width)]

@@ -66,6 +66,11 @@ async def lock_offer(conn: Conn, offer_id: uuid.UUID) -> Row | None:
     return row
 
 
+def not_before(now: datetime, previous: datetime | None) -> datetime:
+    """``now``, or the time of the row's previous change if that is later."""
+    return previous if previous is not None and previous > now else now
+
+
 def worker_event(
     bus: Bus,
     driver_id: str,
@@ -137,7 +142,12 @@ async def move_worker(
     order_id: uuid.UUID | None = None,
     kind: str | None = None,
 ) -> tuple[Row, Outgoing]:
-    """Apply ``cause`` to a locked worker row; returns the new row and its state event."""
+    """Apply ``cause`` to a locked worker row; returns the new row and its state event.
+
+    The change takes effect no earlier than the worker's previous one: a request stamped when it
+    arrived may have waited for the worker's lock behind a change stamped later (the matcher's
+    offer), and billing orders a worker's changes by their server time."""
+    now = not_before(now, worker["status_since"])
     before = WorkerStatus(worker["status"])
     after = next_worker_status(before, cause)
     if after is WorkerStatus.IDLE and cause in NEW_WAIT_AFTER:
@@ -192,7 +202,9 @@ async def move_order(
     reason: str | None = None,
     **columns: Any,
 ) -> tuple[Row, Outgoing]:
-    """Apply ``cause`` to a locked order row, setting any extra ``columns``; returns its event."""
+    """Apply ``cause`` to a locked order row, setting any extra ``columns``; returns its event.
+    Like a worker's, an order's change takes effect no earlier than its previous one."""
+    now = not_before(now, order["updated_at"])
     before = OrderStatus(order["status"])
     after = next_order_status(before, cause)
     names = ["status", "updated_at", *columns]

@@ -20,7 +20,7 @@ import websockets
 
 from polder.common.auth import issue_token
 from polder.common.bus import Bus
-from polder.common.envelope import format_time
+from polder.common.envelope import format_time, parse_time
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
@@ -730,3 +730,36 @@ async def test_the_matchers_available_workers_follow_postgres(settings: Settings
         assert r.status_code == 200
         await same()
         assert "av-1" not in d.rt.matcher.availability.idle
+
+
+async def test_changes_of_a_worker_and_an_order_keep_their_order_in_time(d: Dispatch) -> None:
+    """A request is stamped when it arrives, then may wait for the worker's lock behind a change
+    stamped later (the matcher's offer, whose batch took its clock after the request's). Its
+    change takes effect no earlier than that one, so whoever orders a worker's or an order's
+    changes by server time (billing does) sees them in the order they happened."""
+    await d.online("drv-m", *CENTRE)
+    created = await d.order("cust-m")
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    assert (await d.rt.matcher.run_once(later)).offered == 1
+    off = await d.call(
+        "POST", "/v1/drivers/drv-m/status", "driver", "drv-m", json={"status": "offline"}
+    )
+    assert off.json()["status"] == "offline"  # declining the offer on the way
+    rows = await d.rt.handlers.pool.fetch("SELECT event FROM outbox ORDER BY id")
+    events = [r["event"] for r in rows]
+    worker = [
+        (e["data"]["seq"], parse_time(e["time"]))
+        for e in events
+        if e["type"] == "polder.driver.state_changed.v1" and e["data"]["driver_id"] == "drv-m"
+    ]
+    assert [seq for seq, _ in worker] == [1, 2, 3, 4]  # online, offered, declined, offline
+    times = [t for _, t in worker]
+    assert times == sorted(times)
+    assert times[-1] >= later.replace(microsecond=later.microsecond // 1000 * 1000)
+    order = [
+        parse_time(e["time"])
+        for e in events
+        if e["type"] in ("polder.order.placed.v1", "polder.order.status_changed.v1")
+        and e["data"]["order_id"] == created["order_id"]
+    ]
+    assert len(order) == 3 and order == sorted(order)  # placed, offered, searching again
