@@ -345,7 +345,11 @@ def start_billing(system: System, settings: Settings, tmp: Path) -> _system.Runn
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "polder", "serve", "billing", "--port", str(port)],
-            env=_system._service_env(settings, 1000.0, 1000, {}),  # noqa: SLF001
+            # The histories lie in the past: billing must keep their raw pings (it skips pings
+            # older than retention, which its retention job would only thin again).
+            env=_system._service_env(  # noqa: SLF001
+                settings, 1000.0, 1000, {"POLDER_RAW_PING_RETENTION_H": str(10 * 365 * 24)}
+            ),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
