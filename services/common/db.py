@@ -82,6 +82,9 @@ def migration_files(package: str) -> list[tuple[str, str]]:
     return [(name.removesuffix(".sql"), folder.joinpath(name).read_text()) for name in files]
 
 
+MIGRATION_TIMEOUT_S = 6 * 3600.0
+
+
 async def migrate(pool: Pool, schema: str, package: str) -> list[str]:
     """Apply the package's migrations not yet recorded in ``<schema>.schema_migrations``."""
     if not _IDENTIFIER.match(schema):
@@ -89,7 +92,11 @@ async def migrate(pool: Pool, schema: str, package: str) -> list[str]:
     applied_now: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         # Several processes may start at once: one migrates, the others wait and see it done.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            f"migrate:{schema}",
+            timeout=MIGRATION_TIMEOUT_S,  # another replica may be migrating
+        )
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         await conn.execute(f'SET LOCAL search_path TO "{schema}"')
         await conn.execute(
@@ -100,7 +107,8 @@ async def migrate(pool: Pool, schema: str, package: str) -> list[str]:
         for version, sql in migration_files(package):
             if version in done:
                 continue
-            await conn.execute(sql)
+            # A migration may move a large table (location 005): not the pool's 30 s limit.
+            await conn.execute(sql, timeout=MIGRATION_TIMEOUT_S)
             await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             applied_now.append(version)
     if applied_now:

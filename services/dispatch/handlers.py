@@ -39,6 +39,7 @@ from polder.dispatch.transitions import (
     move_worker,
     release_offer,
     resolve_offer,
+    settled,
 )
 
 T = TypeVar("T")
@@ -156,6 +157,7 @@ class Handlers:
                 raise ApiError(409, "retry", "the offer changed meanwhile; retry")
             offer = await lock_offer(conn, worker["offer_id"])
             assert offer is not None
+            now = settled(now, order, offer, worker)
             _, worker, released = await release_offer(
                 conn, self.bus, order, offer, worker, "declined", now
             )
@@ -193,6 +195,7 @@ class Handlers:
         if offer["expires_at"] <= now:
             raise ApiError(409, "offer_closed", "offer has expired", current_state="expired")
         worker = await lock_worker(conn, driver_id, now)
+        now = settled(now, order, offer, worker)
         trip_id = uuid.uuid4()
         events.append(await resolve_offer(conn, self.bus, offer, "accepted", now, trip_id))
         await conn.execute(
@@ -235,6 +238,7 @@ class Handlers:
     ) -> None:
         order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
         worker = await lock_worker(conn, driver_id, now)
+        now = settled(now, order, offer, worker)
         _, _, released = await release_offer(conn, self.bus, order, offer, worker, "declined", now)
         events += released
 
@@ -272,8 +276,9 @@ class Handlers:
                 if order is None or offer is None or offer["status"] != "pending":
                     continue  # accepted or declined meanwhile: that answer won
                 worker = await lock_worker(conn, row["driver_id"], now)
+                at = settled(now, order, offer, worker)
                 _, _, released = await release_offer(
-                    conn, self.bus, order, offer, worker, "expired", now
+                    conn, self.bus, order, offer, worker, "expired", at
                 )
                 events += released
                 expired += 1
@@ -318,6 +323,7 @@ class Handlers:
         order = await lock_order(conn, trip["order_id"])
         assert order is not None
         worker = await lock_worker(conn, driver_id, now)
+        now = settled(now, order, worker)
         if worker["trip_id"] != trip_id:
             raise ApiError(
                 409,
@@ -387,6 +393,7 @@ class Handlers:
             offer = await lock_offer(conn, order["offer_id"])
             assert offer is not None
             worker = await lock_worker(conn, offer["driver_id"], now)
+            now = settled(now, order, offer, worker)
             events.append(await resolve_offer(conn, self.bus, offer, "withdrawn", now))
             _, w_event = await move_worker(
                 conn,
@@ -400,6 +407,7 @@ class Handlers:
             events.append(w_event)
         elif status in (OrderStatus.ASSIGNED, OrderStatus.DRIVER_ARRIVED):
             worker = await lock_worker(conn, order["driver_id"], now)
+            now = settled(now, order, worker)
             _, w_event = await move_worker(
                 conn,
                 self.bus,

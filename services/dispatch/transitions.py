@@ -71,6 +71,19 @@ def not_before(now: datetime, previous: datetime | None) -> datetime:
     return previous if previous is not None and previous > now else now
 
 
+def settled(now: datetime, *rows: Row | None) -> datetime:
+    """The time one transaction's changes take effect: ``now``, or the latest previous change of
+    a locked row (a worker's ``status_since``, an order's ``updated_at``, an offer's
+    ``created_at``) if later. One time for every stamp and event of the transaction."""
+    for row in rows:
+        if row is None:
+            continue
+        for column in ("status_since", "updated_at", "created_at"):
+            if column in row.keys():  # noqa: SIM118 (asyncpg Records are not dicts)
+                now = not_before(now, row[column])
+    return now
+
+
 def worker_event(
     bus: Bus,
     driver_id: str,

@@ -102,6 +102,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 follower,
                 group_id=None,
                 start_offsets=lambda: follower.load(res.pool),
+                prompt=True,  # a worker who just went online is waiting to be heard
             )
             if share is None:
                 res.consumer(

@@ -34,7 +34,7 @@ DELETE FROM trace_batches
  WHERE event_id = ANY(ARRAY(
        SELECT event_id FROM trace_batches WHERE received_at < $1
         ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED))
-RETURNING driver_id, received_at, pings::text AS pings
+RETURNING event_id, driver_id, received_at, pings::text AS pings
 """
 
 _COUNT = """
@@ -47,9 +47,11 @@ ON CONFLICT (driver_id, hour, cell8) DO UPDATE SET pings = c.pings + EXCLUDED.pi
 class TraceRetention:
     """``chunk`` batches per transaction: they are deleted and their pings counted into
     ``ping_cells`` in one transaction, so a crash leaves every ping raw or counted, never both
-    or neither. A ping stored twice (sent again in another request) is counted once when both
-    copies fall in one chunk, which is where a retry's copy lands unless the chunk ends between
-    them."""
+    or neither. A ping stored twice (sent again in another request) is counted once, in the
+    hour of its first copy, when both copies are thinned in one chunk; copies thinned in two
+    chunks or passes are counted twice, and the view shows the later copy in between. Only a
+    retried batch whose first answer was lost makes such copies, and it is retried within
+    seconds, so the two are almost always in one chunk."""
 
     def __init__(
         self, pool: Pool, metrics: LocationMetrics, resolution: int, chunk: int = 2_000
@@ -66,7 +68,10 @@ class TraceRetention:
             async with self.pool.acquire() as conn, conn.transaction():
                 batches = await conn.fetch(_TAKE, cut, self.chunk)
                 counts = cell_counts(
-                    [(b["driver_id"], b["received_at"], b["pings"]) for b in batches],
+                    [
+                        (b["driver_id"], b["received_at"], b["pings"])
+                        for b in sorted(batches, key=lambda b: (b["received_at"], b["event_id"]))
+                    ],
                     self.resolution,
                 )
                 if counts:

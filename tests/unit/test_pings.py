@@ -1,3 +1,4 @@
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -96,3 +97,13 @@ def test_a_ping_from_a_broken_clock_long_ago_is_stale_even_for_a_new_driver() ->
     assert result.rejected == [(0, Reason.STALE), (1, Reason.STALE), (2, Reason.STALE)]
     recent = screen([Ping(52.37, 4.89, now - timedelta(minutes=20))], None, now, LIMITS)
     assert [i for i, _ in recent.accepted] == [0]
+
+
+def test_a_non_finite_number_is_the_reason_even_when_another_field_is_out_of_range() -> None:
+    both = Ping(100.0, 4.89, NOW - timedelta(seconds=5), speed_mps=math.nan)
+    bad_accuracy = Ping(52.37, 4.89, NOW - timedelta(seconds=5), accuracy_m=-1.0,
+                        heading_deg=math.inf)
+    result = screen([both, bad_accuracy], None, NOW, LIMITS)
+    assert result.rejected == [(0, Reason.NOT_FINITE), (1, Reason.NOT_FINITE)]
+    only_range = screen([Ping(100.0, 4.89, NOW - timedelta(seconds=5))], None, NOW, LIMITS)
+    assert only_range.rejected == [(0, Reason.LAT_OUT_OF_RANGE)]

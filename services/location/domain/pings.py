@@ -81,21 +81,28 @@ class Screened:
 
 
 def _shape_problem(p: PingLike) -> Reason | None:
-    # Comparisons are False for NaN, so each range check also refuses NaN; infinities fail
-    # the ranges too. Optional fields are checked only when present.
-    lat, lng = p.lat, p.lng
+    lat, lng, accuracy, speed, heading = p.lat, p.lng, p.accuracy_m, p.speed_mps, p.heading_deg
+    # The common case in five comparisons (each False for NaN, and infinities fail them too);
+    # a ping that fails one is looked at field by field, non-finite numbers first.
+    if (
+        -90.0 <= lat <= 90.0
+        and -180.0 <= lng <= 180.0
+        and (accuracy is None or 0.0 <= accuracy < math.inf)
+        and (speed is None or 0.0 <= speed < math.inf)
+        and (heading is None or 0.0 <= heading <= 360.0)
+    ):
+        return None
+    if any(x is not None and not math.isfinite(x) for x in (lat, lng, accuracy, speed, heading)):
+        return Reason.NOT_FINITE
     if not -90.0 <= lat <= 90.0:
-        return Reason.NOT_FINITE if not math.isfinite(lat) else Reason.LAT_OUT_OF_RANGE
+        return Reason.LAT_OUT_OF_RANGE
     if not -180.0 <= lng <= 180.0:
-        return Reason.NOT_FINITE if not math.isfinite(lng) else Reason.LNG_OUT_OF_RANGE
-    accuracy, speed, heading = p.accuracy_m, p.speed_mps, p.heading_deg
-    if accuracy is not None and not 0.0 <= accuracy < math.inf:
-        return Reason.NOT_FINITE if not math.isfinite(accuracy) else Reason.INVALID_ACCURACY
-    if speed is not None and not 0.0 <= speed < math.inf:
-        return Reason.NOT_FINITE if not math.isfinite(speed) else Reason.INVALID_SPEED
-    if heading is not None and not 0.0 <= heading <= 360.0:
-        return Reason.NOT_FINITE if not math.isfinite(heading) else Reason.INVALID_HEADING
-    return None
+        return Reason.LNG_OUT_OF_RANGE
+    if accuracy is not None and accuracy < 0:
+        return Reason.INVALID_ACCURACY
+    if speed is not None and speed < 0:
+        return Reason.INVALID_SPEED
+    return Reason.INVALID_HEADING
 
 
 def distance_m(a_lat: float, a_lng: float, b_lat: float, b_lng: float) -> float:
