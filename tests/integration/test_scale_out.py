@@ -123,6 +123,8 @@ class Cluster:
     group: dict[str, list[Instance]]
     client: httpx.AsyncClient
     accepted_pings: int = 0
+    # pings whose request died with its instance: not acknowledged, but maybe already published
+    unanswered_pings: int = 0
     trips: list[str] = field(default_factory=list)
     orders: list[str] = field(default_factory=list)
 
@@ -157,7 +159,15 @@ async def stream_pings(c: Cluster, n: int, stop: asyncio.Event) -> None:
                 json={"pings": [ping]},
             )
         except httpx.TransportError:
-            turn += 1  # the instance died under the request: nothing was acknowledged
+            # The instance died under the request: nothing was acknowledged, though the ping
+            # may have been published before it died (then it is traced, once).
+            c.unanswered_pings += 1
+            turn += 1
+            continue
+        if r.status_code == 409 and r.json()["error"]["code"] == "driver_offline":
+            # Going online reaches location through the topic a moment later; as the app
+            # would, send again shortly (nothing was taken).
+            await asyncio.sleep(0.2)
             continue
         assert r.status_code == 202, r.text
         c.accepted_pings += r.json()["accepted"]
@@ -332,7 +342,7 @@ async def _check_location(settings: Settings, c: Cluster) -> None:
             "GROUP BY 1, 2 HAVING count(*) > 1) d"
         )
     assert doubled == 0
-    assert total == c.accepted_pings
+    assert c.accepted_pings <= total <= c.accepted_pings + c.unanswered_pings
 
 
 async def _check_dispatch(settings: Settings, c: Cluster) -> None:
