@@ -13,7 +13,13 @@ from polder.billing import export
 from polder.billing.domain.policies import PolicyName
 from polder.billing.runtime import BillingRuntime
 from polder.billing.statements import parse_range
-from polder.common.auth import CurrentPrincipal, ReportingPrincipal, Role, require_role
+from polder.common.auth import (
+    CurrentPrincipal,
+    ReportingPrincipal,
+    Role,
+    require_role,
+    require_self_or_operator,
+)
 from polder.common.errors import ApiError
 from polder.common.timerange import parse_range as parse_export_range
 
@@ -42,11 +48,7 @@ async def statement(
 ) -> Response:
     """A worker's time and money over a range under a pay policy (any policy can be asked
     for, to compare rules on the same record). The worker itself, or an operator."""
-    if not (
-        principal.role is Role.OPERATOR
-        or (principal.role is Role.DRIVER and principal.sub == driver_id)
-    ):
-        raise ApiError(403, "forbidden", "only the worker itself or an operator")
+    require_self_or_operator(principal, driver_id)
     rt = _rt(request)
     now = datetime.now(UTC)
     a, b = parse_range(start, end, now)
@@ -74,11 +76,7 @@ async def export_driver_data(
     per-day pay, the time segments, the postings on the worker's own accounts, and the pings
     kept (raw, and marks and measured legs of those past retention). The worker itself, or an
     operator; at most 7 days per request (`range_too_long` beyond)."""
-    if not (
-        principal.role is Role.OPERATOR
-        or (principal.role is Role.DRIVER and principal.sub == driver_id)
-    ):
-        raise ApiError(403, "forbidden", "only the worker itself or an operator")
+    require_self_or_operator(principal, driver_id)
     rt = _rt(request)
     now = datetime.now(UTC)
     a, b = parse_export_range(start, end, now, export.MAX_SPAN)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import h3.api.basic_int as h3
@@ -31,6 +31,7 @@ from polder.billing.domain.statement import (
 from polder.billing.domain.timeline import build_timeline, epoch_ms
 from polder.billing.domain.trips import Trip, trip_from_changes
 from polder.billing.facts import change_from_row, load_trip_facts
+from polder.common import timerange
 from polder.common.db import Pool
 from polder.common.errors import ApiError
 from polder.common.settings import Settings
@@ -199,21 +200,12 @@ class Statements:
         return views
 
 
+STATEMENT_MAX_SPAN = timedelta(days=62)
+
+
 def parse_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
-    """``from``/``to`` as RFC 3339; by default the current UTC day."""
-    try:
-        day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        a = datetime.fromisoformat(start) if start else day
-        b = datetime.fromisoformat(end) if end else a + timedelta(days=1)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", f"from/to must be RFC 3339: {exc}") from exc
-    if a.tzinfo is None or b.tzinfo is None:
-        raise ApiError(422, "invalid_request", "from/to need a UTC offset")
-    if b <= a:
-        raise ApiError(422, "invalid_request", "to must be after from")
-    if b - a > timedelta(days=62):
-        raise ApiError(422, "invalid_request", "a statement covers at most 62 days")
-    return a, b
+    """A statement's ``from``/``to``: by default the current UTC day, at most 62 days."""
+    return timerange.parse_range(start, end, now, STATEMENT_MAX_SPAN)
 
 
 def _with_measured(record: TripRecord, measured: TripDistance | None) -> TripRecord:

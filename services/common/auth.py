@@ -145,6 +145,14 @@ def require_role(principal: Principal, *roles: Role) -> None:
         )
 
 
+def require_self_or_operator(principal: Principal, driver_id: str) -> None:
+    """A worker's own records: the worker itself, or an operator."""
+    if principal.role is Role.OPERATOR:
+        return
+    if principal.role is not Role.DRIVER or principal.sub != driver_id:
+        raise ApiError(403, "forbidden", "only the worker itself or an operator")
+
+
 def require_self(principal: Principal, role: Role, subject_id: str) -> None:
     """The principal must have ``role`` and be the very subject named in the path."""
     require_role(principal, role)

@@ -28,6 +28,7 @@ from polder.common.auth import (
     bearer_token,
     require_role,
     require_self,
+    require_self_or_operator,
     verify_token,
 )
 from polder.common.errors import ApiError
@@ -268,11 +269,7 @@ async def export_driver_data(
     (device time in the range; kept for the retention period), the hourly res-8 cells of older
     ones, and the last status heard. The worker itself, or an operator; at most 7 days per
     request (`range_too_long` beyond)."""
-    if not (
-        principal.role is Role.OPERATOR
-        or (principal.role is Role.DRIVER and principal.sub == driver_id)
-    ):
-        raise ApiError(403, "forbidden", "only the worker itself or an operator")
+    require_self_or_operator(principal, driver_id)
     rt = _runtime(request)  # the request was charged to the token's budget with its principal
     a, b = parse_range(start, end, datetime.now(UTC), export.MAX_SPAN)
     return await export.export(rt.pool, driver_id, a, b, rt.settings.index_resolution)
