@@ -39,7 +39,7 @@ from polder.dispatch.domain.states import (
 from polder.dispatch.domain.surge import SurgeModel, count_by_cell7
 from polder.dispatch.handlers import Handlers
 from polder.dispatch.metrics import DispatchMetrics
-from polder.dispatch.transitions import not_before, order_event, worker_event
+from polder.dispatch.transitions import order_event, settled, worker_event
 
 log = structlog.get_logger(__name__)
 
@@ -189,7 +189,7 @@ class Matcher:
                     continue  # cancelled, or the worker went offline, since the batch was read
                 # No earlier than the order's and the worker's last change, which may have
                 # committed after this batch took its clock (see transitions.move_worker).
-                at = not_before(not_before(now, worker["status_since"]), order["updated_at"])
+                at = settled(now, worker, order)
                 expires = at + timedelta(seconds=self.settings.offer_ttl_s)
                 offer_id = uuid.uuid4()
                 pay = self._estimated_pay(order["quote"])
