@@ -57,7 +57,9 @@ def build_app(settings: Settings) -> FastAPI:
             ):
                 # Larger fetches than the default: a batch costs a fixed number of statements
                 # whatever its size, so fewer, fuller batches are the cheaper way through a lag.
-                res.consumer(name, topics, handler, group_id=name, max_records=BATCH_RECORDS)
+                res.consumer(
+                    name, topics, handler, group_id=name, max_records=BATCH_RECORDS, prompt=False
+                )
             res.run(relay.run(res.stop), "billing-outbox")
             res.run(
                 retention.run(

@@ -41,10 +41,11 @@ class Resources:
         group_id: str | None,
         start_at_ms: Callable[[], int] | None = None,
         start_offsets: StartOffsets | None = None,
+        prompt: bool,
         max_records: int = MAX_RECORDS,
-        prompt: bool = False,
     ) -> Consumer:
-        """``prompt``: fetch with the short wait (see ``Consumer``); background by default."""
+        """``prompt``: someone waits on this consumer's delay, so it fetches with the short wait
+        (see ``Consumer``); each consumer says which it is."""
         consumer = Consumer(
             name=name,
             settings=self.settings,

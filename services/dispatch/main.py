@@ -99,6 +99,7 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
                     track_positions,
                     group_id=None,  # every replica needs every position
                     start_at_ms=lambda: int((time.time() - settings.location_ttl_s) * 1000),
+                    prompt=False,  # positions arrive every few seconds; batches run each second
                 )
                 ready.append((locations, "dispatch position consumer"))
                 await inline.load_availability()

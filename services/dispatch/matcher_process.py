@@ -95,6 +95,7 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
             track_positions,
             group_id=None,
             start_at_ms=lambda: int((time.time() - settings.location_ttl_s) * 1000),
+            prompt=False,  # positions arrive every few seconds; batches run each second
         )
         workers = res.consumer(
             "dispatch-workers",
@@ -104,6 +105,7 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
             # Every event committed after the snapshot below is published after it too; older
             # ones are ignored by their seq.
             start_at_ms=lambda: started_ms,
+            prompt=False,  # the matcher follows its own commits at once; the API's can wait
         )
         await wait_for_start(positions.ready, res.tasks, "matcher position consumer")
         await wait_for_start(workers.ready, res.tasks, "matcher worker-state consumer")

@@ -14,6 +14,8 @@ from polder.common.db import Pool
 from polder.common.envelope import format_time, parse_time
 from polder.common.geoindex import LocationIndex
 from polder.common.positions import apply_pings
+from polder.common.service import Resources
+from polder.common.settings import Settings
 from polder.common.topics import DRIVER_LOCATIONS
 from polder.location.domain.pings import Fix, Limits, PingLike, Screened, screen
 from polder.location.domain.status import DriverStatuses, StatusChange, newest
@@ -241,6 +243,17 @@ class TraceWriter:
         )
         sizes = {r.event.id: len(r.event.data["pings"]) for r in records}
         self.metrics.traces_written.inc(sum(sizes[row["event_id"]] for row in stored))
+
+
+def consume_traces(res: Resources, settings: Settings, metrics: LocationMetrics) -> None:
+    """Start the trace writer's consumer (in the service, or in its own process)."""
+    res.consumer(
+        TRACE_CONSUMER,
+        [DRIVER_LOCATIONS],
+        TraceWriter(res.pool, metrics, retention_s=settings.raw_ping_retention_h * 3600),
+        group_id=TRACE_CONSUMER,
+        prompt=False,  # nobody waits on the stored trace
+    )
 
 
 def _batch_row(r: Received) -> tuple[str, str, datetime, datetime, datetime, str]:

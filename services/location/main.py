@@ -26,12 +26,11 @@ from polder.location.domain.pings import Limits
 from polder.location.domain.status import DriverStatuses
 from polder.location.handlers import (
     STATUS_CONSUMER,
-    TRACE_CONSUMER,
     IndexUpdater,
     Ingest,
     StatusFollower,
     StatusWriter,
-    TraceWriter,
+    consume_traces,
 )
 from polder.location.metrics import LocationMetrics
 from polder.location.models import PingBatchIn
@@ -93,7 +92,11 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
             # Who is on shift: one group stores it, every replica follows it in memory from
             # the stored snapshot on (no replica reads dispatch's tables).
             res.consumer(
-                STATUS_CONSUMER, [DRIVER_EVENTS], StatusWriter(res.pool), group_id=STATUS_CONSUMER
+                STATUS_CONSUMER,
+                [DRIVER_EVENTS],
+                StatusWriter(res.pool),
+                group_id=STATUS_CONSUMER,
+                prompt=False,  # the table serves restarts; ingest reads the map below
             )
             follower = StatusFollower(statuses, metrics)
             statuses_followed = res.consumer(
@@ -105,16 +108,7 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 prompt=True,  # a worker who just went online is waiting to be heard
             )
             if share is None:
-                res.consumer(
-                    TRACE_CONSUMER,
-                    [DRIVER_LOCATIONS],
-                    TraceWriter(
-                        res.pool,
-                        metrics,
-                        retention_s=settings.raw_ping_retention_h * 3600,
-                    ),
-                    group_id=TRACE_CONSUMER,
-                )
+                consume_traces(res, settings, metrics)
             else:
                 process = ChildProcess("polder.location.trace_process", settings, share)
                 metrics.registry = MergedRegistry(own_registry, process.metrics_file)

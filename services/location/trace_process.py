@@ -15,8 +15,7 @@ from prometheus_client import CollectorRegistry
 from polder.common.children import child_main, run_until_stopped, write_metrics
 from polder.common.service import service_resources
 from polder.common.settings import Settings
-from polder.common.topics import DRIVER_LOCATIONS
-from polder.location.handlers import TRACE_CONSUMER, TraceWriter
+from polder.location.handlers import consume_traces
 from polder.location.metrics import LocationMetrics
 
 SERVICE = "location"
@@ -26,16 +25,7 @@ MIGRATIONS = "polder.location.migrations"
 async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> None:
     metrics = LocationMetrics(CollectorRegistry())
     async with service_resources(settings, SERVICE, MIGRATIONS, metrics, pool_size=4) as res:
-        res.consumer(
-            TRACE_CONSUMER,
-            [DRIVER_LOCATIONS],
-            TraceWriter(
-                res.pool,
-                metrics,
-                retention_s=settings.raw_ping_retention_h * 3600,
-            ),
-            group_id=TRACE_CONSUMER,
-        )
+        consume_traces(res, settings, metrics)
         if share is not None:
             res.run(write_metrics(metrics.registry, share, res.stop), "trace-metrics")
         await run_until_stopped(res, stop)
