@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from polder.common.bus import create_topics
+from polder.common.db import Pool, create_pool, migrate
 from polder.common.settings import Settings
 from polder.runtime.infra import EmbeddedBroker, EmbeddedPostgres, ensure_database, free_port
 
@@ -61,6 +62,18 @@ async def settings(infra: Infra) -> Settings:
     s = isolated_settings(infra)
     await create_topics(s)
     return s
+
+
+@pytest.fixture
+async def location_pool(settings: Settings) -> AsyncIterator[Pool]:
+    """A pool on this test's location schema, migrated."""
+    schema = settings.db_schema("location")
+    pool = await create_pool(settings.database_url, schema)
+    try:
+        await migrate(pool, schema, "polder.location.migrations")
+        yield pool
+    finally:
+        await pool.close()
 
 
 async def eventually(

@@ -18,7 +18,7 @@ from polder.billing.pings import PingKeeper
 from polder.billing.retention import PingRetention
 from polder.billing.statements import ALL_POLICIES
 from polder.common.bus import Bus, Received
-from polder.common.db import create_pool, migrate
+from polder.common.db import Pool
 from polder.common.envelope import Event, format_time
 from polder.common.outbox import OutboxRelay
 from polder.common.retention import cut_for
@@ -134,57 +134,53 @@ async def test_billing_thins_its_pings_and_every_statement_stays_the_same(
         assert await retention(cut_for(job_now, hours)) == 0  # nothing left to do
 
 
-async def test_location_thins_its_trace_into_res8_cells(settings: Settings) -> None:
-    schema = settings.db_schema("location")
-    pool = await create_pool(settings.database_url, schema)
-    try:
-        await migrate(pool, schema, "polder.location.migrations")
-        metrics = LocationMetrics(CollectorRegistry())
-        writer = TraceWriter(pool, metrics)
-        now = datetime(2026, 12, 6, 12, tzinfo=UTC)
-        rng = random.Random(3)
-        sent: list[tuple[str, datetime, float, float]] = []
-        records = []
-        for i in range(60):
-            driver = f"d{i % 3}"
-            received = now - timedelta(hours=80 - i * 0.2)  # from 80 h to 68 h ago
-            pings = []
-            for k in range(5):
-                lat, lng = 52.3 + rng.uniform(0, 0.1), 4.8 + rng.uniform(0, 0.1)
-                recorded = received - timedelta(seconds=5 - k)
-                pings.append(
-                    {"lat": lat, "lng": lng, "recorded_at_ms": int(recorded.timestamp() * 1000)}
-                )
-                sent.append((driver, received, lat, lng))
-            event = Event(
-                type="polder.location.pings_recorded.v1",
-                source="polder/location",
-                subject=driver,
-                time=received,
-                data={"driver_id": driver, "received_at": format_time(received), "pings": pings},
+async def test_location_thins_its_trace_into_res8_cells(location_pool: Pool) -> None:
+    metrics = LocationMetrics(CollectorRegistry())
+    writer = TraceWriter(location_pool, metrics)
+    now = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    rng = random.Random(3)
+    sent: list[tuple[str, datetime, float, float]] = []
+    records = []
+    for i in range(60):
+        driver = f"d{i % 3}"
+        received = now - timedelta(hours=80 - i * 0.2)  # from 80 h to 68 h ago
+        pings = []
+        for k in range(5):
+            lat, lng = 52.3 + rng.uniform(0, 0.1), 4.8 + rng.uniform(0, 0.1)
+            recorded = received - timedelta(seconds=5 - k)
+            pings.append(
+                {"lat": lat, "lng": lng, "recorded_at_ms": int(recorded.timestamp() * 1000)}
             )
-            records.append(Received(event, driver, "l", 0, i))
-        await writer(records)
-        cut = cut_for(now, 72.0)
-        old = [s for s in sent if s[1] < cut]
-        assert 0 < len(old) < len(sent)
+            sent.append((driver, received, lat, lng))
+        event = Event(
+            type="polder.location.pings_recorded.v1",
+            source="polder/location",
+            subject=driver,
+            time=received,
+            data={"driver_id": driver, "received_at": format_time(received), "pings": pings},
+        )
+        records.append(Received(event, driver, "l", 0, i))
+    await writer(records)
+    cut = cut_for(now, 72.0)
+    old = [s for s in sent if s[1] < cut]
+    assert 0 < len(old) < len(sent)
 
-        thinned = await TraceRetention(pool, metrics, 9, chunk=37)(cut)  # two chunks of batches
-        assert thinned == len(old)
-        assert await pool.fetchval("SELECT count(*) FROM pings WHERE received_at < $1", cut) == 0
-        assert await pool.fetchval("SELECT count(*) FROM pings") == len(sent) - len(old)
-        expected: dict[tuple[str, datetime, int], int] = {}
-        for driver, received, lat, lng in old:
-            key = (
-                driver,
-                received.replace(minute=0, second=0, microsecond=0),
-                # the res-8 parent of the stored index cell
-                h3.cell_to_parent(h3.latlng_to_cell(lat, lng, 9), 8),
-            )
-            expected[key] = expected.get(key, 0) + 1
-        rows = await pool.fetch("SELECT driver_id, hour, cell8, pings FROM ping_cells")
-        assert {(r["driver_id"], r["hour"], r["cell8"]): r["pings"] for r in rows} == expected
-        assert metrics.pings_thinned._value.get() == len(old)  # noqa: SLF001
-        assert await TraceRetention(pool, metrics, 9)(cut) == 0
-    finally:
-        await pool.close()
+    # two chunks of batches
+    thinned = await TraceRetention(location_pool, metrics, 9, chunk=37)(cut)
+    assert thinned == len(old)
+    left = "SELECT count(*) FROM pings WHERE received_at < $1"
+    assert await location_pool.fetchval(left, cut) == 0
+    assert await location_pool.fetchval("SELECT count(*) FROM pings") == len(sent) - len(old)
+    expected: dict[tuple[str, datetime, int], int] = {}
+    for driver, received, lat, lng in old:
+        key = (
+            driver,
+            received.replace(minute=0, second=0, microsecond=0),
+            # the res-8 parent of the stored index cell
+            h3.cell_to_parent(h3.latlng_to_cell(lat, lng, 9), 8),
+        )
+        expected[key] = expected.get(key, 0) + 1
+    rows = await location_pool.fetch("SELECT driver_id, hour, cell8, pings FROM ping_cells")
+    assert {(r["driver_id"], r["hour"], r["cell8"]): r["pings"] for r in rows} == expected
+    assert metrics.pings_thinned._value.get() == len(old)  # noqa: SLF001
+    assert await TraceRetention(location_pool, metrics, 9)(cut) == 0
