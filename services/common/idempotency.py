@@ -22,11 +22,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from polder.common.db import Connection, Pool
+from polder.common.db import Pool
+from polder.common.deferred import Tx
 from polder.common.errors import ApiError
 
 MAX_KEY_LENGTH = 255
-Effect = Callable[[Connection], Awaitable[tuple[int, dict[str, Any]]]]
+Effect = Callable[[Tx], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 def request_hash(method: str, path: str, body: Any) -> str:
@@ -60,8 +61,22 @@ class _Raced(Exception):
     """Another request with the same key committed first."""
 
 
+class _Refused(Exception):
+    """The effect refused (a stored refusal): its transaction rolls back, the answer is kept."""
+
+    def __init__(self, err: ApiError) -> None:
+        super().__init__(err.code)
+        self.err = err
+
+
 def _stored_refusal(err: ApiError) -> bool:
     return err.status in STORED_REFUSALS and err.code not in TRANSIENT_CODES
+
+
+_STORE = (
+    "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, response) "
+    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1"
+)
 
 
 async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Effect) -> Outcome:
@@ -69,11 +84,14 @@ async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Ef
 
     Of concurrent requests with one key, one commits; the others' effects roll back (their
     inserts of the key wait on the winner's and find it) and they replay the winner's answer.
+    The effect's writes may be held (``Tx.defer``): they go to Postgres with the key's answer,
+    in one statement. A refusal rolls the effect back and stores the refusal on its own.
     """
     for _ in range(2):
         try:
             async with pool.acquire() as conn, conn.transaction():
-                stored = await conn.fetchrow(
+                tx = Tx(conn)
+                stored = await tx.fetchrow(
                     "SELECT request_hash, status_code, response FROM idempotency_keys "
                     "WHERE principal = $1 AND key = $2",
                     principal,
@@ -82,26 +100,21 @@ async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Ef
                 if stored is not None:
                     return _replay(stored, digest)
                 try:
-                    async with conn.transaction():  # a savepoint: a refusal leaves no writes
-                        status, body = await effect(conn)
+                    status, body = await effect(tx)
                 except ApiError as err:
                     if not _stored_refusal(err):
                         raise
-                    status, body = err.status, err.body()
-                inserted = await conn.fetchval(
-                    "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, "
-                    "response) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
-                    principal,
-                    key,
-                    digest,
-                    status,
-                    body,
-                )
-                if inserted is None:
+                    raise _Refused(err) from err  # leaves no writes of the effect behind
+                if await tx.finish(_STORE, principal, key, digest, status, body) is None:
                     raise _Raced  # roll our effect back and replay the winner's response
                 return Outcome(status, body, replayed=False)
         except _Raced:
             continue
+        except _Refused as refused:
+            status, body = refused.err.status, refused.err.body()
+            if await pool.fetchval(_STORE, principal, key, digest, status, body) is None:
+                continue  # a twin answered first: replay its answer
+            return Outcome(status, body, replayed=False)
     raise ApiError(409, "idempotency_conflict", "a request with this key is still in progress")
 
 

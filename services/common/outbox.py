@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import structlog
 
 from polder.common.bus import Bus
 from polder.common.db import Connection, Pool
+from polder.common.deferred import Tx
 from polder.common.envelope import Event
 from polder.common.tasks import wait_for_event
 from polder.common.topics import Topic
@@ -24,10 +26,8 @@ log = structlog.get_logger(__name__)
 Outgoing = tuple[Topic, str, Event]
 
 
-async def add_to_outbox(conn: Connection, bus: Bus, events: Sequence[Outgoing]) -> None:
-    """Validate and store events inside the caller's transaction."""
-    if not events:
-        return
+def outbox_insert(bus: Bus, events: Sequence[Outgoing]) -> tuple[str, list[Any]]:
+    """The statement storing ``events`` (validated here) in the outbox, and its arguments."""
     topics, keys, docs = [], [], []
     for topic, key, event in events:
         bus.registry.validate(event)
@@ -36,14 +36,24 @@ async def add_to_outbox(conn: Connection, bus: Bus, events: Sequence[Outgoing]) 
         docs.append(orjson.dumps(event.to_dict()).decode())
     # One statement whatever the number of events (executemany costs a bind per row), in the
     # order given: the relay publishes by id.
-    await conn.execute(
+    return (
         "INSERT INTO outbox (topic, key, event) "
         "SELECT t, k, e::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) "
         "WITH ORDINALITY AS u(t, k, e, n) ORDER BY n",
-        topics,
-        keys,
-        docs,
+        [topics, keys, docs],
     )
+
+
+async def add_to_outbox(conn: Connection | Tx, bus: Bus, events: Sequence[Outgoing]) -> None:
+    """Validate and store events inside the caller's transaction (held with the transaction's
+    other writes when it is a ``Tx``)."""
+    if not events:
+        return
+    sql, args = outbox_insert(bus, events)
+    if isinstance(conn, Tx):
+        conn.defer(sql, *args)
+    else:
+        await conn.execute(sql, *args)
 
 
 class OutboxRelay:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from polder.common.bus import Bus
 from polder.common.db import Pool
+from polder.common.deferred import Tx
 from polder.common.errors import ApiError
 from polder.common.idempotency import Outcome, run_once
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
@@ -96,8 +97,10 @@ class Handlers:
         events: list[Outgoing] = []
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                yield conn, events
-                await add_to_outbox(conn, self.bus, events)
+                tx = Tx(conn)
+                yield tx, events
+                await add_to_outbox(tx, self.bus, events)
+                await tx.flush()
         except IllegalTransition as exc:
             raise conflict(exc) from exc
         self._after_commit(events)
@@ -112,7 +115,7 @@ class Handlers:
         transaction, and a retry gets the stored answer (common.idempotency)."""
         committed: list[Outgoing] = []
 
-        async def effect(conn: Conn) -> Answer:
+        async def effect(conn: Tx) -> Answer:
             committed.clear()  # of an attempt rolled back for a concurrent twin
             events: list[Outgoing] = []
             try:
@@ -158,11 +161,11 @@ class Handlers:
             offer = await lock_offer(conn, worker["offer_id"])
             assert offer is not None
             now = settled(now, order, offer, worker)
-            _, worker, released = await release_offer(
+            _, worker, released = release_offer(
                 conn, self.bus, order, offer, worker, "declined", now
             )
             events += released
-        worker, event = await move_worker(conn, self.bus, worker, STATUS_REQUESTS[requested], now)
+        worker, event = move_worker(conn, self.bus, worker, STATUS_REQUESTS[requested], now)
         events.append(event)
         return str(worker["status"])
 
@@ -197,8 +200,8 @@ class Handlers:
         worker = await lock_worker(conn, driver_id, now)
         now = settled(now, order, offer, worker)
         trip_id = uuid.uuid4()
-        events.append(await resolve_offer(conn, self.bus, offer, "accepted", now, trip_id))
-        await conn.execute(
+        events.append(resolve_offer(conn, self.bus, offer, "accepted", now, trip_id))
+        conn.defer(
             "INSERT INTO trips (trip_id, order_id, driver_id, status, accepted_at, "
             "promised_eta_s) VALUES ($1, $2, $3, 'en_route_pickup', $4, $5)",
             trip_id,
@@ -208,7 +211,7 @@ class Handlers:
             offer["pickup_eta_s"],
         )
         self.metrics.order_to_assignment.observe((now - order["created_at"]).total_seconds())
-        _, order_event = await move_order(
+        _, order_event = move_order(
             conn,
             self.bus,
             order,
@@ -220,7 +223,7 @@ class Handlers:
             assigned_at=now,
             pickup_eta_s=offer["pickup_eta_s"],
         )
-        _, worker_event = await move_worker(
+        _, worker_event = move_worker(
             conn,
             self.bus,
             worker,
@@ -239,7 +242,7 @@ class Handlers:
         order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
         worker = await lock_worker(conn, driver_id, now)
         now = settled(now, order, offer, worker)
-        _, _, released = await release_offer(conn, self.bus, order, offer, worker, "declined", now)
+        _, _, released = release_offer(conn, self.bus, order, offer, worker, "declined", now)
         events += released
 
     async def _lock_pending_offer(
@@ -277,9 +280,7 @@ class Handlers:
                     continue  # accepted or declined meanwhile: that answer won
                 worker = await lock_worker(conn, row["driver_id"], now)
                 at = settled(now, order, offer, worker)
-                _, _, released = await release_offer(
-                    conn, self.bus, order, offer, worker, "expired", at
-                )
+                _, _, released = release_offer(conn, self.bus, order, offer, worker, "expired", at)
                 events += released
                 expired += 1
         return expired
@@ -297,7 +298,7 @@ class Handlers:
                 order = await lock_order(conn, row["order_id"])
                 if order is None or order["status"] != OrderStatus.SEARCHING.value:
                     continue
-                _, event = await move_order(
+                _, event = move_order(
                     conn, self.bus, order, Cause.SEARCH_TIMED_OUT, now, reason="no driver found"
                 )
                 events.append(event)
@@ -332,7 +333,7 @@ class Handlers:
                 current_state=trip["status"],
             )
         # The driver's state is checked first: a refused step reports the driver's state.
-        worker, worker_event = await move_worker(
+        worker, worker_event = move_worker(
             conn,
             self.bus,
             worker,
@@ -342,14 +343,14 @@ class Handlers:
             order_id=order["order_id"],
             kind=order["kind"],
         )
-        order, order_event = await move_order(conn, self.bus, order, cause, now, reason=reason)
-        await self._record_trip_step(conn, trip_id, cause, worker["status"], now, reason)
+        order, order_event = move_order(conn, self.bus, order, cause, now, reason=reason)
+        self._record_trip_step(conn, trip_id, cause, worker["status"], now, reason)
         events += [order_event, worker_event]
         return TripStepResult(
             str(trip_id), str(order["order_id"]), worker["status"], order["status"]
         )
 
-    async def _record_trip_step(
+    def _record_trip_step(
         self,
         conn: Conn,
         trip_id: uuid.UUID,
@@ -364,13 +365,14 @@ class Handlers:
             Cause.ARRIVED_DROPOFF: "arrived_dropoff_at",
         }.get(cause, "ended_at")
         status = worker_status if column != "ended_at" else cause.value
-        await conn.execute(
+        conn.defer(
             f"UPDATE trips SET {column} = $2, status = $3, "  # noqa: S608 (fixed column names)
             "end_reason = COALESCE($4, end_reason) WHERE trip_id = $1",
             trip_id,
             now,
             status,
             reason if column == "ended_at" else None,
+            row=("trips", trip_id),
         )
 
     # --- orders --------------------------------------------------------------------------
@@ -394,8 +396,8 @@ class Handlers:
             assert offer is not None
             worker = await lock_worker(conn, offer["driver_id"], now)
             now = settled(now, order, offer, worker)
-            events.append(await resolve_offer(conn, self.bus, offer, "withdrawn", now))
-            _, w_event = await move_worker(
+            events.append(resolve_offer(conn, self.bus, offer, "withdrawn", now))
+            _, w_event = move_worker(
                 conn,
                 self.bus,
                 worker,
@@ -408,7 +410,7 @@ class Handlers:
         elif status in (OrderStatus.ASSIGNED, OrderStatus.DRIVER_ARRIVED):
             worker = await lock_worker(conn, order["driver_id"], now)
             now = settled(now, order, worker)
-            _, w_event = await move_worker(
+            _, w_event = move_worker(
                 conn,
                 self.bus,
                 worker,
@@ -419,8 +421,8 @@ class Handlers:
                 kind=order["kind"],
             )
             events.append(w_event)
-            await self._record_trip_step(conn, order["trip_id"], cause, "", now, cause.value)
-        order, o_event = await move_order(
+            self._record_trip_step(conn, order["trip_id"], cause, "", now, cause.value)
+        order, o_event = move_order(
             conn, self.bus, order, cause, now, offer_id=None, reason="cancelled by customer"
         )
         events.append(o_event)

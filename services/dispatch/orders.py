@@ -59,7 +59,7 @@ class OrderDesk:
             "duration_s": round(duration_s, 1),
             "lines": fare.to_dict()["lines"],
         }
-        await conn.execute(
+        conn.defer(
             "INSERT INTO orders (order_id, customer_id, kind, city, pickup_lat, pickup_lng, "
             "dropoff_lat, dropoff_lng, ready_at, scheduled_for, status, created_at, updated_at, "
             "search_deadline, quote) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "

@@ -1,4 +1,6 @@
-"""Row-level state changes inside a caller's transaction, each returning the event it causes.
+"""Row-level state changes inside a caller's transaction, each returning the new row and the
+event it causes. The changes are held (``Tx.defer``) and go to Postgres with the transaction's
+next read or at its end; the new rows are computed here, not read back.
 
 Lock order everywhere: orders, then offers and trips, then workers (by id within each), so
 concurrent accept / decline / expire / cancel never deadlock and exactly one of them wins.
@@ -7,13 +9,12 @@ concurrent accept / decline / expire / cancel never deadlock and exactly one of 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, TypeAlias
 
-import asyncpg
-
 from polder.common.bus import Bus
-from polder.common.db import Connection
+from polder.common.deferred import Tx
 from polder.common.outbox import Outgoing
 from polder.common.topics import DISPATCH, DRIVER_EVENTS, ORDERS
 from polder.dispatch.domain.states import (
@@ -25,8 +26,10 @@ from polder.dispatch.domain.states import (
     next_worker_status,
 )
 
-Conn = Connection
-Row: TypeAlias = asyncpg.Record
+# A transaction whose writes are held until its next read (common.deferred): the changes
+# below are held, and the rows they return are computed here, not read back.
+Conn = Tx
+Row: TypeAlias = Mapping[str, Any]
 
 
 def _id(value: Any) -> str | None:
@@ -143,7 +146,7 @@ def order_event(
     return ORDERS, key, bus.event("polder.order.status_changed.v1", key, data, now)
 
 
-async def move_worker(
+def move_worker(
     conn: Conn,
     bus: Bus,
     worker: Row,
@@ -169,15 +172,20 @@ async def move_worker(
         waiting_since = worker["waiting_since"]
     else:
         waiting_since = None
-    new: Row = await conn.fetchrow(
+    new = {
+        **worker,
+        "status": after.value,
+        "status_since": now,
+        "waiting_since": waiting_since,
+        "offer_id": offer_id if after is WorkerStatus.OFFERED else None,
+        "trip_id": trip_id if after in _ON_TRIP else None,
+        "seq": worker["seq"] + 1,
+    }
+    conn.defer(
         "UPDATE workers SET status = $2, status_since = $3, waiting_since = $4, offer_id = $5, "
-        "trip_id = $6, seq = seq + 1 WHERE driver_id = $1 RETURNING *",
-        worker["driver_id"],
-        after.value,
-        now,
-        waiting_since,
-        offer_id if after is WorkerStatus.OFFERED else None,
-        trip_id if after in _ON_TRIP else None,
+        "trip_id = $6, seq = $7 WHERE driver_id = $1",
+        *(new[c] for c in _WORKER_WRITTEN),
+        row=("workers", worker["driver_id"]),
     )
     event = worker_event(
         bus,
@@ -195,6 +203,16 @@ async def move_worker(
     return new, event
 
 
+_WORKER_WRITTEN = (
+    "driver_id",
+    "status",
+    "status_since",
+    "waiting_since",
+    "offer_id",
+    "trip_id",
+    "seq",
+)
+
 _ON_TRIP = frozenset(
     {
         WorkerStatus.EN_ROUTE_PICKUP,
@@ -205,7 +223,7 @@ _ON_TRIP = frozenset(
 )
 
 
-async def move_order(
+def move_order(
     conn: Conn,
     bus: Bus,
     order: Row,
@@ -223,11 +241,13 @@ async def move_order(
     names = ["status", "updated_at", *columns]
     values = [after.value, now, *columns.values()]
     assignments = ", ".join(f"{n} = ${i + 2}" for i, n in enumerate(names))
-    new: Row = await conn.fetchrow(
-        f"UPDATE orders SET {assignments} WHERE order_id = $1 RETURNING *",  # noqa: S608 (fixed names)
+    conn.defer(
+        f"UPDATE orders SET {assignments} WHERE order_id = $1",  # noqa: S608 (fixed names)
         order["order_id"],
         *values,
+        row=("orders", order["order_id"]),
     )
+    new = {**order, **dict(zip(names, values, strict=True))}
     event = order_event(
         bus,
         order["order_id"],
@@ -243,7 +263,7 @@ async def move_order(
     return new, event
 
 
-async def resolve_offer(
+def resolve_offer(
     conn: Conn,
     bus: Bus,
     offer: Row,
@@ -251,11 +271,12 @@ async def resolve_offer(
     now: datetime,
     trip_id: uuid.UUID | None = None,
 ) -> Outgoing:
-    await conn.execute(
+    conn.defer(
         "UPDATE offers SET status = $2, answered_at = $3 WHERE offer_id = $1",
         offer["offer_id"],
         outcome,
         now,
+        row=("offers", offer["offer_id"]),
     )
     data = {
         "offer_id": str(offer["offer_id"]),
@@ -271,20 +292,18 @@ async def resolve_offer(
 OFFER_OUTCOME_CAUSE = {"declined": Cause.OFFER_DECLINED, "expired": Cause.OFFER_EXPIRED}
 
 
-async def release_offer(
+def release_offer(
     conn: Conn, bus: Bus, order: Row, offer: Row, worker: Row, outcome: str, now: datetime
 ) -> tuple[Row, Row, list[Outgoing]]:
     """A declined or expired offer: the order searches again without that worker, who is idle
     again (still waiting since before the offer)."""
     cause = OFFER_OUTCOME_CAUSE[outcome]
-    events = [await resolve_offer(conn, bus, offer, outcome, now)]
+    events = [resolve_offer(conn, bus, offer, outcome, now)]
     excluded = list(order["excluded"])
     if offer["driver_id"] not in excluded:
         excluded.append(offer["driver_id"])
-    order, order_event = await move_order(
-        conn, bus, order, cause, now, offer_id=None, excluded=excluded
-    )
-    worker, worker_event = await move_worker(
+    order, order_event = move_order(conn, bus, order, cause, now, offer_id=None, excluded=excluded)
+    worker, worker_event = move_worker(
         conn, bus, worker, cause, now, order_id=order["order_id"], kind=order["kind"]
     )
     return order, worker, [*events, order_event, worker_event]

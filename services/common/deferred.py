@@ -1,0 +1,153 @@
+"""A transaction whose writes travel together: each write is held until the transaction next reads
+or finishes, then the held writes go to Postgres as ONE statement (each a data-modifying CTE).
+
+A request that locks three rows and writes five (trip step: worker, order, trip, outbox, the
+Idempotency-Key's answer) spent most of its time, and most of the service's CPU, in round
+trips: one per statement. Held writes cost one round trip together, or none when they ride
+along with the transaction's last statement (``finish``).
+
+Safety rules:
+
+* every read (``fetch``, ``fetchrow``, ``fetchval``, ``execute``) sends the held writes first, so
+  a read sees every write made before it, as if each had been sent at once;
+* two held writes of the same row (the same ``row`` key) are never put in one statement: CTEs
+  of one statement see one snapshot, and Postgres applies only one of two updates of a row;
+* the statements in one batch must not depend on each other's effects (they share a snapshot):
+  ``row`` keys are how a caller says which rows a write touches; writes of different rows, and
+  inserts that no other held write reads, are independent.
+
+Parameters are renumbered when statements are joined, so a held statement is written as it
+would be sent alone (``$1``, ``$2``…). Statements must not use dollar quoting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from polder.common.db import Connection
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    sql: str
+    args: tuple[Any, ...]
+    row: Hashable | None
+
+
+class Tx:
+    """A connection inside a transaction, with writes held until the next read (see module)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._held: list[_Write] = []
+        self.round_trips = 0  # statements sent: what this class exists to keep low
+
+    def defer(self, sql: str, *args: Any, row: Hashable | None = None) -> None:
+        """Hold a write (an INSERT, UPDATE or DELETE without RETURNING) until the next read.
+        ``row``: a key of the row it changes (e.g. ``("workers", driver_id)``); None for an
+        insert of new rows that no other held write touches."""
+        if "$$" in sql:
+            raise ValueError("held statements must not use dollar quoting")
+        self._held.append(_Write(sql, args, row))
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    async def flush(self) -> None:
+        """Send the held writes (one statement per group of distinct rows)."""
+        while self._held:
+            group = self._next_group()
+            sql, args = join(group)
+            self.round_trips += 1
+            await self.conn.execute(sql, *args)
+
+    async def finish(self, sql: str, *args: Any) -> Any:
+        """Send ``sql`` (a write or read that needs no held write's effect, e.g. storing an
+        Idempotency-Key's answer) with the held writes in front of it, in one round trip where
+        the rows allow it; returns its first value, like ``fetchval``."""
+        while self._held:
+            group = self._next_group()
+            if self._held:  # rows repeat: the earlier group goes alone
+                joined, joined_args = join(group)
+                self.round_trips += 1
+                await self.conn.execute(joined, *joined_args)
+                continue
+            joined, joined_args = join(group, final=(sql, args))
+            self.round_trips += 1
+            return await self.conn.fetchval(joined, *joined_args)
+        self.round_trips += 1
+        return await self.conn.fetchval(sql, *args)
+
+    def _next_group(self) -> list[_Write]:
+        """The longest prefix of held writes that touches no row twice; removed from held."""
+        seen: set[Hashable] = set()
+        n = 0
+        for w in self._held:
+            if w.row is not None:
+                if w.row in seen:
+                    break
+                seen.add(w.row)
+            n += 1
+        group, self._held = self._held[:n], self._held[n:]
+        return group
+
+    # --- reads (and immediate writes): the held writes go first ------------------------------
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        await self.flush()
+        self.round_trips += 1
+        return await self.conn.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        await self.flush()
+        self.round_trips += 1
+        return await self.conn.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        await self.flush()
+        self.round_trips += 1
+        return await self.conn.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        await self.flush()
+        self.round_trips += 1
+        return await self.conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        await self.flush()
+        self.round_trips += 1
+        await self.conn.executemany(sql, args)
+
+
+def join(
+    writes: Sequence[_Write], final: tuple[str, Sequence[Any]] | None = None
+) -> tuple[str, list[Any]]:
+    """One statement doing ``writes`` (and ``final``, whose result it returns), parameters
+    renumbered in order. A single write without ``final`` is sent as it is."""
+    if final is None and len(writes) == 1:
+        return writes[0].sql, list(writes[0].args)
+    args: list[Any] = []
+    ctes = []
+    for i, w in enumerate(writes):
+        ctes.append(f"_w{i} AS ({_shift(w.sql, len(args))})")
+        args.extend(w.args)
+    if final is None:
+        tail = "SELECT 1"
+    else:
+        tail = _shift(final[0], len(args))
+        args.extend(final[1])
+    return ("WITH " + ", ".join(ctes) + " " + tail if ctes else tail), args
+
+
+def _shift(sql: str, offset: int) -> str:
+    if offset == 0:
+        return sql
+    return _PARAM.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
