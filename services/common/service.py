@@ -22,15 +22,26 @@ from polder.common.topics import Topic
 @dataclass
 class Resources:
     settings: Settings
+    service: str
     pool: Pool
     bus: Bus
     metrics: CommonMetrics
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    side_pools: list[Pool] = field(default_factory=list)
 
     def run(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Start a background task; it is stopped (then cancelled) when the service stops."""
         self.tasks.append(asyncio.create_task(coro, name=name))
+
+    async def side_pool(self, max_size: int) -> Pool:
+        """A small pool of the service's schema for work that must not queue behind requests
+        for a connection of the main pool (closed with it)."""
+        pool = await create_pool(
+            self.settings.database_url, self.settings.db_schema(self.service), max_size=max_size
+        )
+        self.side_pools.append(pool)
+        return pool
 
     def consumer(
         self,
@@ -86,7 +97,7 @@ async def service_resources(
     size = settings.db_pool_size or pool_size
     pool = await create_pool(settings.database_url, schema, max_size=size)
     bus = Bus(settings, SchemaRegistry.load(), source=f"polder/{service}")
-    resources = Resources(settings, pool, bus, metrics)
+    resources = Resources(settings, service, pool, bus, metrics)
     try:
         await migrate(pool, schema, migrations)
         await bus.start()
@@ -96,4 +107,6 @@ async def service_resources(
         resources.stop.set()
         await stop_tasks(resources.tasks)
         await bus.stop()
+        for side in resources.side_pools:
+            await side.close()
         await pool.close()

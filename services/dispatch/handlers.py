@@ -33,6 +33,7 @@ from polder.dispatch.metrics import DispatchMetrics
 from polder.dispatch.transitions import (
     Conn,
     Row,
+    lock_joined,
     lock_offer,
     lock_order,
     lock_worker,
@@ -194,10 +195,9 @@ class Handlers:
     async def accept(
         self, conn: Conn, events: list[Outgoing], offer_id: uuid.UUID, driver_id: str, now: datetime
     ) -> dict[str, str]:
-        order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
+        order, offer, worker = await self._lock_pending_offer(conn, offer_id, driver_id)
         if offer["expires_at"] <= now:
             raise ApiError(409, "offer_closed", "offer has expired", current_state="expired")
-        worker = await lock_worker(conn, driver_id, now)
         now = settled(now, order, offer, worker)
         trip_id = uuid.uuid4()
         events.append(resolve_offer(conn, self.bus, offer, "accepted", now, trip_id))
@@ -239,30 +239,32 @@ class Handlers:
     async def decline(
         self, conn: Conn, events: list[Outgoing], offer_id: uuid.UUID, driver_id: str, now: datetime
     ) -> None:
-        order, offer = await self._lock_pending_offer(conn, offer_id, driver_id)
-        worker = await lock_worker(conn, driver_id, now)
+        order, offer, worker = await self._lock_pending_offer(conn, offer_id, driver_id)
         now = settled(now, order, offer, worker)
         _, _, released = release_offer(conn, self.bus, order, offer, worker, "declined", now)
         events += released
 
     async def _lock_pending_offer(
         self, conn: Conn, offer_id: uuid.UUID, driver_id: str
-    ) -> tuple[Row, Row]:
-        """Lock the offer (and its order first); 404 if it is not this driver's, 409 if it was
-        already answered, expired or withdrawn."""
-        owner = await conn.fetchrow(
-            "SELECT order_id, driver_id FROM offers WHERE offer_id = $1", offer_id
+    ) -> tuple[Row, Row, Row]:
+        """Lock the offer's order, the offer and its worker (one round trip); 404 if it is not
+        this driver's, 409 if it was already answered, expired or withdrawn."""
+        rows = await lock_joined(
+            conn,
+            "orders o, offers f, workers w",
+            "f.offer_id = $1 AND f.driver_id = $2 AND o.order_id = f.order_id "
+            "AND w.driver_id = f.driver_id",
+            offer_id,
+            driver_id,
         )
-        if owner is None or owner["driver_id"] != driver_id:
+        if rows is None:
             raise NotFound("offer")  # another driver's offer does not exist for this one
-        order = await lock_order(conn, owner["order_id"])
-        offer = await lock_offer(conn, offer_id)
-        assert order is not None and offer is not None
+        order, offer, worker = rows
         if offer["status"] != "pending":
             raise ApiError(
                 409, "offer_closed", f"offer is {offer['status']}", current_state=offer["status"]
             )
-        return order, offer
+        return order, offer, worker
 
     async def expire_offers(self, now: datetime, limit: int = 500) -> int:
         due = await self.pool.fetch(
@@ -318,12 +320,18 @@ class Handlers:
         now: datetime,
     ) -> TripStepResult:
         cause = TRIP_STEPS[step]
-        trip = await conn.fetchrow("SELECT * FROM trips WHERE trip_id = $1", trip_id)
-        if trip is None or trip["driver_id"] != driver_id:
-            raise NotFound("trip")
-        order = await lock_order(conn, trip["order_id"])
-        assert order is not None
-        worker = await lock_worker(conn, driver_id, now)
+        rows = await lock_joined(
+            conn,
+            "trips t, orders o, workers w",
+            "t.trip_id = $1 AND t.driver_id = $2 AND o.order_id = t.order_id "
+            "AND w.driver_id = t.driver_id",
+            trip_id,
+            driver_id,
+            read=frozenset({"t"}),  # trips are written after the order and worker are locked
+        )
+        if rows is None:
+            raise NotFound("trip")  # another driver's trip does not exist for this one
+        trip, order, worker = rows
         now = settled(now, order, worker)
         if worker["trip_id"] != trip_id:
             raise ApiError(

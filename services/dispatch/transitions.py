@@ -69,6 +69,37 @@ async def lock_offer(conn: Conn, offer_id: uuid.UUID) -> Row | None:
     return row
 
 
+# Separates the tables' columns in a joined lock's row (``lock_joined``).
+_SEP = "__next_table__"
+
+
+async def lock_joined(
+    conn: Conn, tables: str, where: str, *args: Any, read: frozenset[str] = frozenset()
+) -> list[Row] | None:
+    """Lock one row of each of several joined tables in ONE round trip; each row's columns.
+
+    ``tables`` is ``"orders o, offers f, workers w"``: alias order is lock order (Postgres
+    locks a joined row's tables in the order of ``FOR UPDATE OF``), so list them as the module
+    says (orders, offers and trips, workers). Aliases in ``read`` are read, not locked.
+    ``where`` joins and selects them. None if no row matches."""
+    aliases = [t.split()[1] for t in tables.split(",")]
+    columns = f', NULL AS "{_SEP}", '.join(f"{a}.*" for a in aliases)
+    locked = ", ".join(a for a in aliases if a not in read)
+    row = await conn.fetchrow(
+        f"SELECT {columns} FROM {tables} WHERE {where} FOR UPDATE OF {locked}",  # noqa: S608
+        *args,
+    )
+    if row is None:
+        return None
+    parts: list[dict[str, Any]] = [{}]
+    for name, value in row.items():
+        if name == _SEP:
+            parts.append({})
+        else:
+            parts[-1][name] = value
+    return parts
+
+
 def not_before(now: datetime, previous: datetime | None) -> datetime:
     """``now``, or the time of the row's previous change if that is later."""
     return previous if previous is not None and previous > now else now

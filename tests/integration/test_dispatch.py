@@ -506,6 +506,40 @@ async def test_double_accept_and_accept_versus_cancel(d: Dispatch) -> None:
     assert accept.status_code in (200, 409)  # accepted then cancelled, or too late
 
 
+@pytest.mark.parametrize("round_", range(3))
+async def test_a_trip_step_racing_a_cancel_settles_without_deadlock(
+    d: Dispatch, round_: int
+) -> None:
+    """The step locks the order and worker in one statement and writes the trip after; the
+    cancel locks the order, the worker, then writes the trip: one waits for the other."""
+    driver, customer = f"tc-{round_}", f"cust-tc{round_}"
+    await d.online(driver, *CENTRE)
+    created = await d.order(customer)
+    await d.batch()
+    [offer] = await d.offers(driver)
+    accepted = await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", driver)
+    trip_id = accepted.json()["trip_id"]
+    step, cancel = await asyncio.gather(
+        d.call(
+            "POST",
+            f"/v1/trips/{trip_id}/events",
+            "driver",
+            driver,
+            json={"type": "arrived_pickup"},
+        ),
+        d.call("POST", f"/v1/orders/{created['order_id']}/cancel", "customer", customer),
+    )
+    assert cancel.status_code == 200, cancel.text
+    assert step.status_code in (200, 409), step.text  # arrived first, or after the cancel
+    assert (await d.get_order(created["order_id"]))["status"] == "cancelled"
+    assert await d.worker_status(driver) == "idle"
+    trip = await d.rt.handlers.pool.fetchrow(
+        "SELECT status, arrived_pickup_at FROM trips WHERE trip_id = $1", uuid.UUID(trip_id)
+    )
+    assert trip["status"] == "cancelled_by_customer"
+    assert (trip["arrived_pickup_at"] is not None) == (step.status_code == 200)
+
+
 async def test_operators_see_every_round_and_why(d: Dispatch) -> None:
     created = await d.order("cust-f")
     await d.batch()  # nobody around

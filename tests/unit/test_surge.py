@@ -11,6 +11,7 @@ import pytest
 from polder.dispatch.domain.surge import (
     SurgeConfig,
     SurgeModel,
+    _Series,
     count_by_cell7,
     to_cell7,
 )
@@ -179,3 +180,26 @@ def test_a_config_that_cannot_work_is_rejected() -> None:
         SurgeConfig(window_s=10, bucket_s=20)
     with pytest.raises(ValueError):
         SurgeConfig(neighbour_weight=Decimal(2))
+
+
+def test_window_sums_kept_current_equal_summing_anew() -> None:
+    """The kept sums (a window sliding on, adds inside and outside it, eviction, a window
+    asked for out of order) always equal the sum of the buckets in the window."""
+    rng = random.Random(7)
+    series, truth, now = _Series(), {}, 0
+    for _ in range(5_000):
+        r = rng.random()
+        if r < 0.5:
+            bucket, n = rng.randint(0, 400), rng.randint(1, 3)
+            series.add(bucket, n)
+            truth[bucket] = truth.get(bucket, 0) + n
+        elif r < 0.97:
+            # mostly sliding on by a few buckets, sometimes back or far ahead
+            now = rng.randint(0, 500) if rng.random() < 0.05 else now + rng.randint(0, 3)
+            first, last = now - 120, now
+            want = sum(n for b, n in truth.items() if first < b <= last)
+            assert series.total(first, last) == want
+        else:
+            through = rng.randint(0, 200)
+            assert series.drop_through(through) == len([b for b in truth if b <= through])
+            truth = {b: n for b, n in truth.items() if b > through}
