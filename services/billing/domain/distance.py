@@ -11,14 +11,18 @@ leg that starts while idle and ends en route counts only its en-route part. Ping
 any order and more than once: they are sorted by time and a time seen twice is kept once.
 
 Ping times are compared with segment times, which are server times; ``recorded_at_ms`` is the
-device's clock. ``estimate_clock_offset_ms`` measures how far a device's clock is off, and
-``engaged_distance(clock_offset_ms=...)`` corrects for it.
+device's clock. ``batch_clock_offsets_ms`` measures how far a device's clock is off at each
+batch the pings came in (a phone's clock may be corrected, or set back, mid-shift), and
+``on_server_clock`` places each ping on the server's clock with its batch's offset before legs
+are measured. ``estimate_clock_offset_ms`` is the one-offset estimate for a clock that never
+changes.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from polder.billing.domain.segments import ENGAGED, P2, P3, Segment, SegmentKind
@@ -209,6 +213,103 @@ def estimate_clock_offset_ms(
         return 0
     offset = min(offsets)
     return 0 if abs(offset) <= tolerance_ms else offset
+
+
+@dataclass(frozen=True, slots=True)
+class ClockEstimate:
+    """How a device's clock offset is estimated per batch (``batch_clock_offsets_ms``).
+
+    - ``neighbours``: batches looked at on each side (k). A run of up to k batches that came
+      late (retries, a phone's buffer sent in several requests) is ignored; a level shift (the
+      clock set back or forward) is followed at once, whatever k.
+    - ``tolerance_ms``: an offset within it is latency, not skew: the device clock is trusted (0),
+      so a phone whose clock is right is placed exactly as it recorded.
+    - ``max_gap_ms``: batches received further apart than this are not neighbours (a new
+      stretch, often a new shift, may come with another clock), so an offset depends only on
+      its own stretch of the history, which retention and statements both read whole.
+    """
+
+    neighbours: int = 5
+    tolerance_ms: int = 5_000
+    max_gap_ms: int = 300_000
+
+
+def robust_offsets_ms(offsets: Sequence[int], neighbours: int) -> list[int]:
+    """Each batch's clock offset from the raw ``offsets`` (received minus newest recorded, in
+    order of receipt): ``max(min(o[i-k..i]), min(o[i..i+k]))``.
+
+    A raw offset is the clock's offset plus the newest ping's latency, which is never negative
+    and now and then large (a retry, a buffer): the minimum of a window is the best estimate of
+    the offset over it. The window behind a batch sees a level shift late and the window ahead
+    sees it early; the larger of the two minima is right on both sides of a shift, up or down,
+    while a run of at most k late batches inside the history is under both minima. At the very
+    first (last) batches there is nothing behind (ahead): a late batch there cannot be told
+    from a clock changed just after (before) it, and is taken as it came. O(n), sliding minima.
+    """
+    n, k = len(offsets), max(0, neighbours)
+    behind = _sliding_min(offsets, k)
+    ahead = _sliding_min(offsets[::-1], k)[::-1]
+    return [max(behind[i], ahead[i]) for i in range(n)]
+
+
+def _sliding_min(values: Sequence[int], k: int) -> list[int]:
+    """``min(values[max(0, i-k)..i])`` for each i."""
+    out: list[int] = []
+    window: deque[int] = deque()  # indices, their values increasing
+    for i, v in enumerate(values):
+        while window and values[window[-1]] >= v:
+            window.pop()
+        window.append(i)
+        if window[0] < i - k:
+            window.popleft()
+        out.append(values[window[0]])
+    return out
+
+
+def batch_clock_offsets_ms(
+    pings: Iterable[tuple[int, int]], estimate: ClockEstimate = ClockEstimate()
+) -> dict[int, int]:
+    """The device clock's offset (server minus device, ms) at each batch, keyed by the batch's
+    ``received_at`` in epoch ms.
+
+    ``pings`` are ``(received_ms, recorded_at_ms)`` of a worker's stored pings, any order; the
+    pings of one ``pings_recorded`` event share its ``received_at``, which makes them a batch.
+    A batch's raw offset is its receipt minus its newest ping; ``robust_offsets_ms`` smooths
+    them within each stretch (``ClockEstimate``), and an offset within the tolerance is 0.
+    """
+    newest: dict[int, int] = {}
+    for received, recorded in pings:
+        if recorded > newest.get(received, recorded - 1):
+            newest[received] = recorded
+    out: dict[int, int] = {}
+    stretch: list[int] = []
+    for received in sorted(newest):
+        if stretch and received - stretch[-1] > estimate.max_gap_ms:
+            out.update(_stretch_offsets(stretch, newest, estimate))
+            stretch = []
+        stretch.append(received)
+    out.update(_stretch_offsets(stretch, newest, estimate))
+    return out
+
+
+def _stretch_offsets(
+    received: list[int], newest: Mapping[int, int], estimate: ClockEstimate
+) -> dict[int, int]:
+    raw = [r - newest[r] for r in received]
+    smooth = robust_offsets_ms(raw, estimate.neighbours)
+    return {
+        r: (0 if abs(o) <= estimate.tolerance_ms else o)
+        for r, o in zip(received, smooth, strict=True)
+    }
+
+
+def on_server_clock(pings: Iterable[tuple[int, Ping]], offsets: Mapping[int, int]) -> list[Ping]:
+    """Each ``(received_ms, ping)`` placed on the server's clock with its batch's offset
+    (``batch_clock_offsets_ms``)."""
+    return [
+        replace(p, recorded_at_ms=p.recorded_at_ms + offsets[received]) if offsets[received] else p
+        for received, p in pings
+    ]
 
 
 def _accurate(p: Ping, jitter: JitterFilter) -> bool:
