@@ -40,11 +40,18 @@ def _at(ms: int) -> datetime:
 
 
 def trace_events(
-    driver: str, start_ms: int, end_ms: int, rng: random.Random, skew_ms: int
+    driver: str,
+    start_ms: int,
+    end_ms: int,
+    rng: random.Random,
+    skew_ms: int,
+    set_back_ms: int = 0,
 ) -> list[Event]:
     """A phone's batches of 3 pings every 10 s while it drives, with a pause of 6–9 minutes now
-    and then (the trace breaks), a few cell-tower fixes, and a clock ``skew_ms`` behind."""
+    and then (the trace breaks), a few cell-tower fixes, and a clock ``skew_ms`` behind that
+    is set back by ``set_back_ms`` more halfway through."""
     events, t = [], start_ms
+    halfway = (start_ms + end_ms) // 2
     lat, lng = 52.37 + rng.uniform(-0.01, 0.01), 4.89 + rng.uniform(-0.01, 0.01)
     while t < end_ms:
         pings = []
@@ -53,9 +60,8 @@ def trace_events(
             lat += rng.uniform(-1, 1) * 4e-4
             lng += rng.uniform(-1, 1) * 6e-4
             accuracy = 500.0 if rng.random() < 0.05 else 8.0
-            pings.append(
-                {"lat": lat, "lng": lng, "recorded_at_ms": t - skew_ms, "accuracy_m": accuracy}
-            )
+            clock = t - skew_ms - (set_back_ms if t > halfway else 0)
+            pings.append({"lat": lat, "lng": lng, "recorded_at_ms": clock, "accuracy_m": accuracy})
         received = t + rng.randint(100, 900)
         events.append(
             Event(
@@ -97,7 +103,9 @@ async def test_billing_thins_its_pings_and_every_statement_stays_the_same(
         keeper = PingKeeper(b.pool, metrics, spacing_ms=5_000)
         for n, (driver, (lo, hi)) in enumerate(sorted(span.items())):
             skew = 60_000 if n % 2 else 0  # some phones' clocks are a minute behind
-            events = trace_events(driver, lo - 60_000, hi + 600_000, rng, skew)
+            # and some are set back 5 min mid-shift (by 303 s: no ping twice at a device ms)
+            set_back = 303_000 if n % 4 < 2 else 0
+            events = trace_events(driver, lo - 60_000, hi + 600_000, rng, skew, set_back)
             await keeper([Received(e, driver, "l", 0, i) for i, e in enumerate(events)])
         first = min(lo for lo, _ in span.values())
         last = max(hi for _, hi in span.values())
