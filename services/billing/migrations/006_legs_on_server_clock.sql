@@ -3,7 +3,9 @@
 -- server's clock before measuring (billing.retention), as statements do, and a leg's times
 -- follow no single device clock. Legs stored before were on the device clock, which statements
 -- moved by one offset per worker: the smallest receipt-minus-recorded of its pings, 0 within
--- 5 s. They are moved by that offset here, once, so they read as they did.
+-- 5 s (over the range a statement read; here over all it holds). They are moved by it here,
+-- once, so they read as they did. (One shift per
+-- worker keeps its legs' ends apart; the key goes while the rows move past each other.)
 ALTER TABLE ping_legs DROP CONSTRAINT ping_legs_pkey;
 
 WITH offsets AS (
@@ -20,9 +22,5 @@ UPDATE ping_legs l
 SET start_ms = l.start_ms + o.offset_ms, end_ms = l.end_ms + o.offset_ms
 FROM offsets o
 WHERE l.driver_id = o.driver_id AND abs(o.offset_ms) > 5000;
-
--- two legs now ending at the same server millisecond are one
-DELETE FROM ping_legs a USING ping_legs b
-WHERE a.driver_id = b.driver_id AND a.end_ms = b.end_ms AND a.ctid > b.ctid;
 
 ALTER TABLE ping_legs ADD PRIMARY KEY (driver_id, end_ms);

@@ -178,6 +178,15 @@ def screen(pings: Sequence[PingLike], last: Fix | None, now: datetime, limits: L
     return Screened(accepted=accepted, rejected=rejected, last=last, accepted_ms=accepted_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class SetBack:
+    """A batch refused as stale, remembered as maybe the first of a clock set back."""
+
+    offset_s: float  # its receipt minus its newest ping: the device clock's offset plus latency
+    newest: Fix  # its newest ping, on the device's (new) clock
+    received_t: float  # its receipt, server time (epoch s)
+
+
 def screen_batch(
     pings: Sequence[PingLike],
     last: Fix | None,
@@ -198,15 +207,6 @@ def screen_batch(
     ):
         return result, None
     return after_stale(pings, result, last, last_received_t, remembered, now, limits)
-
-
-@dataclass(frozen=True, slots=True)
-class SetBack:
-    """A batch refused as stale, remembered as maybe the first of a clock set back."""
-
-    offset_s: float  # its receipt minus its newest ping: the device clock's offset plus latency
-    newest: Fix  # its newest ping, on the device's (new) clock
-    received_t: float  # its receipt, server time (epoch s)
 
 
 def after_stale(
