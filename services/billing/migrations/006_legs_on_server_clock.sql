@@ -4,8 +4,8 @@
 -- follow no single device clock. Legs stored before were on the device clock, which statements
 -- moved by one offset per worker: the smallest receipt-minus-recorded of its pings, 0 within
 -- 5 s (over the range a statement read; here over all it holds). They are moved by it here,
--- once, so they read as they did. (One shift per
--- worker keeps its legs' ends apart; the key goes while the rows move past each other.)
+-- once, so they read as they did. (One shift per worker keeps its legs' ends apart; the key
+-- goes while the rows move past each other.)
 ALTER TABLE ping_legs DROP CONSTRAINT ping_legs_pkey;
 
 WITH offsets AS (
