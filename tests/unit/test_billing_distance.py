@@ -225,6 +225,15 @@ def test_a_retry_spike_is_ignored() -> None:
     assert offsets(late_run, 2) != [0.2] * 9  # longer than k: taken as a clock change
 
 
+def test_the_estimate_is_the_larger_of_the_two_window_minima() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        n, k = rng.randint(0, 30), rng.randint(0, 6)
+        raw = [rng.choice([0, 0, 0, 300_000, -60_000]) + rng.randint(0, 2_000) for _ in range(n)]
+        brute = [max(min(raw[max(0, i - k) : i + 1]), min(raw[i : i + k + 1])) for i in range(n)]
+        assert robust_offsets_ms(raw, k) == brute, (raw, k)
+
+
 def test_batch_offsets_trust_the_device_within_the_tolerance_and_split_stretches() -> None:
     # (received, recorded) of each ping; a batch is the pings received together
     skewed = [(at(10), at(9.5)), (at(10), at(9)), (at(20), at(19.8)), (at(30), at(29.7))]
