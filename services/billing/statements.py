@@ -11,11 +11,13 @@ from typing import Any
 import h3.api.basic_int as h3
 
 from polder.billing.domain.distance import (
+    ClockEstimate,
     Leg,
     Ping,
     TripDistance,
+    batch_clock_offsets_ms,
     engaged_distance,
-    estimate_clock_offset_ms,
+    on_server_clock,
 )
 from polder.billing.domain.policies import PolicyName, from_ms, get_policy
 from polder.billing.domain.policies_base import TripRecord
@@ -40,6 +42,12 @@ from polder.fares.tariff import TariffBook
 
 # How far before a statement's start the history is read, to know the state the worker was in.
 LOOKBACK = timedelta(days=2)
+# How a device's clock is placed on the server's, batch by batch (retention places them alike).
+CLOCK = ClockEstimate()
+# Pings received this long after a statement's end still tell the device clock's offset at its
+# last batches (the neighbours ``CLOCK`` looks at): the offsets do not depend on where a range
+# ends, and are the ones retention measured legs with.
+CLOCK_LOOKAHEAD = timedelta(milliseconds=CLOCK.neighbours * CLOCK.max_gap_ms)
 ALL_POLICIES = [p.value for p in PolicyName]
 
 
@@ -94,19 +102,21 @@ class Statements:
         # is numeric; floor as epoch_ms floors), a month of pings is ~150 000 rows
         # Pings past retention are marks (no position) and their legs were measured before
         # the positions went (billing.retention): the same statement either way.
-        ping_rows = await self.pool.fetch(
+        clock_rows = await self.pool.fetch(
             "SELECT recorded_at_ms, floor(extract(epoch FROM received_at) * 1000)::bigint "
-            "AS received_ms, lat, lng, accuracy_m, cell8 FROM pings "
-            "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3 "
+            "AS received_ms, lat, lng, accuracy_m, cell8, received_at < $3 AS in_range "
+            "FROM pings WHERE driver_id = $1 AND received_at >= $2 AND received_at < $4 "
             "UNION ALL "
             "SELECT recorded_at_ms, floor(extract(epoch FROM received_at) * 1000)::bigint, "
-            "NULL, NULL, accuracy_m, cell8 FROM ping_marks "
-            "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3 "
+            "NULL, NULL, accuracy_m, cell8, received_at < $3 FROM ping_marks "
+            "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $4 "
             "ORDER BY recorded_at_ms",
             driver_id,
             start - LOOKBACK,
             end,
+            end + CLOCK_LOOKAHEAD,
         )
+        ping_rows = [r for r in clock_rows if r["in_range"]]
         leg_rows = await self.pool.fetch(
             "SELECT start_ms, end_ms, distance_m FROM ping_legs "
             "WHERE driver_id = $1 AND received_at >= $2 AND received_at < $3",
@@ -126,18 +136,25 @@ class Statements:
             signs_of_life_ms=signs,
             driver_id=driver_id,
         )
-        # Phones' clocks drift: pings are placed on the server's clock before measuring.
-        offset = estimate_clock_offset_ms(
-            (r["received_ms"], r["recorded_at_ms"]) for r in ping_rows
+        # Phones' clocks drift, and are set back or forward mid-shift: each batch's pings are
+        # placed on the server's clock with that batch's offset before measuring. Legs measured
+        # before retention are on the server's clock already.
+        offsets = batch_clock_offsets_ms(
+            ((r["received_ms"], r["recorded_at_ms"]) for r in clock_rows), CLOCK
         )
         measured = engaged_distance(
             timeline.segments,
-            [
-                Ping(r["recorded_at_ms"], r["lat"], r["lng"], r["accuracy_m"])
-                for r in ping_rows
-                if r["lat"] is not None
-            ],
-            clock_offset_ms=offset,
+            on_server_clock(
+                (
+                    (
+                        r["received_ms"],
+                        Ping(r["recorded_at_ms"], r["lat"], r["lng"], r["accuracy_m"]),
+                    )
+                    for r in ping_rows
+                    if r["lat"] is not None
+                ),
+                offsets,
+            ),
             measured=[Leg(r["start_ms"], r["end_ms"], r["distance_m"]) for r in leg_rows],
         )
         start_ms, end_ms = epoch_ms(start), epoch_ms(end)

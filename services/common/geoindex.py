@@ -4,7 +4,9 @@ Shared by the location service (all fresh drivers) and dispatch (available worke
 
 Positions carry two clocks: ``recorded_at`` (device, orders a driver's pings so an older ping
 never overwrites a newer one) and ``seen_at`` (server, decides freshness: a driver with no ping
-for ``ttl_s`` leaves the index). All times are epoch seconds; ``now`` is always passed in.
+for ``ttl_s`` leaves the index). All times are epoch seconds; ``now`` is always passed in. A
+device clock set back mid-shift (ingest takes its pings again after one batch) is told by the
+two clocks together: see ``LocationIndex.upsert``.
 
 The index never changes a ``Position`` it has handed out (an upsert makes a new one), so
 callers may keep them; they must not modify them.
@@ -59,6 +61,10 @@ _COARSE_HANDICAP = 1.3
 # H3 index bits: the resolution in 4 bits at 52, then 15 digits of 3 bits, unused digits all 7.
 _RES_SHIFT = 52
 _ALL_BUT_RES = ~(0xF << _RES_SHIFT)
+# A position received later whose device time went back by more than the server's time moved
+# on, plus this, is from a device clock set back (seconds): two replicas that took a driver's
+# batches at the same moment differ by a batch's span, a clock set back by minutes.
+_SET_BACK_S = 10.0
 
 
 class _Precomputed:
@@ -191,11 +197,26 @@ class LocationIndex:
     def upsert(
         self, driver_id: str, lat: float, lng: float, recorded_at: float, seen_at: float
     ) -> bool:
-        """Record a position unless the driver already has a newer one. True if it was applied."""
+        """Record a position unless the driver already has a newer one. True if it was applied.
+
+        Newer is by device time, except across a device clock set back: a position received
+        later (``seen_at``) whose ``recorded_at`` went back further than the server's clock
+        moved on (by ``_SET_BACK_S`` more) is newer, and one received earlier whose
+        ``recorded_at`` is ahead by more than that (a redelivery from before the set back) is
+        older."""
         drivers = self._drivers
         old = drivers.get(driver_id)
         if old is not None:
             if recorded_at <= old.recorded_at:
+                if (
+                    seen_at <= old.seen_at
+                    or old.recorded_at - recorded_at <= seen_at - old.seen_at + _SET_BACK_S
+                ):
+                    return False
+            elif (
+                seen_at < old.seen_at
+                and recorded_at - old.recorded_at > old.seen_at - seen_at + _SET_BACK_S
+            ):
                 return False
             if old.seen_at > seen_at:  # max(seen_at, old.seen_at)
                 seen_at = old.seen_at

@@ -17,7 +17,7 @@ from polder.common.positions import apply_pings
 from polder.common.service import Resources
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_LOCATIONS
-from polder.location.domain.pings import Fix, Limits, PingLike, Screened, screen
+from polder.location.domain.pings import Fix, Limits, PingLike, Screened, SetBack, screen_batch
 from polder.location.domain.status import DriverStatuses, StatusChange, newest
 from polder.location.metrics import LocationMetrics
 
@@ -57,24 +57,35 @@ class Ingest:
         self.limits = limits
         self.metrics = metrics
         self.resolution = index.resolution
-        # Last accepted fix per driver as this process published it; the index may lag behind it.
-        self._last: dict[str, Fix] = {}
+        # Last accepted fix per driver as this process published it, with the server time it
+        # was received (epoch s); the index may lag behind it.
+        self._last: dict[str, tuple[Fix, float]] = {}
+        # A batch refused whole as stale, per driver, until one is accepted: maybe the first
+        # from a clock set back (``after_stale``).
+        self._set_back: dict[str, SetBack] = {}
 
-    def last_fix(self, driver_id: str) -> Fix | None:
+    def last_fix(self, driver_id: str) -> tuple[Fix, float] | None:
+        """The driver's last accepted fix and when it was received: this process's, or the
+        index's when that was received later (another replica took a newer batch). Compared by
+        the server's time: a device clock set back makes a newer fix look older."""
         mine = self._last.get(driver_id)
         indexed = self.index.get(driver_id)
         if indexed is None:
             return mine
-        from_index = Fix(indexed.lat, indexed.lng, datetime.fromtimestamp(indexed.recorded_at, UTC))
-        if mine is None or from_index.recorded_at > mine.recorded_at:
-            return from_index
+        if mine is None or indexed.seen_at > mine[1]:
+            recorded = datetime.fromtimestamp(indexed.recorded_at, UTC)
+            return Fix(indexed.lat, indexed.lng, recorded), indexed.seen_at
         return mine
 
     async def __call__(self, driver_id: str, pings: Sequence[PingLike], now: datetime) -> Screened:
         if not self.statuses.on_shift(driver_id):
             self.metrics.pings_rejected.labels("driver_offline").inc(len(pings))
             raise DriverOffline(driver_id)
-        result = screen(pings, self.last_fix(driver_id), now, self.limits)
+        known = self.last_fix(driver_id)
+        last, last_at = known if known is not None else (None, 0.0)
+        result, remembered = screen_batch(
+            pings, last, last_at, self._set_back.get(driver_id), now, self.limits
+        )
         self.metrics.batch_size.observe(len(pings))
         for _, reason in result.rejected:
             self.metrics.pings_rejected.labels(reason.value).inc()
@@ -96,16 +107,23 @@ class Ingest:
                 self.bus.publish(DRIVER_LOCATIONS, driver_id, event), self.publish_timeout_s
             )
             self.metrics.pings_accepted.inc(len(result.accepted))
+            if result.clock_set_back:
+                self.metrics.clocks_set_back.inc()
             assert result.last is not None
-            self._last[driver_id] = result.last
+            self._last[driver_id] = (result.last, now.timestamp())
+        if remembered is None:
+            self._set_back.pop(driver_id, None)
+        else:
+            self._set_back[driver_id] = remembered
         return result
 
     def forget_expired(self) -> None:
-        """Drop fixes of drivers the index no longer holds, so the map stays bounded."""
+        """Drop fixes of drivers the index no longer holds, so the maps stay bounded."""
         for driver_id in [d for d in self._last if self.index.get(d) is None]:
-            fix = self._last[driver_id]
-            if time.time() - fix.recorded_at.timestamp() > self.index.ttl_s:
+            _, received = self._last[driver_id]
+            if time.time() - received > self.index.ttl_s:
                 del self._last[driver_id]
+                self._set_back.pop(driver_id, None)
 
 
 def _ping_doc(p: PingLike, recorded_at_ms: int) -> dict[str, object]:

@@ -19,6 +19,12 @@ class LocationMetrics(CommonMetrics):
             ["reason"],
             registry=registry,
         )
+        self.clocks_set_back = Counter(
+            "polder_location_clocks_set_back_total",
+            "Batches taken from a driver whose device clock was set back (after one batch "
+            "refused as stale)",
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "polder_location_batch_size_pings",
             "Pings per request or WebSocket frame",

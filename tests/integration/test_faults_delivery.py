@@ -7,7 +7,8 @@ test_scale_out.py the killed instances):
 * a rebalance during processing (a second billing instance joins the group mid-stream): every
   event takes effect once;
 * every event delivered 1-5 times, reordered within each worker, device clocks skewed by up to
-  ±10 min: billing's segments, ledger and statements equal those of the clean history.
+  ±10 min, and set back by 5 min mid-shift: billing's segments, ledger and statements equal
+  those of the clean history.
 
 Each scenario asserts the invariants: every order accounted for, timelines gap-free and
 exclusive, ledger balanced, no duplicate postings.
@@ -461,17 +462,23 @@ async def test_a_second_billing_instance_joining_mid_stream_changes_no_effect(
 
 PING_EVERY_MS = 30_000
 SKEWS_MS = (10 * 60_000, -10 * 60_000, 7 * 60_000, -3 * 60_000)  # device minus server clock
+# A clock set back mid-shift by 5 min and 7 s: billing keys its pings by driver and device time,
+# so a ping recorded at the very millisecond of one before the set back would be taken for it;
+# a set back of whole ping intervals would make every one of them such a twin.
+SET_BACK_MS = 5 * 60_000 + 7_000
 
 
-def ping_events(city: City, skewed: bool) -> list[tuple[Topic, str, Event]]:
+def ping_events(city: City, skewed: bool, set_back_ms: int = 0) -> list[tuple[Topic, str, Event]]:
     """Each worker's pings every 30 s from its first to its last state change, driving a
     straight line; received (server time) as recorded, on a device clock that is off by its
-    worker's skew when ``skewed``."""
+    worker's skew when ``skewed``, and set back by ``set_back_ms`` halfway through."""
     out = []
     for w, driver in enumerate(sorted({c.driver_id for c in city.changes})):
         times = [c.at_ms for c in city.changes if c.driver_id == driver]
         skew = SKEWS_MS[w % len(SKEWS_MS)] if skewed else 0
-        for n, t in enumerate(range(min(times), max(times) + 1, PING_EVERY_MS)):
+        sent = range(min(times), max(times) + 1, PING_EVERY_MS)
+        for n, t in enumerate(sent):
+            clock = t + skew - (set_back_ms if n >= len(sent) // 2 else 0)
             data = {
                 "driver_id": driver,
                 "received_at": format_time(_at(t)),
@@ -479,7 +486,7 @@ def ping_events(city: City, skewed: bool) -> list[tuple[Topic, str, Event]]:
                     {
                         "lat": CENTRE[0] + 0.0001 * n,  # ~11 m a ping: driving at 1.3 km/h...
                         "lng": CENTRE[1] + 0.0004 * n,  # ...plus ~27 m east: ~4.7 km/h
-                        "recorded_at_ms": t + skew,
+                        "recorded_at_ms": clock,
                         "accuracy_m": 5.0,
                     }
                 ],
@@ -561,14 +568,34 @@ async def results(b: BillingInstance, city: City, now: datetime) -> dict[str, An
 async def test_duplicates_reordering_and_skewed_clocks_give_the_clean_results(
     settings: Settings, infra: Infra, seed: int
 ) -> None:
-    rng = random.Random(seed)
+    await assert_faults_give_the_clean_results(settings, infra, random.Random(seed))
+
+
+@pytest.mark.parametrize("seed", [3, 21])
+async def test_clocks_set_back_mid_shift_give_the_clean_results(
+    settings: Settings, infra: Infra, seed: int
+) -> None:
+    """As above, and every worker's device clock goes back 5 minutes halfway through its
+    pings: billing places each batch on the server's clock by its own offset."""
+    engaged = await assert_faults_give_the_clean_results(
+        settings, infra, random.Random(seed), set_back_ms=SET_BACK_MS
+    )
+    assert engaged > 0  # the pings measured distance that policies pay for: placed right
+
+
+async def assert_faults_give_the_clean_results(
+    settings: Settings, infra: Infra, rng: random.Random, set_back_ms: int = 0
+) -> float:
+    """Billing of a city's history delivered with duplicates and reordering, on skewed device
+    clocks (set back mid-shift by ``set_back_ms``), equals billing of its clean delivery.
+    Answers the engaged metres the statements measured."""
     city = random_city(rng, 4)
     clean_settings = isolated_settings(infra)
     await create_topics(clean_settings)
     clean_stream = [*history_events(city), *ping_events(city, skewed=False)]
     faulty_stream = [
         r
-        for r in [*history_events(city), *ping_events(city, skewed=True)]
+        for r in [*history_events(city), *ping_events(city, True, set_back_ms)]
         for _ in range(rng.randint(1, 5))
     ]
     rng.shuffle(faulty_stream)  # reordered within each worker (and across them)
@@ -598,6 +625,11 @@ async def test_duplicates_reordering_and_skewed_clocks_give_the_clean_results(
             await assert_ledger_sound(b.pool)
         for driver in sorted({c.driver_id for c in city.changes}):
             assert_exclusive(expected[driver]["segments"], driver)
+    return sum(
+        seg.distance_m
+        for driver in sorted({c.driver_id for c in city.changes})
+        for seg in expected[driver]["segments"]
+    )
 
 
 def assert_exclusive(segments: Sequence[Segment], who: str) -> None:

@@ -127,6 +127,42 @@ async def test_rejected_pings_are_reported_by_index_and_reason(api: Api) -> None
     assert "polder_location_pings_accepted_total 1.0" in metrics
 
 
+async def test_a_driver_whose_clock_is_set_back_mid_stream_keeps_being_indexed(api: Api) -> None:
+    r = await api.post_pings("d-clock", [ping(4), ping(2)])
+    assert r.json() == {"accepted": 2, "rejected": []}
+    await eventually(
+        lambda: api.nearby(lat=52.37, lng=4.89, radius_m=50), until=lambda d: len(d) == 1
+    )
+    # the phone's clock goes back 5 minutes: its next batch (newest a second old on its clock)
+    # is behind the last one taken, indistinguishable from a retry, and refused...
+    back = 300.0
+    first = await api.post_pings("d-clock", [ping(back + 2), ping(back + 1)])
+    assert first.json()["accepted"] == 0
+    assert {x["reason"] for x in first.json()["rejected"]} == {"stale"}
+    # ...but the one after it, 2 s later, agrees on the clock's new offset and moved on: taken
+    await asyncio.sleep(2)
+    moved = [ping(back + 2, lat=52.3701), ping(back + 1, lat=52.3702)]
+    fresh = await api.post_pings("d-clock", moved)
+    assert fresh.json() == {"accepted": 2, "rejected": []}
+    # and indexed at its fresh position, though its device time is older than the last one's
+    found = await eventually(
+        lambda: api.nearby(lat=52.3702, lng=4.89, radius_m=5), until=lambda d: len(d) == 1
+    )
+    assert found[0]["driver_id"] == "d-clock" and found[0]["lat"] == 52.3702
+    # from there on as usual, on the new clock: a retry is stale, a newer batch is taken
+    again = await api.post_pings("d-clock", moved)
+    assert again.json()["accepted"] == 0
+    assert {x["reason"] for x in again.json()["rejected"]} == {"stale"}
+    await asyncio.sleep(1)
+    on = await api.post_pings("d-clock", [ping(back + 0.5, lat=52.3703)])
+    assert on.json() == {"accepted": 1, "rejected": []}
+    await eventually(
+        lambda: api.nearby(lat=52.3703, lng=4.89, radius_m=5), until=lambda d: len(d) == 1
+    )
+    metrics = (await api.client.get(f"{api.base}/metrics")).text
+    assert "polder_location_clocks_set_back_total 1.0" in metrics
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "code"),
     [

@@ -18,7 +18,7 @@ from polder.billing.pings import PingKeeper
 from polder.billing.retention import PingRetention
 from polder.billing.statements import ALL_POLICIES
 from polder.common.bus import Bus, Received
-from polder.common.db import Pool
+from polder.common.db import Pool, create_pool, migrate, migration_files
 from polder.common.envelope import Event, format_time
 from polder.common.outbox import OutboxRelay
 from polder.common.retention import cut_for
@@ -40,11 +40,18 @@ def _at(ms: int) -> datetime:
 
 
 def trace_events(
-    driver: str, start_ms: int, end_ms: int, rng: random.Random, skew_ms: int
+    driver: str,
+    start_ms: int,
+    end_ms: int,
+    rng: random.Random,
+    skew_ms: int,
+    set_back_ms: int = 0,
 ) -> list[Event]:
     """A phone's batches of 3 pings every 10 s while it drives, with a pause of 6–9 minutes now
-    and then (the trace breaks), a few cell-tower fixes, and a clock ``skew_ms`` behind."""
+    and then (the trace breaks), a few cell-tower fixes, and a clock ``skew_ms`` behind that
+    is set back by ``set_back_ms`` more halfway through."""
     events, t = [], start_ms
+    halfway = (start_ms + end_ms) // 2
     lat, lng = 52.37 + rng.uniform(-0.01, 0.01), 4.89 + rng.uniform(-0.01, 0.01)
     while t < end_ms:
         pings = []
@@ -53,9 +60,8 @@ def trace_events(
             lat += rng.uniform(-1, 1) * 4e-4
             lng += rng.uniform(-1, 1) * 6e-4
             accuracy = 500.0 if rng.random() < 0.05 else 8.0
-            pings.append(
-                {"lat": lat, "lng": lng, "recorded_at_ms": t - skew_ms, "accuracy_m": accuracy}
-            )
+            clock = t - skew_ms - (set_back_ms if t > halfway else 0)
+            pings.append({"lat": lat, "lng": lng, "recorded_at_ms": clock, "accuracy_m": accuracy})
         received = t + rng.randint(100, 900)
         events.append(
             Event(
@@ -97,7 +103,9 @@ async def test_billing_thins_its_pings_and_every_statement_stays_the_same(
         keeper = PingKeeper(b.pool, metrics, spacing_ms=5_000)
         for n, (driver, (lo, hi)) in enumerate(sorted(span.items())):
             skew = 60_000 if n % 2 else 0  # some phones' clocks are a minute behind
-            events = trace_events(driver, lo - 60_000, hi + 600_000, rng, skew)
+            # and some are set back 5 min mid-shift (by 303 s: no ping twice at a device ms)
+            set_back = 303_000 if n % 4 < 2 else 0
+            events = trace_events(driver, lo - 60_000, hi + 600_000, rng, skew, set_back)
             await keeper([Received(e, driver, "l", 0, i) for i, e in enumerate(events)])
         first = min(lo for lo, _ in span.values())
         last = max(hi for _, hi in span.values())
@@ -132,6 +140,73 @@ async def test_billing_thins_its_pings_and_every_statement_stays_the_same(
         assert await statements() == before
         assert metrics.pings_thinned._value.get() == raw  # noqa: SLF001
         assert await retention(cut_for(job_now, hours)) == 0  # nothing left to do
+
+
+async def test_legs_stored_on_the_device_clock_move_to_the_server_clock_in_migration_006(
+    settings: Settings,
+) -> None:
+    """Legs measured before 006 were on the device clock and moved by the worker's one offset
+    when read; 006 moves them by that offset once (0 within 5 s), as statements now read them."""
+    schema = settings.db_schema("billing")
+    pool = await create_pool(settings.database_url, schema)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                "CREATE TABLE schema_migrations "
+                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, sql in migration_files("polder.billing.migrations"):
+                if version >= "006":
+                    break
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            t0 = 1_796_000_000_000
+            # (driver, recorded, received): "behind" a minute behind (its smallest delay 60.2 s
+            # of a mark and a raw ping), "right" within the tolerance
+            pings = [("behind", t0, 60_500), ("behind", t0 + 10_000, 60_200)]
+            pings += [("right", t0, 700), ("right", t0 + 10_000, 300)]
+            for table, (driver, recorded, delay) in zip(
+                ["ping_marks", "pings", "ping_marks", "pings"], pings, strict=True
+            ):
+                position = ", 52.37, 4.89" if table == "pings" else ""
+                columns = ", lat, lng" if table == "pings" else ""
+                await conn.execute(
+                    f"INSERT INTO {table} (driver_id, recorded_at_ms, received_at, accuracy_m, "  # noqa: S608
+                    f"cell8{columns}) VALUES ($1, $2, $3, 5.0, 1{position})",
+                    driver,
+                    recorded,
+                    _at(recorded + delay),
+                )
+            await conn.executemany(
+                "INSERT INTO ping_legs (driver_id, start_ms, end_ms, distance_m, received_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                [
+                    ("behind", t0 - 10_000, t0, 40.0, _at(t0 + 60_500)),
+                    ("behind", t0 + 50_000, t0 + 60_200, 30.0, _at(t0 + 60_200 + 60_300)),
+                    ("right", t0 - 10_000, t0, 20.0, _at(t0 + 700)),
+                ],
+            )
+        assert await migrate(pool, schema, "polder.billing.migrations") == [
+            "006_legs_on_server_clock"
+        ]
+        rows = await pool.fetch(
+            "SELECT driver_id, start_ms, end_ms, distance_m FROM ping_legs ORDER BY 1, 2"
+        )
+        # "behind" by 60.2 s (the smallest delay of its marks and pings), "right" as it was
+        assert [tuple(r) for r in rows] == [
+            ("behind", t0 + 50_200, t0 + 60_200, 40.0),
+            ("behind", t0 + 110_200, t0 + 120_400, 30.0),
+            ("right", t0 - 10_000, t0, 20.0),
+        ]
+        pkey = await pool.fetchval(
+            "SELECT count(*) FROM information_schema.table_constraints WHERE table_schema = $1 "
+            "AND table_name = 'ping_legs' AND constraint_type = 'PRIMARY KEY'",
+            schema,
+        )
+        assert pkey == 1
+    finally:
+        await pool.close()
 
 
 async def test_location_thins_its_trace_into_res8_cells(location_pool: Pool) -> None:

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
 from polder.billing.domain.distance import (
     JitterFilter,
     Ping,
+    batch_clock_offsets_ms,
     engaged_distance,
     estimate_clock_offset_ms,
     legs,
+    on_server_clock,
+    robust_offsets_ms,
 )
 from polder.billing.domain.segments import Segment, SegmentKind
 
@@ -177,3 +181,102 @@ def test_a_trace_is_split_for_retention_only_where_it_breaks() -> None:
     whole = legs(trace)
     n = split_at_break(trace, 5)
     assert legs(trace[:n]) + legs(trace[n:]) == whole
+
+
+# --- the device clock, batch by batch -------------------------------------------------------
+#
+# A batch's raw offset is its receipt minus its newest ping: the clock's offset (server minus
+# device) plus the newest ping's latency (never negative; large for a retry or a buffer).
+
+
+def offsets(raw_s: list[float], neighbours: int = 3) -> list[float]:
+    """Each batch's estimated offset, in seconds, from raw offsets in seconds."""
+    ms = robust_offsets_ms([int(o * 1000) for o in raw_s], neighbours)
+    return [o / 1000 for o in ms]
+
+
+def test_a_constant_skew_is_the_smallest_delay_around_each_batch() -> None:
+    assert offsets([600.2] * 7) == [600.2] * 7
+    assert offsets([-600.0] * 5) == [-600.0] * 5
+    # latencies vary: inside the history the smallest around; at its first and last batches
+    # there is nothing behind (ahead) to compare with, and a batch keeps some of its latency
+    raw = [600.2, 600.1, 600.9, 600.1, 600.3, 600.2, 600.4]
+    assert offsets(raw, 3) == [600.2, 600.1, 600.1, 600.1, 600.2, 600.2, 600.4]
+    assert all(600.1 <= o <= r for o, r in zip(offsets(raw), raw, strict=True))
+
+
+def test_a_clock_set_back_mid_shift_is_followed_at_once() -> None:
+    # the device clock goes back 5 minutes after the fourth batch: its offset rises by 300 s
+    raw = [0.2, 0.2, 0.4, 0.2, 300.3, 300.2, 300.5, 300.2, 300.2]
+    assert offsets(raw) == [0.2, 0.2, 0.2, 0.2, 300.2, 300.2, 300.2, 300.2, 300.2]
+
+
+def test_a_clock_set_forward_mid_shift_is_followed_at_once() -> None:
+    raw = [120.2, 120.2, 120.3, 0.2, 0.3, 0.4, 0.2]
+    assert offsets(raw) == [120.2, 120.2, 120.2, 0.2, 0.2, 0.2, 0.2]
+
+
+def test_a_retry_spike_is_ignored() -> None:
+    # the fourth batch came 40 s late (a retry); a run of up to k late batches is ignored
+    raw = [0.2, 0.3, 0.2, 40.2, 0.2, 0.3, 0.2]
+    assert offsets(raw) == [0.2] * 7
+    late_run = [0.2, 0.2, 0.2, 40.0, 37.0, 34.0, 0.2, 0.2, 0.2]
+    assert offsets(late_run, 3) == [0.2] * 9
+    assert offsets(late_run, 2) != [0.2] * 9  # longer than k: taken as a clock change
+
+
+def test_the_estimate_is_the_larger_of_the_two_window_minima() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        n, k = rng.randint(0, 30), rng.randint(0, 6)
+        raw = [rng.choice([0, 0, 0, 300_000, -60_000]) + rng.randint(0, 2_000) for _ in range(n)]
+        brute = [max(min(raw[max(0, i - k) : i + 1]), min(raw[i : i + k + 1])) for i in range(n)]
+        assert robust_offsets_ms(raw, k) == brute, (raw, k)
+
+
+def test_batch_offsets_trust_the_device_within_the_tolerance_and_split_stretches() -> None:
+    # (received, recorded) of each ping; a batch is the pings received together
+    skewed = [(at(10), at(9.5)), (at(10), at(9)), (at(20), at(19.8)), (at(30), at(29.7))]
+    assert batch_clock_offsets_ms(skewed) == {at(10): 0, at(20): 0, at(30): 0}
+    behind = [(r, t - 60_000) for r, t in skewed]  # a minute behind: newest of each batch
+    # the first batch's 0.5 s latency has nothing before it to be told from a clock change by
+    assert batch_clock_offsets_ms(behind) == {at(10): 60_500, at(20): 60_200, at(30): 60_300}
+    # a shift hours later is a stretch of its own: its clock tells nothing of the first one's
+    later = [(at(4000), at(4000 - 120)), (at(4010), at(4010 - 121))]
+    found = batch_clock_offsets_ms(behind + later)
+    assert [found[at(s)] for s in (10, 20, 30, 4000, 4010)] == [
+        60_500,
+        60_200,
+        60_300,
+        120_000,
+        121_000,
+    ]
+    assert batch_clock_offsets_ms([]) == {}
+
+
+def test_pings_are_placed_with_their_batch_offset() -> None:
+    pings = [(at(10), ping(9, 0)), (at(310), ping(5, 30)), (at(320), ping(15, 60))]
+    offsets_ms = batch_clock_offsets_ms((r, p.recorded_at_ms) for r, p in pings)
+    placed = on_server_clock(pings, offsets_ms)
+    # the first batch is trusted (1 s); then the clock was set back 5 minutes
+    assert [p.recorded_at_ms for p in placed] == [at(9), at(310), at(320)]
+    assert [(p.lat, p.lng) for p in placed] == [(p.lat, p.lng) for _, p in pings]
+
+
+def test_a_clock_set_back_mid_trip_measures_the_clean_distance() -> None:
+    # 100 m every 10 s on trip from 0 to 200 s; the clock is set back 5 min at 100 s. One
+    # offset for the whole history would put the second half before the trip started.
+    segments = [seg(K.IDLE, -400, 0), seg(K.ON_TRIP, 0, 200), seg(K.IDLE, 200, 400)]
+    clean = [(at(10 * i), ping(10 * i, 100 * i)) for i in range(21)]  # received as recorded
+    setback = [
+        (r, replace(p, recorded_at_ms=p.recorded_at_ms - (300_000 if i > 10 else 0)))
+        for i, (r, p) in enumerate(clean)
+    ]
+    expected = engaged_distance(segments, [p for _, p in clean])
+    assert metres(expected.segments) == [0.0, 2000.0, 0.0]
+    offsets_ms = batch_clock_offsets_ms((r, p.recorded_at_ms) for r, p in setback)
+    placed = engaged_distance(segments, on_server_clock(setback, offsets_ms))
+    assert placed == expected
+    one_offset = estimate_clock_offset_ms((r, p.recorded_at_ms) for r, p in setback)
+    shifted = engaged_distance(segments, [p for _, p in setback], clock_offset_ms=one_offset)
+    assert shifted != expected  # what a single offset made of it

@@ -50,6 +50,25 @@ def test_upsert_places_driver_in_its_cell_and_ignores_older_positions() -> None:
     assert index.nearby(52.37, 4.89, 50, 5, now=102) == []  # the old cell no longer holds d1
 
 
+def test_a_position_from_a_device_clock_set_back_replaces_the_newer_looking_one() -> None:
+    index = LocationIndex(resolution=9, ttl_s=60)
+    assert index.upsert("d1", 52.37, 4.89, recorded_at=1000, seen_at=1000)
+    # 6 s later by the server, 300 s earlier by the device: its clock was set back
+    assert index.upsert("d1", 52.38, 4.89, recorded_at=706, seen_at=1006)
+    pos = index.get("d1")
+    assert pos is not None and (pos.lat, pos.recorded_at, pos.seen_at) == (52.38, 706, 1006)
+    assert index.upsert("d1", 52.381, 4.89, recorded_at=709, seen_at=1009)  # the new clock on
+    # a redelivery of the position from before the set back is not received later: ignored
+    assert not index.upsert("d1", 52.37, 4.89, recorded_at=1000, seen_at=1000)
+    assert not index.upsert("d1", 52.38, 4.89, recorded_at=706, seen_at=1006)
+    # nor is a position that went back by less than the server's clock moved on (plus 10 s):
+    # two replicas that took batches of the driver at the same moment
+    assert not index.upsert("d1", 52.39, 4.89, recorded_at=700, seen_at=1010)
+    pos = index.get("d1")
+    assert pos is not None and (pos.lat, pos.recorded_at, pos.seen_at) == (52.381, 709, 1009)
+    assert [n.position.driver_id for n in index.nearby(52.381, 4.89, 50, 5, now=1010)] == ["d1"]
+
+
 def test_drivers_expire_after_the_ttl() -> None:
     index = LocationIndex(ttl_s=60)
     index.upsert("old", 52.37, 4.89, recorded_at=0, seen_at=0)

@@ -3,7 +3,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from polder.location.domain.pings import Fix, Limits, Ping, Reason, screen
+from polder.location.domain.pings import (
+    Fix,
+    Limits,
+    Ping,
+    Reason,
+    Screened,
+    SetBack,
+    screen,
+    screen_batch,
+)
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 LIMITS = Limits(max_future_skew_s=30, max_speed_mps=70)
@@ -101,9 +110,120 @@ def test_a_ping_from_a_broken_clock_long_ago_is_stale_even_for_a_new_driver() ->
 
 def test_a_non_finite_number_is_the_reason_even_when_another_field_is_out_of_range() -> None:
     both = Ping(100.0, 4.89, NOW - timedelta(seconds=5), speed_mps=math.nan)
-    bad_accuracy = Ping(52.37, 4.89, NOW - timedelta(seconds=5), accuracy_m=-1.0,
-                        heading_deg=math.inf)
+    bad_accuracy = Ping(
+        52.37, 4.89, NOW - timedelta(seconds=5), accuracy_m=-1.0, heading_deg=math.inf
+    )
     result = screen([both, bad_accuracy], None, NOW, LIMITS)
     assert result.rejected == [(0, Reason.NOT_FINITE), (1, Reason.NOT_FINITE)]
     only_range = screen([Ping(100.0, 4.89, NOW - timedelta(seconds=5))], None, NOW, LIMITS)
     assert only_range.rejected == [(0, Reason.LAT_OUT_OF_RANGE)]
+
+
+# --- a device clock set back mid-shift --------------------------------------------------------
+
+
+class Phone:
+    """A driver's batches through ``screen_batch``, keeping what the ingest handler keeps: the
+    last fix with its receipt time, and the batch remembered as a possible clock set back."""
+
+    def __init__(self) -> None:
+        self.last: Fix | None = None
+        self.last_received_t = 0.0
+        self.remembered: SetBack | None = None
+
+    def send(self, pings: list[Ping], received: datetime) -> Screened:
+        result, self.remembered = screen_batch(
+            pings, self.last, self.last_received_t, self.remembered, received, LIMITS
+        )
+        if result.accepted:
+            self.last, self.last_received_t = result.last, received.timestamp()
+        return result
+
+
+def batch(device_s: float, lat: float = 52.37, lng: float = 4.89) -> list[Ping]:
+    """Three pings a second apart, the newest at ``device_s`` (device clock, from NOW)."""
+    return [at(device_s - 2 + k, lat=lat + k * 1e-5, lng=lng) for k in range(3)]
+
+
+def accepted(result: Screened) -> int:
+    return len(result.accepted)
+
+
+def test_a_retry_of_the_same_batch_stays_stale_however_often() -> None:
+    phone = Phone()
+    sent = batch(-0.5)
+    assert accepted(phone.send(sent, NOW)) == 3
+    assert accepted(phone.send(batch(2.5, lat=52.3701), NOW + timedelta(seconds=3))) == 3
+    for retry in range(1, 4):  # the first batch sent again, 1, 2 and 3 s later
+        result = phone.send(sent, NOW + timedelta(seconds=3 + retry))
+        assert accepted(result) == 0 and not result.clock_set_back
+        assert {r for _, r in result.rejected} == {Reason.STALE}
+    # the second retry came within a second of the first (offsets agree): the device clock
+    # did not move on, so it is a retry, not a clock set back
+    assert phone.remembered is not None
+    assert phone.remembered.newest.recorded_at == NOW - timedelta(seconds=0.5)
+    assert accepted(phone.send(batch(5.5, lat=52.3702), NOW + timedelta(seconds=6))) == 3
+    assert phone.remembered is None
+
+
+def test_a_clock_set_back_5_minutes_is_followed_after_one_batch() -> None:
+    phone = Phone()
+    for n in range(4):  # every 3 s, on time
+        assert accepted(phone.send(batch(3 * n), NOW + timedelta(seconds=3 * n + 0.3))) == 3
+    back = -300.0  # then the phone's clock is set back 5 minutes
+    first = phone.send(batch(12 + back), NOW + timedelta(seconds=12.4))
+    assert accepted(first) == 0 and {r for _, r in first.rejected} == {Reason.STALE}
+    second = phone.send(batch(15 + back, lat=52.3701), NOW + timedelta(seconds=15.2))
+    assert accepted(second) == 3 and second.rejected == [] and second.clock_set_back
+    assert second.last == Fix(52.3701 + 2e-5, 4.89, NOW + timedelta(seconds=15 + back))
+    # and from there on as usual, on the new clock
+    third = phone.send(batch(18 + back, lat=52.3702), NOW + timedelta(seconds=18.3))
+    assert accepted(third) == 3 and not third.clock_set_back
+    # a retry of the batch taken on the new clock is stale as ever
+    assert accepted(phone.send(batch(18 + back, lat=52.3702), NOW + timedelta(seconds=19))) == 0
+
+
+def test_offsets_that_disagree_are_not_a_clock_set_back() -> None:
+    phone = Phone()
+    assert accepted(phone.send(batch(60), NOW + timedelta(seconds=60.3))) == 3
+    # two old batches, each behind the last fix, retried with a minute between them: the
+    # device clock moved on 3 s while the server's moved on 60 s
+    assert accepted(phone.send(batch(54), NOW + timedelta(seconds=61))) == 0
+    assert accepted(phone.send(batch(57), NOW + timedelta(seconds=121))) == 0
+    # the second is remembered instead of the first: a batch that agrees with it may follow
+    assert phone.remembered is not None and phone.remembered.offset_s == pytest.approx(64)
+    assert phone.remembered.newest.recorded_at == NOW + timedelta(seconds=57)
+
+
+def test_a_jump_is_still_checked_across_and_after_a_clock_set_back() -> None:
+    phone = Phone()
+    assert accepted(phone.send(batch(0), NOW + timedelta(seconds=0.3))) == 3
+    back = -600.0
+    # set back, and the remembered batch 11 km away 3 s of server time later: impossible
+    far = 52.47
+    assert accepted(phone.send(batch(3 + back, lat=far), NOW + timedelta(seconds=3.3))) == 0
+    jumped = phone.send(batch(6 + back, lat=far), NOW + timedelta(seconds=6.3))
+    assert accepted(jumped) == 0 and {r for _, r in jumped.rejected} == {Reason.STALE}
+    # nearby instead: taken after one batch
+    assert accepted(phone.send(batch(9 + back), NOW + timedelta(seconds=9.3))) == 0
+    near = phone.send(batch(12 + back, lat=52.3702), NOW + timedelta(seconds=12.3))
+    assert accepted(near) == 3 and near.clock_set_back
+    # on the new clock, a jump is checked against the fix taken after the set back
+    after = phone.send(batch(15 + back, lat=far), NOW + timedelta(seconds=15.3))
+    assert accepted(after) == 0
+    assert {r for _, r in after.rejected} == {Reason.IMPOSSIBLE_JUMP}
+    # and within the batch taken across the set back, device times on the new clock
+    phone2 = Phone()
+    phone2.send(batch(0), NOW + timedelta(seconds=0.3))
+    phone2.send(batch(3 + back), NOW + timedelta(seconds=3.3))
+    mixed = [at(4 + back, lat=52.37001), at(5 + back, lat=52.47), at(6 + back, lat=52.37002)]
+    result = phone2.send(mixed, NOW + timedelta(seconds=6.3))
+    assert result.clock_set_back and result.rejected == [(1, Reason.IMPOSSIBLE_JUMP)]
+
+
+def test_a_clock_set_forward_is_the_future_limit_s_business() -> None:
+    phone = Phone()
+    assert accepted(phone.send(batch(0), NOW + timedelta(seconds=0.3))) == 3
+    ahead = phone.send(batch(3 + 120), NOW + timedelta(seconds=3.3))
+    assert accepted(ahead) == 0 and {r for _, r in ahead.rejected} == {Reason.FUTURE}
+    assert phone.remembered is None

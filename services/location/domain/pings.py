@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -68,6 +68,10 @@ class Limits:
     # A ping recorded longer ago than this is stale even for a driver never seen: a phone's
     # buffer from a tunnel is minutes old, a date in 1970 or 1621 is a broken clock.
     max_age_s: float = 24 * 3600.0
+    # Two batches behind the last fix whose clock offsets (receipt minus newest ping) agree
+    # within this are one clock set back, not retries (``after_stale``): a phone's latency
+    # varies by a second or two, a retry's offset grows with the time it waited.
+    clock_tolerance_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,8 @@ class Screened:
     # recorded_at of each accepted ping in epoch milliseconds, in the order of ``accepted``:
     # what the event carries, computed once here (a datetime's timestamp() is not free).
     accepted_ms: list[int] = field(default_factory=list)
+    # accepted from a device whose clock was set back (``after_stale``)
+    clock_set_back: bool = False
 
 
 def _shape_problem(p: PingLike) -> Reason | None:
@@ -110,7 +116,11 @@ def distance_m(a_lat: float, a_lng: float, b_lat: float, b_lng: float) -> float:
 
 
 def _motion_problem(
-    p: PingLike, t: float, last: tuple[float, float] | None, last_t: float, now_t: float,
+    p: PingLike,
+    t: float,
+    last: tuple[float, float] | None,
+    last_t: float,
+    now_t: float,
     limits: Limits,
 ) -> Reason | None:
     """``t``, ``last_t`` and ``now_t`` are epoch seconds: float arithmetic, not timedeltas,
@@ -166,3 +176,77 @@ def screen(pings: Sequence[PingLike], last: Fix | None, now: datetime, limits: L
     if newest is not None:
         last = Fix(newest.lat, newest.lng, newest.recorded_at)
     return Screened(accepted=accepted, rejected=rejected, last=last, accepted_ms=accepted_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class SetBack:
+    """A batch refused as stale, remembered as maybe the first of a clock set back."""
+
+    offset_s: float  # its receipt minus its newest ping: the device clock's offset plus latency
+    newest: Fix  # its newest ping, on the device's (new) clock
+    received_t: float  # its receipt, server time (epoch s)
+
+
+def screen_batch(
+    pings: Sequence[PingLike],
+    last: Fix | None,
+    last_received_t: float,
+    remembered: SetBack | None,
+    now: datetime,
+    limits: Limits,
+) -> tuple[Screened, SetBack | None]:
+    """One batch of a driver: ``screen`` against its last fix (received at ``last_received_t``,
+    server epoch s), then ``after_stale`` if the batch was refused whole as stale. Answers the
+    screening and the ``SetBack`` to remember for the driver's next batch (None: forget)."""
+    result = screen(pings, last, now, limits)
+    if (
+        last is None
+        or result.accepted
+        or not result.rejected
+        or any(reason is not Reason.STALE for _, reason in result.rejected)
+    ):
+        return result, None
+    return after_stale(pings, result, last, last_received_t, remembered, now, limits)
+
+
+def after_stale(
+    pings: Sequence[PingLike],
+    stale: Screened,
+    last: Fix,
+    last_received_t: float,
+    remembered: SetBack | None,
+    now: datetime,
+    limits: Limits,
+) -> tuple[Screened, SetBack | None]:
+    """A batch ``screen`` found entirely stale (no newer than the driver's last fix): a retry,
+    or a phone whose clock was set back (an NTP correction, the user). Answers the batch's
+    screening and what to remember of it for the driver's next batch.
+
+    The first such batch stays stale (a retry must not be taken twice) but is remembered with
+    its clock offset. When the next batch is again behind the last fix, its offset agrees with
+    the remembered one within ``clock_tolerance_s`` and its newest ping is newer than the
+    remembered batch's (the device's clock moved on: a second retry of the same batch does not),
+    the clock was set back: the batch is screened as if the remembered batch's newest ping were
+    the last fix, so the driver is heard again, having lost at most one batch. Whether that
+    ping could be reached from the last fix is checked with the server's time between their
+    receipts (plus the tolerance), as device times of two clocks do not compare; the pings
+    after it are checked on the device's new clock as usual. A retry of an older batch keeps the
+    remembered one; a newer batch whose offset disagrees is remembered instead.
+
+    O(batch) and only for batches refused whole: the per-ping path (``screen``) is untouched, and
+    one ``SetBack`` per driver is all it keeps.
+    """
+    newest = max(pings, key=lambda p: p.recorded_at)
+    newest_t, now_t = newest.recorded_at.timestamp(), now.timestamp()
+    offset = now_t - newest_t
+    if remembered is not None:
+        moved_on = newest_t > remembered.newest.recorded_at.timestamp()
+        if not moved_on:  # a retry of the remembered batch, or of one before it
+            return stale, remembered
+        if abs(offset - remembered.offset_s) <= limits.clock_tolerance_s:
+            anchor = remembered.newest
+            elapsed = remembered.received_t - last_received_t + limits.clock_tolerance_s
+            reach = limits.max_speed_mps * max(0.0, elapsed)
+            if haversine_m(last.lat, last.lng, anchor.lat, anchor.lng) <= reach:
+                return replace(screen(pings, anchor, now, limits), clock_set_back=True), None
+    return stale, SetBack(offset, Fix(newest.lat, newest.lng, newest.recorded_at), now_t)
