@@ -2,13 +2,16 @@
 
 Nothing here reads a table or a topic. Requests share one connection pool per service (bounded
 concurrency); a 429 is waited out as the service asks, and requests that are safe to repeat
-(reads, and order placement with its Idempotency-Key) are retried on connection errors.
+are retried on connection errors: reads, and every POST, each of which carries an
+Idempotency-Key (the services store the first answer, so a repeat changes nothing). A POST whose
+connection broke after the service acted on it is not mistaken for one it never saw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +66,9 @@ class Polder:
         if service not in self._sessions:
             self._sessions[service] = aiohttp.ClientSession(
                 self.urls[service],
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                # Idle connections are dropped before the server's keep-alive timeout (uvicorn:
+                # 5 s), so a request never goes out on a connection the server is closing.
+                connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=3.0),
                 timeout=aiohttp.ClientTimeout(total=30.0, connect=10.0),
             )
         return self._sessions[service]
@@ -100,8 +105,13 @@ class Polder:
         headers: dict[str, str] | None = None,
         retry: bool = False,
     ) -> Answer:
-        """One request. ``retry``: repeat on connection errors too (only for safe requests)."""
+        """One request. ``retry``: repeat on connection errors too (only for safe requests; every
+        POST is made safe with an Idempotency-Key of its own unless the caller gives one)."""
         all_headers = {"authorization": f"Bearer {self.token(role, sub)}", **(headers or {})}
+        if method == "POST":
+            if not any(k.lower() == "idempotency-key" for k in all_headers):
+                all_headers["idempotency-key"] = uuid.uuid4().hex
+            retry = True
         content = None if json is None else orjson.dumps(json)
         if content is not None:
             all_headers["content-type"] = "application/json"
