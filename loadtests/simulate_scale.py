@@ -1,6 +1,6 @@
 """Simulator at scale: the largest simulated city the box sustains with dispatch within target.
 
-    python -m loadtests.simulate_scale [--steps 100,200,400,800] [--minutes 1] [--seed 1]
+    python -m loadtests.simulate_scale [--steps 400,800,1200,1600] [--minutes 1] [--seed 1]
                                        [--orders-per-worker-min 0.4] [--out simulate_scale]
 
 Starts the whole system as `polder up` does (embedded Postgres, Tansu, the three services, each
@@ -181,7 +181,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--steps", default="100,200,400,800", type=lambda s: [int(x) for x in s.split(",")]
+        "--steps", default="400,800,1200,1600", type=lambda s: [int(x) for x in s.split(",")]
     )
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
