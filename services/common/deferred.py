@@ -12,6 +12,8 @@ Safety rules:
   a read sees every write made before it, as if each had been sent at once;
 * two held writes of the same row (the same ``row`` key) are never put in one statement: CTEs
   of one statement see one snapshot, and Postgres applies only one of two updates of a row;
+* reads (``fetch*``) must not write: ``wrote`` (whether ``discard`` can still undo everything)
+  counts held writes and ``execute`` only;
 * the statements in one batch must not depend on each other's effects (they share a snapshot):
   ``row`` keys are how a caller says which rows a write touches; writes of different rows, and
   inserts that no other held write reads, are independent.
@@ -48,6 +50,9 @@ class Tx:
         self.conn = conn
         self._held: list[_Write] = []
         self.round_trips = 0  # statements sent: what this class exists to keep low
+        # Whether anything that may have written was sent (held writes, ``execute``): until
+        # then, ``discard`` leaves the transaction as if no write had been asked for.
+        self.wrote = False
 
     def defer(self, sql: str, *args: Any, row: Hashable | None = None) -> None:
         """Hold a write (an INSERT, UPDATE or DELETE without RETURNING) until the next read.
@@ -61,12 +66,17 @@ class Tx:
     def held(self) -> int:
         return len(self._held)
 
+    def discard(self) -> None:
+        """Drop the held writes (a step that refused after asking for them)."""
+        self._held.clear()
+
     async def flush(self) -> None:
         """Send the held writes (one statement per group of distinct rows)."""
         while self._held:
             group = self._next_group()
             sql, args = join(group)
             self.round_trips += 1
+            self.wrote = True
             await self.conn.execute(sql, *args)
 
     async def finish(self, sql: str, *args: Any) -> Any:
@@ -75,6 +85,7 @@ class Tx:
         the rows allow it; returns its first value, like ``fetchval``."""
         while self._held:
             group = self._next_group()
+            self.wrote = True
             if self._held:  # rows repeat: the earlier group goes alone
                 joined, joined_args = join(group)
                 self.round_trips += 1
@@ -84,6 +95,7 @@ class Tx:
             self.round_trips += 1
             return await self.conn.fetchval(joined, *joined_args)
         self.round_trips += 1
+        self.wrote = True
         return await self.conn.fetchval(sql, *args)
 
     def _next_group(self) -> list[_Write]:
@@ -119,11 +131,13 @@ class Tx:
     async def execute(self, sql: str, *args: Any) -> str:
         await self.flush()
         self.round_trips += 1
+        self.wrote = True
         return await self.conn.execute(sql, *args)
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         await self.flush()
         self.round_trips += 1
+        self.wrote = True
         await self.conn.executemany(sql, args)
 
 

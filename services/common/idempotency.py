@@ -85,7 +85,9 @@ async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Ef
     Of concurrent requests with one key, one commits; the others' effects roll back (their
     inserts of the key wait on the winner's and find it) and they replay the winner's answer.
     The effect's writes may be held (``Tx.defer``): they go to Postgres with the key's answer,
-    in one statement. A refusal rolls the effect back and stores the refusal on its own.
+    in one statement. A refusal before any write was sent drops the held writes and is stored in
+    the same transaction; after one, the transaction rolls back and the refusal is stored on its
+    own (should the process die in between, a retry runs the effect again).
     """
     for _ in range(2):
         try:
@@ -104,7 +106,10 @@ async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Ef
                 except ApiError as err:
                     if not _stored_refusal(err):
                         raise
-                    raise _Refused(err) from err  # leaves no writes of the effect behind
+                    if tx.wrote:  # some of the effect's writes went: roll them all back
+                        raise _Refused(err) from err
+                    tx.discard()  # the usual case: it refused before writing anything
+                    status, body = err.status, err.body()
                 if await tx.finish(_STORE, principal, key, digest, status, body) is None:
                     raise _Raced  # roll our effect back and replay the winner's response
                 return Outcome(status, body, replayed=False)

@@ -215,7 +215,8 @@ class Matcher:
                 made += 1
             # One statement per table for the whole batch, all held and sent together with the
             # outbox rows (common.deferred): row by row, a 200-order batch spent most of a
-            # second in round trips.
+            # second in round trips. They carry no row keys: nothing else in this transaction
+            # writes these rows (a move_* call added here would need a flush first).
             conn.defer(
                 "UPDATE orders o SET status = 'offered', updated_at = u.at, "
                 "offer_id = u.offer_id, first_offer_at = COALESCE(o.first_offer_at, u.at) "

@@ -2,8 +2,10 @@
 event it causes. The changes are held (``Tx.defer``) and go to Postgres with the transaction's
 next read or at its end; the new rows are computed here, not read back.
 
-Lock order everywhere: orders, then offers and trips, then workers (by id within each), so
-concurrent accept / decline / expire / cancel never deadlock and exactly one of them wins.
+Lock order: an order first; an offer, a trip or a worker is locked only while its order is held
+(set_status locks the order of the worker's pending offer before the worker and the offer; a
+trip is locked last, by the write that changes it), so concurrent accept / decline / expire /
+cancel queue on the order, never deadlock, and exactly one of them wins.
 """
 
 from __future__ import annotations

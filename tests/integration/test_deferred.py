@@ -85,3 +85,19 @@ async def test_a_failing_held_write_fails_the_transaction_and_nothing_stays(pool
             tx.defer("INSERT INTO items (id, n) VALUES ($1, $2)", 1, 0)  # id 1 exists
             await tx.flush()
     assert await pool.fetchval("SELECT n FROM items WHERE id = 2") == 0
+
+
+async def test_discard_drops_held_writes_until_one_was_sent(pool: Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        tx = Tx(conn)
+        tx.defer("UPDATE items SET n = 1 WHERE id = $1", 1, row=("items", 1))
+        assert await tx.fetchval("SELECT n FROM items WHERE id = 1") == 1  # flushed: sent
+        assert tx.wrote
+    async with pool.acquire() as conn, conn.transaction():
+        tx = Tx(conn)
+        assert await tx.fetchval("SELECT n FROM items WHERE id = 2") == 0
+        tx.defer("UPDATE items SET n = 5 WHERE id = $1", 2, row=("items", 2))
+        assert not tx.wrote  # reads alone, and a write still held
+        tx.discard()
+        await tx.flush()
+    assert await pool.fetchval("SELECT n FROM items WHERE id = 2") == 0

@@ -13,6 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from polder.common.deferred import Tx
+from polder.common.errors import ApiError
+from polder.common.idempotency import run_once
 from polder.common.settings import Settings
 from tests.integration.test_dispatch import CENTRE, Dispatch, running
 
@@ -186,3 +189,32 @@ async def test_a_stranger_cannot_read_anothers_stored_answer(d: Dispatch) -> Non
     theirs = await post(d, path, "driver", "drv-8", "k7", {"type": "arrived_pickup"})
     assert theirs.status_code == 404  # their own key: the trip is not theirs
     assert uuid.UUID(mine.json()["trip_id"]) == uuid.UUID(trip_id)
+
+
+@pytest.mark.parametrize("written", [False, True])
+async def test_a_refusal_is_stored_and_the_effects_writes_undone(
+    d: Dispatch, written: bool
+) -> None:
+    """A step that refuses (404/409) leaves no write behind and its refusal is the key's answer:
+    in its own transaction when it refused before any write was sent (held writes dropped),
+    after a rollback when one was."""
+    pool = d.rt.handlers.pool
+    principal, key = f"driver:refuser-{written}", f"k-{written}"
+
+    async def effect(tx: Tx) -> tuple[int, dict[str, Any]]:
+        tx.defer(
+            "INSERT INTO workers (driver_id, status, status_since) VALUES ($1, 'offline', now())",
+            f"ghost-{written}",
+        )
+        if written:
+            await tx.flush()
+        raise ApiError(409, "offer_closed", "offer has expired")
+
+    first = await run_once(pool, principal, key, "digest", effect)
+    again = await run_once(pool, principal, key, "digest", effect)
+    assert (first.status, first.replayed) == (409, False)
+    assert (again.status, again.body, again.replayed) == (409, first.body, True)
+    ghost = await pool.fetchval(
+        "SELECT count(*) FROM workers WHERE driver_id = $1", f"ghost-{written}"
+    )
+    assert ghost == 0
