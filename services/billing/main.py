@@ -39,7 +39,7 @@ def build_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service_resources(settings, SERVICE, MIGRATIONS, metrics) as res:
-            relay = OutboxRelay(res.pool, res.bus)
+            relay = OutboxRelay(res.pool, res.bus, keep_sent_s=settings.outbox_keep_h * 3600)
             tariffs = load_tariffs()
             share = Decimal(str(settings.driver_share))
             ingest = BillingIngest(res.pool, res.bus, relay, tariffs, share, metrics)

@@ -8,7 +8,10 @@ idempotent (they dedupe on the event id), so at-least-once is enough.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -60,13 +63,30 @@ class OutboxRelay:
     """Publishes unsent outbox rows in id order. One relay publishes at a time (advisory lock),
     so a key's events reach their partition in the order they were written."""
 
-    def __init__(self, pool: Pool, bus: Bus, *, batch: int = 500, idle_poll_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        bus: Bus,
+        *,
+        batch: int = 500,
+        idle_poll_s: float = 0.2,
+        keep_sent_s: float | None = None,
+        prune_every_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``keep_sent_s``: sent rows older than this are deleted (``prune_once``), every
+        ``prune_every_s``; None keeps them (tests that read the outbox back)."""
         self.pool = pool
         self.bus = bus
         self.batch = batch
         self.idle_poll_s = idle_poll_s
+        self.keep_sent_s = keep_sent_s
+        self.prune_every_s = prune_every_s
+        self.clock = clock
         self.wake = asyncio.Event()
         self.published = 0
+        self.pruned = 0
+        self._pruned_at = -math.inf
 
     def notify(self) -> None:
         """Call after committing outbox rows, so they go out now rather than at the next poll."""
@@ -81,8 +101,49 @@ class OutboxRelay:
                 sent = 0
                 await asyncio.sleep(1.0)
             if sent < self.batch:
+                await self._prune_if_due()
                 self.wake.clear()
                 await wait_for_event(self.wake, self.idle_poll_s)
+
+    async def _prune_if_due(self) -> None:
+        now = self.clock()
+        if self.keep_sent_s is None or now - self._pruned_at < self.prune_every_s:
+            return
+        self._pruned_at = now
+        try:
+            await self.prune_once(now)
+        except Exception:  # the rows stay until the next round
+            log.exception("outbox pruning failed; retrying later")
+
+    async def prune_once(self, now: float, chunk: int = 10_000) -> int:
+        """Delete rows sent more than ``keep_sent_s`` before ``now``, oldest first, in id ranges
+        of ``chunk``; returns how many went. Unsent rows are never deleted, whatever their age.
+
+        The relay sends in id order, so sent rows are old below some id and recent above it:
+        each round looks at the first row of the next range and stops at the first that is
+        recent (or unsent), so it never reads the rows it keeps (a day of them at 2 000 events
+        a second is 170 million)."""
+        assert self.keep_sent_s is not None
+        cutoff = datetime.fromtimestamp(now - self.keep_sent_s, UTC)
+        deleted = 0
+        lo = await self.pool.fetchval("SELECT min(id) FROM outbox")
+        while lo is not None:
+            first = await self.pool.fetchval(
+                "SELECT sent_at FROM outbox WHERE id >= $1 ORDER BY id LIMIT 1", lo
+            )
+            if first is None or first >= cutoff:
+                break  # unsent, or recent: what follows is kept
+            status = await self.pool.execute(
+                "DELETE FROM outbox WHERE id >= $1 AND id < $2 "
+                "AND sent_at IS NOT NULL AND sent_at < $3",
+                lo,
+                lo + chunk,
+                cutoff,
+            )
+            deleted += int(status.split()[-1])
+            lo = await self.pool.fetchval("SELECT min(id) FROM outbox WHERE id >= $1", lo + chunk)
+        self.pruned += deleted
+        return deleted
 
     async def relay_once(self) -> int:
         """Send one batch. The advisory lock is held for the session, not in a transaction, so

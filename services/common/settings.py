@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # than this are deleted; older positions are kept only as H3 resolution-8 cells.
     raw_ping_retention_h: float = Field(default=72.0, gt=0)
     retention_interval_s: float = Field(default=600.0, gt=0)  # how often the job looks
+    # Outbox rows are deleted this long after they were sent (the relay prunes every minute):
+    # kept for looking into what a service published, not for delivery.
+    outbox_keep_h: float = Field(default=24.0, gt=0)
 
     # Dispatch service.
     city: str = "amsterdam"

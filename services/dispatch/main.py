@@ -56,7 +56,13 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
         async with service_resources(settings, SERVICE, MIGRATIONS, metrics, pool_size=20) as res:
             separate = matcher == "process"
             # With a matcher process, it relays the outbox (this process's rows too).
-            relay = None if separate else OutboxRelay(res.pool, res.bus, batch=RELAY_BATCH)
+            relay = (
+                None
+                if separate
+                else OutboxRelay(
+                    res.pool, res.bus, batch=RELAY_BATCH, keep_sent_s=settings.outbox_keep_h * 3600
+                )
+            )
             availability = Availability()
             handlers = Handlers(
                 res.pool, res.bus, relay, metrics, None if separate else availability

@@ -73,7 +73,13 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
     """``share``: a folder the API process reads this one's metrics from."""
     metrics = DispatchMetrics(CollectorRegistry())
     async with service_resources(settings, SERVICE, MIGRATIONS, metrics, pool_size=6) as res:
-        relay = OutboxRelay(res.pool, res.bus, batch=RELAY_BATCH, idle_poll_s=RELAY_POLL_S)
+        relay = OutboxRelay(
+            res.pool,
+            res.bus,
+            batch=RELAY_BATCH,
+            idle_poll_s=RELAY_POLL_S,
+            keep_sent_s=settings.outbox_keep_h * 3600,
+        )
         availability = Availability()
         handlers = Handlers(res.pool, res.bus, relay, metrics, availability)
         matcher = build_matcher(settings, handlers, metrics, availability, SurgeModel())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -119,5 +119,38 @@ async def test_the_outbox_refuses_an_invalid_event(settings: Settings) -> None:
         async with pool.acquire() as conn:
             with pytest.raises(ValueError, match="seq"):
                 await add_to_outbox(conn, bus, [(DRIVER_EVENTS, "d", bad)])
+    finally:
+        await pool.close()
+
+
+async def test_sent_rows_are_pruned_after_the_keep_time_and_unsent_ones_never(
+    settings: Settings,
+) -> None:
+    """Rows sent before the cut go, in chunks; rows sent after it stay, and an unsent row stays
+    whatever its age (it and everything after it wait for the relay)."""
+    schema = settings.db_schema("dispatch")
+    pool = await create_pool(settings.database_url, schema)
+    bus = Bus(settings, SchemaRegistry.load(), source="test")
+    try:
+        await migrate(pool, schema, "polder.dispatch.migrations")
+        now = datetime.now(UTC)
+        hour = timedelta(hours=1)
+        # ids 1-25 sent 30 h ago, 26-30 sent 1 h ago, 31 unsent, 32 sent 30 h ago (a straggler
+        # behind the unsent one: it waits too)
+        sent = [now - 30 * hour] * 25 + [now - hour] * 5 + [None] + [now - 30 * hour]
+        await pool.executemany(
+            "INSERT INTO outbox (topic, key, event, sent_at) VALUES ('t', 'k', '{}', $1)",
+            [(at,) for at in sent],
+        )
+        relay = OutboxRelay(pool, bus, keep_sent_s=24 * 3600)
+        assert await relay.prune_once(now.timestamp(), chunk=10) == 25  # three chunks
+        left = await pool.fetch("SELECT sent_at FROM outbox ORDER BY id")
+        assert [r["sent_at"] for r in left] == sent[25:]
+        assert await relay.prune_once(now.timestamp(), chunk=10) == 0
+        # once the unsent row is sent and everything is old, all of it goes
+        await pool.execute("UPDATE outbox SET sent_at = $1 WHERE sent_at IS NULL", now - hour)
+        later = (now + 2 * 24 * hour).timestamp()
+        assert await relay.prune_once(later, chunk=10) == 7
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     finally:
         await pool.close()
