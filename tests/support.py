@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Bus, Consumer, Received
+from polder.common.db import Connection, migration_files
 from polder.common.metrics import CommonMetrics
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
@@ -125,3 +126,18 @@ async def go_online(settings: Settings, app: FastAPI, *drivers: str) -> None:
     """The drivers go online as the location service sees it (no dispatch needed)."""
     await publish_status(settings, *drivers)
     await on_shift(app, *drivers)
+
+
+async def migrate_before(conn: Connection, schema: str, package: str, version: str) -> None:
+    """Apply ``package``'s migrations older than ``version`` into ``schema`` (created), as an
+    installation that stopped there would have them: for tests of the migration ``version``."""
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    await conn.execute(
+        "CREATE TABLE schema_migrations "
+        "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for name, sql in migration_files(package):
+        if name >= version:
+            break
+        await conn.execute(sql)
+        await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", name)

@@ -18,7 +18,7 @@ from polder.billing.pings import PingKeeper
 from polder.billing.retention import PingRetention
 from polder.billing.statements import ALL_POLICIES
 from polder.common.bus import Bus, Received
-from polder.common.db import Pool, create_pool, migrate, migration_files
+from polder.common.db import Pool, create_pool, migrate
 from polder.common.envelope import Event, format_time
 from polder.common.outbox import OutboxRelay
 from polder.common.retention import cut_for
@@ -30,6 +30,7 @@ from polder.location.metrics import LocationMetrics
 from polder.location.retention import TraceRetention
 from tests.integration.test_billing import billing_service
 from tests.integration.test_billing_property import as_event
+from tests.support import migrate_before
 from tests.unit.test_billing_ledger import random_city
 
 pytestmark = pytest.mark.integration
@@ -151,16 +152,7 @@ async def test_legs_stored_on_the_device_clock_move_to_the_server_clock_in_migra
     pool = await create_pool(settings.database_url, schema)
     try:
         async with pool.acquire() as conn:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(
-                "CREATE TABLE schema_migrations "
-                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version, sql in migration_files("polder.billing.migrations"):
-                if version >= "006":
-                    break
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            await migrate_before(conn, schema, "polder.billing.migrations", "006")
             t0 = 1_796_000_000_000
             # (driver, recorded, received): "behind" a minute behind (its smallest delay 60.2 s
             # of a mark and a raw ping), "right" within the tolerance

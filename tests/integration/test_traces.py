@@ -8,11 +8,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Received
-from polder.common.db import Pool, create_pool, migrate, migration_files
+from polder.common.db import Pool, create_pool, migrate
 from polder.common.envelope import Event, format_time
 from polder.common.settings import Settings
 from polder.location.handlers import StatusWriter, TraceWriter
 from polder.location.metrics import LocationMetrics
+from tests.support import migrate_before
 
 pytestmark = pytest.mark.integration
 
@@ -139,16 +140,7 @@ async def test_a_trace_stored_a_row_per_ping_reads_the_same_after_migration_005(
     pool = await create_pool(settings.database_url, schema)
     try:
         async with pool.acquire() as conn:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(
-                "CREATE TABLE schema_migrations "
-                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for version, sql in migration_files("polder.location.migrations"):
-                if version >= "005":
-                    break
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            await migrate_before(conn, schema, "polder.location.migrations", "005")
             t0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
             old_rows = [
                 (
