@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,6 +72,34 @@ class CommonMetrics:
             ["consumer"],
             registry=registry,
         )
+
+
+class PoolCollector(Collector):
+    """The connections of a service's Postgres pools, read at scrape time (asyncpg pools keep
+    the counts): in use, idle, and the most each may open. A pool whose ``in_use`` stays at its
+    maximum makes requests wait for a connection: raise ``POLDER_DB_POOL_SIZE`` or add
+    replicas (and mind Postgres' ``max_connections``)."""
+
+    def __init__(self, pools: Callable[[], Mapping[str, Any]]) -> None:
+        self.pools = pools  # name -> asyncpg pool
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        connections = GaugeMetricFamily(
+            "polder_db_pool_connections",
+            "Connections of the service's Postgres pools, by pool and state (in_use, idle)",
+            labels=["pool", "state"],
+        )
+        limit = GaugeMetricFamily(
+            "polder_db_pool_max_connections",
+            "The most connections each of the service's Postgres pools may open",
+            labels=["pool"],
+        )
+        for name, pool in self.pools().items():
+            size, idle = pool.get_size(), pool.get_idle_size()
+            connections.add_metric([name, "in_use"], size - idle)
+            connections.add_metric([name, "idle"], idle)
+            limit.add_metric([name], pool.get_max_size())
+        return [connections, limit]
 
 
 class HttpMetricsMiddleware:

@@ -12,7 +12,7 @@ from typing import Any
 from polder.common.bus import MAX_RECORDS, Bus, Consumer, Handler, StartOffsets
 from polder.common.db import Pool, create_pool, migrate
 from polder.common.http import ReadyCheck
-from polder.common.metrics import CommonMetrics
+from polder.common.metrics import CommonMetrics, PoolCollector
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.tasks import stop_tasks, tasks_alive, watch_loop_lag
@@ -28,20 +28,23 @@ class Resources:
     metrics: CommonMetrics
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    side_pools: list[Pool] = field(default_factory=list)
+    side_pools: dict[str, Pool] = field(default_factory=dict)
 
     def run(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Start a background task; it is stopped (then cancelled) when the service stops."""
         self.tasks.append(asyncio.create_task(coro, name=name))
 
-    async def side_pool(self, max_size: int) -> Pool:
+    async def side_pool(self, name: str, max_size: int) -> Pool:
         """A small pool of the service's schema for work that must not queue behind requests
-        for a connection of the main pool (closed with it)."""
+        for a connection of the main pool (closed with it; ``name`` labels its metrics)."""
         pool = await create_pool(
             self.settings.database_url, self.settings.db_schema(self.service), max_size=max_size
         )
-        self.side_pools.append(pool)
+        self.side_pools[name] = pool
         return pool
+
+    def pools(self) -> dict[str, Pool]:
+        return {"main": self.pool, **self.side_pools}
 
     def consumer(
         self,
@@ -98,6 +101,8 @@ async def service_resources(
     pool = await create_pool(settings.database_url, schema, max_size=size)
     bus = Bus(settings, SchemaRegistry.load(), source=f"polder/{service}")
     resources = Resources(settings, service, pool, bus, metrics)
+    pool_metrics, registry = PoolCollector(resources.pools), metrics.registry
+    registry.register(pool_metrics)
     try:
         await migrate(pool, schema, migrations)
         await bus.start()
@@ -107,6 +112,7 @@ async def service_resources(
         resources.stop.set()
         await stop_tasks(resources.tasks)
         await bus.stop()
-        for side in resources.side_pools:
+        for side in resources.side_pools.values():
             await side.close()
         await pool.close()
+        registry.unregister(pool_metrics)

@@ -74,7 +74,7 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
             feed = Feed()
             # The feed reads each new offer's view; under load the main pool's connections all
             # serve requests, and a worker's offer must not wait behind them (it did, seconds).
-            feed_pool = await res.side_pool(max_size=2)
+            feed_pool = await res.side_pool("feed", max_size=2)
 
             async def fan_out(records: Sequence[Received]) -> None:
                 await feed.fan_out(feed_pool, records)

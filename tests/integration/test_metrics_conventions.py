@@ -14,10 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from polder.billing.main import build_app as build_billing
 from polder.common.auth import issue_token
+from polder.common.db import create_pool
 from polder.common.envelope import format_time
+from polder.common.metrics import PoolCollector
 from polder.common.settings import Settings
 from polder.dispatch.main import build_app as build_dispatch
 from polder.location.main import build_app as build_location
@@ -108,3 +111,23 @@ async def test_live_metrics_follow_prometheus_conventions(service: str, settings
     )
     out, _ = await lint.communicate(exposition.encode())
     assert lint.returncode == 0, out.decode()
+
+
+async def test_pool_connections_are_reported_at_scrape_time(settings: Settings) -> None:
+    """The pools' connections in use and idle, and their maximum, as a scrape finds them."""
+    schema = settings.db_schema("pools")
+    pool = await create_pool(settings.database_url, schema, max_size=3)
+    registry = CollectorRegistry()
+    registry.register(PoolCollector(lambda: {"main": pool}))
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"pool": "main", **labels})
+
+    try:
+        async with pool.acquire(), pool.acquire():
+            assert value("polder_db_pool_connections", state="in_use") == 2
+            assert value("polder_db_pool_max_connections") == 3
+        assert value("polder_db_pool_connections", state="in_use") == 0
+        assert value("polder_db_pool_connections", state="idle") == 2
+    finally:
+        await pool.close()

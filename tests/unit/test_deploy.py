@@ -23,6 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from polder.billing.metrics import BillingMetrics
+from polder.common.metrics import PoolCollector
 from polder.common.topics import TOPICS
 from polder.dispatch.domain.surge import SurgeModel
 from polder.dispatch.metrics import DispatchMetrics, SurgeCollector
@@ -39,6 +40,7 @@ def exported_names() -> set[str]:
     for metrics in (LocationMetrics, DispatchMetrics, BillingMetrics):
         registries.append(metrics(CollectorRegistry()).registry)
     registries[1].register(SurgeCollector(SurgeModel()))  # as dispatch's main wires it
+    registries[0].register(PoolCollector(dict))  # as every service's resources wire it
     names: set[str] = set()
     for registry in registries:
         for family in registry.collect():
