@@ -171,6 +171,18 @@ OPERATIONS = Dashboard(
                 ),
             ),
         ),
+        Panel(
+            "Postgres connections in use, of the pools' maximum",
+            (
+                q(
+                    'sum by (job, pool) (polder_db_pool_connections{state="in_use"})',
+                    "{{job}} {{pool}} in use",
+                ),
+                q("sum by (job, pool) (polder_db_pool_max_connections)", "{{job}} {{pool}} max"),
+            ),
+            description="In use at the maximum for long: requests wait for a connection "
+            "(POLDER_DB_POOL_SIZE, or more replicas).",
+        ),
     ),
 )
 
