@@ -523,11 +523,16 @@ async def test_a_driver_exports_its_own_trace_and_no_one_elses(api: Api) -> None
             0x88196953B1FFFFF,
         )
 
-        async def stored() -> int:
-            n: int = await pool.fetchval("SELECT count(*) FROM pings")
-            return n
+        async def stored() -> tuple[int, int]:
+            # the trace (the trace writer) and the status (the status consumer group, apart
+            # from the in-memory map ingest checks) are written on their own schedules
+            pings: int = await pool.fetchval("SELECT count(*) FROM pings")
+            status: int = await pool.fetchval(
+                "SELECT count(*) FROM driver_status WHERE driver_id = 'ex-1'"
+            )
+            return pings, status
 
-        await eventually(stored, until=lambda n: n == 3)
+        await eventually(stored, until=lambda n: n == (3, 1))
     finally:
         await pool.close()
     window = {
