@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from polder.common import gctune
 from polder.common.auth import Role, issue_token
 from polder.common.logging import configure_logging
 from polder.common.settings import Settings
@@ -47,11 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, json=settings.log_json)
     module = service_module(args.service)
     app = module.build_app(settings)
-    # A service allocates many short-lived objects per request; the default GC thresholds make
-    # it collect every few hundred requests. Freeze what start-up built and collect less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1_000)
+    gctune.settle()
     uvicorn.run(
         app,
         host=settings.host,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from polder.common import gctune
 from polder.common.logging import configure_logging
 from polder.common.service import Resources
 from polder.common.settings import Settings
@@ -224,9 +224,6 @@ def child_main(run: Callable[[Settings, Path | None, asyncio.Event], Awaitable[N
         finally:
             watcher.cancel()
 
-    # As `polder serve` does: freeze what start-up built, collect less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1_000)
+    gctune.settle()  # as `polder serve` does
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main())
