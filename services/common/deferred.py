@@ -20,6 +20,15 @@ Safety rules:
 
 Parameters are renumbered when statements are joined, so a held statement is written as it
 would be sent alone (``$1``, ``$2``…). Statements must not use dollar quoting.
+
+Optimistic mode (``Tx(conn, optimistic=True)``, no transaction around it): a step reads its rows
+without locking them and registers a ``guard``, a query that locks them again and raises
+(SQLSTATE 40001, ``asyncpg.SerializationError``) if any changed since the read. All its writes
+then go in ONE statement led by the guard (updates wait for it), so they apply together or not
+at all: a read and a write, two round trips, where a transaction takes four (BEGIN, the locking
+read, the writes, COMMIT). Anything only a transaction can give (a locking read, an immediate
+write, a read after a held write, two writes of one row, no guard) raises ``Pessimize``: the
+caller runs the step again in a transaction, as it does when the guard raises.
 """
 
 from __future__ import annotations
@@ -43,11 +52,17 @@ class _Write:
     row: Hashable | None
 
 
+class Pessimize(Exception):
+    """An optimistic step needs a transaction (see module): run it again in one."""
+
+
 class Tx:
     """A connection inside a transaction, with writes held until the next read (see module)."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, *, optimistic: bool = False) -> None:
         self.conn = conn
+        self.optimistic = optimistic
+        self._guard: tuple[str, tuple[Any, ...]] | None = None
         self._held: list[_Write] = []
         self.round_trips = 0  # statements sent: what this class exists to keep low
         # Whether anything that may have written was sent (held writes, ``execute``): until
@@ -70,8 +85,18 @@ class Tx:
         """Drop the held writes (a step that refused after asking for them)."""
         self._held.clear()
 
+    def guard(self, sql: str, *args: Any) -> None:
+        """Optimistic mode: ``sql`` selects one row with a boolean column ``ok`` and raises if
+        the rows the step read have changed, locking them in the module's lock order."""
+        if not self.optimistic or self._guard is not None:
+            raise Pessimize("one guard per optimistic step")
+        self._guard = (sql, args)
+
     async def flush(self) -> None:
         """Send the held writes (one statement per group of distinct rows)."""
+        if self.optimistic:
+            await self._send_guarded()
+            return
         while self._held:
             group = self._next_group()
             sql, args = join(group)
@@ -83,6 +108,7 @@ class Tx:
         """Send ``sql`` (a write or read that needs no held write's effect, e.g. storing an
         Idempotency-Key's answer) with the held writes in front of it, in one round trip where
         the rows allow it; returns its first value, like ``fetchval``."""
+        self._pessimize()
         while self._held:
             group = self._next_group()
             self.wrote = True
@@ -97,6 +123,25 @@ class Tx:
         self.round_trips += 1
         self.wrote = True
         return await self.conn.fetchval(sql, *args)
+
+    async def _send_guarded(self) -> None:
+        if not self._held:
+            return
+        group = self._next_group()
+        if self._held or self._guard is None:
+            raise Pessimize("two writes of one row, or writes without a guard")
+        sql, args = join(group, guard=self._guard)
+        self.round_trips += 1
+        self.wrote = True
+        await self.conn.execute(sql, *args)
+
+    def _pessimize(self) -> None:
+        if self.optimistic:
+            raise Pessimize("an immediate write")
+
+    def _check_read(self, sql: str) -> None:
+        if self.optimistic and (self._held or "FOR UPDATE" in sql):
+            raise Pessimize("a locking read, or a read after a held write")
 
     def _next_group(self) -> list[_Write]:
         """The longest prefix of held writes that touches no row twice; removed from held."""
@@ -114,27 +159,32 @@ class Tx:
     # --- reads (and immediate writes): the held writes go first ------------------------------
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        self._check_read(sql)
         await self.flush()
         self.round_trips += 1
         return await self.conn.fetch(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        self._check_read(sql)
         await self.flush()
         self.round_trips += 1
         return await self.conn.fetchrow(sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
+        self._check_read(sql)
         await self.flush()
         self.round_trips += 1
         return await self.conn.fetchval(sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> str:
+        self._pessimize()
         await self.flush()
         self.round_trips += 1
         self.wrote = True
         return await self.conn.execute(sql, *args)
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        self._pessimize()
         await self.flush()
         self.round_trips += 1
         self.wrote = True
@@ -142,23 +192,41 @@ class Tx:
 
 
 def join(
-    writes: Sequence[_Write], final: tuple[str, Sequence[Any]] | None = None
+    writes: Sequence[_Write],
+    final: tuple[str, Sequence[Any]] | None = None,
+    guard: tuple[str, Sequence[Any]] | None = None,
 ) -> tuple[str, list[Any]]:
     """One statement doing ``writes`` (and ``final``, whose result it returns), parameters
-    renumbered in order. A single write without ``final`` is sent as it is."""
-    if final is None and len(writes) == 1:
+    renumbered in order. A single write without ``final`` is sent as it is. With a ``guard``
+    (optimistic mode) it leads as ``_g``; updates and deletes wait for it, and so does the
+    statement's result (which is the guard's when there is no ``final``)."""
+    if final is None and guard is None and len(writes) == 1:
         return writes[0].sql, list(writes[0].args)
     args: list[Any] = []
     ctes = []
+    if guard is not None:
+        ctes.append(f"_g AS ({guard[0]})")
+        args.extend(guard[1])
     for i, w in enumerate(writes):
-        ctes.append(f"_w{i} AS ({_shift(w.sql, len(args))})")
+        sql = _after_guard(w.sql) if guard is not None else w.sql
+        ctes.append(f"_w{i} AS ({_shift(sql, len(args))})")
         args.extend(w.args)
     if final is None:
-        tail = "SELECT 1"
+        tail = "SELECT (SELECT ok FROM _g)" if guard is not None else "SELECT 1"
     else:
         tail = _shift(final[0], len(args))
         args.extend(final[1])
     return ("WITH " + ", ".join(ctes) + " " + tail if ctes else tail), args
+
+
+def _after_guard(sql: str) -> str:
+    """An update or delete that changes nothing before the guard has passed: an uncorrelated
+    subquery of its WHERE is evaluated once, before any row (inserts need no such wait: if the
+    guard raises, the whole statement is undone)."""
+    head, where, condition = sql.rpartition(" WHERE ")
+    if not where or sql.lstrip()[:6].upper() not in ("UPDATE", "DELETE"):
+        return sql
+    return f"{head} WHERE ({condition}) AND (SELECT ok FROM _g)"  # noqa: S608 (our own SQL)
 
 
 def _shift(sql: str, offset: int) -> str:

@@ -64,12 +64,19 @@ def _now() -> datetime:
 
 
 async def _answer(
-    request: Request, principal: Principal, key: str | None, body: Any, step: Step[Answer]
+    request: Request,
+    principal: Principal,
+    key: str | None,
+    body: Any,
+    step: Step[Answer],
+    *,
+    optimistic: bool = False,
 ) -> JSONResponse:
-    """Run a state-changing step; with an Idempotency-Key, at most once per key."""
+    """Run a state-changing step; with an Idempotency-Key, at most once per key.
+    ``optimistic``: see ``Handlers.run`` (steps without a key, for now)."""
     handlers = _rt(request).handlers
     if key is None:
-        status, response = await handlers.run(step)
+        status, response = await handlers.run(step, optimistic=optimistic)
     else:
         digest = request_hash(request.method, request.url.path, body)
         outcome = await handlers.run_once(principal.key, check_key(key), digest, step)
@@ -160,7 +167,7 @@ async def accept(
     async def step(conn: Any, events: list[Outgoing]) -> Answer:
         return 200, await handlers.accept(conn, events, offer_id, principal.sub, now)
 
-    return await _answer(request, principal, idempotency_key, None, step)
+    return await _answer(request, principal, idempotency_key, None, step, optimistic=True)
 
 
 @router.post("/offers/{offer_id}/decline", response_model=DeclineOut, responses=ERRORS)
@@ -178,7 +185,7 @@ async def decline(
         await handlers.decline(conn, events, offer_id, principal.sub, now)
         return 200, DeclineOut(offer_id=str(offer_id), status="declined").model_dump(mode="json")
 
-    return await _answer(request, principal, idempotency_key, None, step)
+    return await _answer(request, principal, idempotency_key, None, step, optimistic=True)
 
 
 @router.post("/trips/{trip_id}/events", response_model=TripEventOut, responses=ERRORS)
@@ -205,7 +212,9 @@ async def trip_event(
         )
         return 200, out.model_dump(mode="json")
 
-    return await _answer(request, principal, idempotency_key, body.model_dump(mode="json"), step)
+    return await _answer(
+        request, principal, idempotency_key, body.model_dump(mode="json"), step, optimistic=True
+    )
 
 
 @router.post(

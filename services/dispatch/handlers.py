@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import asyncpg
+
 from polder.common.bus import Bus
 from polder.common.db import Pool
-from polder.common.deferred import Tx
+from polder.common.deferred import Pessimize, Tx
 from polder.common.errors import ApiError
 from polder.common.idempotency import Outcome, run_once
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
@@ -106,10 +108,35 @@ class Handlers:
             raise conflict(exc) from exc
         self._after_commit(events)
 
-    async def run(self, step: Step[T]) -> T:
-        """One step in a transaction of its own."""
+    async def run(self, step: Step[T], *, optimistic: bool = False) -> T:
+        """One step in a transaction of its own. ``optimistic``: first without a transaction,
+        its rows read unlocked and its writes sent in one statement that applies only if none
+        of those rows changed meanwhile (common.deferred); else, or if the step needs what only
+        a transaction gives, again in a transaction."""
+        if optimistic:
+            try:
+                result = await self._run_optimistic(step)
+            except (Pessimize, asyncpg.SerializationError) as exc:
+                why = "changed" if isinstance(exc, asyncpg.SerializationError) else "needs_lock"
+                self.metrics.optimistic_steps.labels(why).inc()
+            else:
+                self.metrics.optimistic_steps.labels("applied").inc()
+                return result
         async with self.transaction() as (conn, events):
             return await step(conn, events)
+
+    async def _run_optimistic(self, step: Step[T]) -> T:
+        events: list[Outgoing] = []
+        async with self.pool.acquire() as conn:
+            tx = Tx(conn, optimistic=True)
+            try:
+                result = await step(tx, events)
+                await add_to_outbox(tx, self.bus, events)
+                await tx.flush()
+            except IllegalTransition as exc:
+                raise conflict(exc) from exc
+        self._after_commit(events)
+        return result
 
     async def run_once(self, principal: str, key: str, digest: str, step: Step[Answer]) -> Outcome:
         """One step at most once per (principal, Idempotency-Key): its answer is stored in its

@@ -95,6 +95,16 @@ class DispatchMetrics(CommonMetrics):
             ["kind"],
             registry=registry,
         )
+        self.optimistic_steps = Counter(
+            "polder_dispatch_optimistic_steps_total",
+            "Steps tried without a transaction, by outcome: applied, or run again in one "
+            "because a row they read changed before their write (changed) or because they "
+            "needed a lock (needs_lock)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("applied", "changed", "needs_lock"):  # present from the start
+            self.optimistic_steps.labels(outcome)
 
 
 class SurgeCollector(Collector):

@@ -11,7 +11,7 @@ cancel queue on the order, never deadlock, and exactly one of them wins.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -86,20 +86,53 @@ async def lock_joined(
     ``where`` joins and selects them. None if no row matches."""
     aliases = [t.split()[1] for t in tables.split(",")]
     columns = f', NULL AS "{_SEP}", '.join(f"{a}.*" for a in aliases)
-    locked = ", ".join(a for a in aliases if a not in read)
+    locked = [a for a in aliases if a not in read]
+    if conn.optimistic:
+        return await _read_guarded(conn, tables, where, args, columns, locked)
     row = await conn.fetchrow(
-        f"SELECT {columns} FROM {tables} WHERE {where} FOR UPDATE OF {locked}",  # noqa: S608
+        f"SELECT {columns} FROM {tables} WHERE {where} "  # noqa: S608
+        f"FOR UPDATE OF {', '.join(locked)}",
+        *args,
+    )
+    return None if row is None else _split(row.items())
+
+
+async def _read_guarded(
+    conn: Conn, tables: str, where: str, args: tuple[Any, ...], columns: str, locked: list[str]
+) -> list[Row] | None:
+    """``lock_joined`` in an optimistic step: read the rows without locks, with each locked
+    table's row version (``xmin``), and guard the step's writes with a query that locks the
+    same rows, in the same order, if and only if none has a new version (common.deferred)."""
+    versions = ", ".join(f'{a}.xmin AS "{_XMIN}{a}"' for a in locked)
+    row = await conn.fetchrow(
+        f"SELECT {columns}, {versions} FROM {tables} WHERE {where}",  # noqa: S608
         *args,
     )
     if row is None:
         return None
+    n = len(args)
+    same = " AND ".join(f"{a}.xmin = ${n + i + 1}::xid" for i, a in enumerate(locked))
+    conn.guard(
+        f"SELECT rows_unchanged(EXISTS (SELECT 1 FROM {tables} WHERE {where} "  # noqa: S608
+        f"AND {same} FOR UPDATE OF {', '.join(locked)})) AS ok",
+        *args,
+        *(row[f"{_XMIN}{a}"] for a in locked),
+    )
+    return _split((k, v) for k, v in row.items() if not k.startswith(_XMIN))
+
+
+# The row versions an optimistic read selects after the tables' columns.
+_XMIN = "__xmin_"
+
+
+def _split(items: Iterable[tuple[str, Any]]) -> list[Row]:
     parts: list[dict[str, Any]] = [{}]
-    for name, value in row.items():
+    for name, value in items:
         if name == _SEP:
             parts.append({})
         else:
             parts[-1][name] = value
-    return parts
+    return list(parts)
 
 
 def not_before(now: datetime, previous: datetime | None) -> datetime:

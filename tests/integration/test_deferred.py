@@ -3,13 +3,15 @@ same results as sending each statement at once."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from polder.common.db import Pool, create_pool
-from polder.common.deferred import Tx
+from polder.common.deferred import Pessimize, Tx
 from polder.common.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -101,3 +103,103 @@ async def test_discard_drops_held_writes_until_one_was_sent(pool: Pool) -> None:
         tx.discard()
         await tx.flush()
     assert await pool.fetchval("SELECT n FROM items WHERE id = 2") == 0
+
+
+# --- optimistic mode ---------------------------------------------------------------------------
+
+_UNCHANGED = (
+    Path(__file__).parents[2] / "services/dispatch/migrations/003_rows_unchanged.sql"
+).read_text()
+
+
+async def _read_guarded(tx: Tx, item: int) -> int:
+    """Read an item unlocked and guard the step's writes on its version (as dispatch's
+    ``lock_joined`` does)."""
+    row = await tx.fetchrow("SELECT n, xmin FROM items WHERE id = $1", item)
+    assert row is not None
+    tx.guard(
+        "SELECT rows_unchanged(EXISTS (SELECT 1 FROM items WHERE id = $1 AND xmin = $2::xid "
+        "FOR UPDATE)) AS ok",
+        item,
+        row["xmin"],
+    )
+    return int(row["n"])
+
+
+async def test_optimistic_writes_go_in_one_statement_after_their_guard(pool: Pool) -> None:
+    await pool.execute(_UNCHANGED)
+    async with pool.acquire() as conn:
+        tx = Tx(conn, optimistic=True)
+        n = await _read_guarded(tx, 1)
+        tx.defer("UPDATE items SET n = $2 WHERE id = $1", 1, n + 1, row=("items", 1))
+        tx.defer("UPDATE items SET note = $2 WHERE id = $1", 2, "b", row=("items", 2))
+        tx.defer("INSERT INTO log (item, what) VALUES ($1, $2)", 1, "plus one")
+        await tx.flush()
+        assert tx.round_trips == 2  # the read, then the writes with their guard
+    assert [tuple(r) for r in await pool.fetch("SELECT n, note FROM items ORDER BY id")] == [
+        (1, None),
+        (0, "b"),
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM log") == 1
+
+
+async def test_optimistic_writes_are_all_undone_when_a_row_read_has_changed(pool: Pool) -> None:
+    await pool.execute(_UNCHANGED)
+    async with pool.acquire() as conn:
+        tx = Tx(conn, optimistic=True)
+        await _read_guarded(tx, 1)
+        tx.defer("INSERT INTO log (item, what) VALUES ($1, $2)", 1, "first")
+        tx.defer("UPDATE items SET note = $2 WHERE id = $1", 2, "b", row=("items", 2))
+        tx.defer("UPDATE items SET n = 5 WHERE id = $1", 1, row=("items", 1))
+        await pool.execute("UPDATE items SET n = n WHERE id = 1")  # a new version, same values
+        with pytest.raises(asyncpg.SerializationError):
+            await tx.flush()
+    assert await pool.fetchval("SELECT count(*) FROM log") == 0
+    assert [tuple(r) for r in await pool.fetch("SELECT n, note FROM items ORDER BY id")] == [
+        (0, None),
+        (0, None),
+    ]
+
+
+async def test_an_optimistic_write_waits_for_a_concurrent_writer_then_fails(pool: Pool) -> None:
+    """The guard locks the rows it checks: a write in progress is waited for, and when it
+    commits the guard sees the new version."""
+    await pool.execute(_UNCHANGED)
+    async with pool.acquire() as conn, pool.acquire() as other:
+        tx = Tx(conn, optimistic=True)
+        await _read_guarded(tx, 1)
+        tx.defer("UPDATE items SET n = 7 WHERE id = $1", 1, row=("items", 1))
+        writer = other.transaction()
+        await writer.start()
+        await other.execute("UPDATE items SET n = 3 WHERE id = 1")
+        flushing = asyncio.create_task(tx.flush())
+        await asyncio.sleep(0.2)
+        assert not flushing.done()  # waiting for the other writer's lock
+        await writer.commit()
+        with pytest.raises(asyncpg.SerializationError):
+            await flushing
+    assert await pool.fetchval("SELECT n FROM items WHERE id = 1") == 3
+
+
+async def test_what_needs_a_transaction_is_refused_in_optimistic_mode(pool: Pool) -> None:
+    await pool.execute(_UNCHANGED)
+    async with pool.acquire() as conn:
+        tx = Tx(conn, optimistic=True)
+        with pytest.raises(Pessimize):  # a lock would end with its statement
+            await tx.fetchrow("SELECT * FROM items WHERE id = 1 FOR UPDATE")
+        with pytest.raises(Pessimize):
+            await tx.execute("UPDATE items SET n = 1 WHERE id = 1")
+        tx.defer("UPDATE items SET n = 1 WHERE id = $1", 1, row=("items", 1))
+        with pytest.raises(Pessimize):  # no guard: nothing says the read rows are unchanged
+            await tx.flush()
+        tx = Tx(conn, optimistic=True)
+        await _read_guarded(tx, 1)
+        tx.defer("UPDATE items SET n = 1 WHERE id = $1", 1, row=("items", 1))
+        with pytest.raises(Pessimize):  # it would not see the held write
+            await tx.fetchval("SELECT n FROM items WHERE id = 1")
+        with pytest.raises(Pessimize):
+            tx.guard("SELECT true AS ok")  # one guard a step
+        tx.defer("UPDATE items SET n = 2 WHERE id = $1", 1, row=("items", 1))
+        with pytest.raises(Pessimize):  # two writes of one row cannot share a statement
+            await tx.flush()
+    assert await pool.fetchval("SELECT n FROM items WHERE id = 1") == 0

@@ -542,6 +542,75 @@ async def test_a_trip_step_racing_a_cancel_settles_without_deadlock(
     assert (trip["arrived_pickup_at"] is not None) == (step.status_code == 200)
 
 
+def _optimistic(d: Dispatch, outcome: str) -> float:
+    return d.rt.metrics.optimistic_steps.labels(outcome)._value.get()  # noqa: SLF001
+
+
+async def _on_trip(d: Dispatch, driver: str, customer: str) -> tuple[str, str]:
+    await d.online(driver, *CENTRE)
+    created = await d.order(customer)
+    await d.batch()
+    [offer] = await d.offers(driver)
+    accepted = await d.call("POST", f"/v1/offers/{offer['offer_id']}/accept", "driver", driver)
+    return accepted.json()["trip_id"], created["order_id"]
+
+
+async def test_accepts_and_trip_steps_take_the_optimistic_path(d: Dispatch) -> None:
+    """Without an Idempotency-Key an accept and a trip step read unlocked and write in one
+    guarded statement: none falls back to a transaction when nothing races it."""
+    before = [_optimistic(d, o) for o in ("applied", "changed", "needs_lock")]
+    trip_id, order_id = await _on_trip(d, "opt-1", "cust-opt1")
+    for step in ("arrived_pickup", "picked_up", "arrived_dropoff", "completed"):
+        r = await d.call(
+            "POST", f"/v1/trips/{trip_id}/events", "driver", "opt-1", json={"type": step}
+        )
+        assert r.status_code == 200, r.text
+    after = [_optimistic(d, o) for o in ("applied", "changed", "needs_lock")]
+    assert after == [before[0] + 5, before[1], before[2]]  # the accept and four steps
+    assert (await d.get_order(order_id))["status"] == "completed"
+    assert await d.worker_status("opt-1") == "idle"
+    trip = await d.rt.handlers.pool.fetchrow(
+        "SELECT status, arrived_pickup_at, picked_up_at, arrived_dropoff_at, ended_at "
+        "FROM trips WHERE trip_id = $1",
+        uuid.UUID(trip_id),
+    )
+    assert trip["status"] == "completed" and None not in list(trip.values())
+
+
+async def test_a_trip_step_whose_rows_change_before_its_write_runs_again_locked(
+    d: Dispatch,
+) -> None:
+    """Another writer changes the worker's row between the step's read and its write: the
+    guarded write is undone whole and the step runs again in a transaction, once."""
+    trip_id, order_id = await _on_trip(d, "opt-2", "cust-opt2")
+    handlers, pool = d.rt.handlers, d.rt.handlers.pool
+    seq = await pool.fetchval("SELECT seq FROM workers WHERE driver_id = 'opt-2'")
+    before = _optimistic(d, "changed")
+    attempts: list[bool] = []
+
+    async def step(conn: Any, events: list[Any]) -> Any:
+        attempts.append(conn.optimistic)
+        result = await handlers.trip_step(
+            conn, events, uuid.UUID(trip_id), "opt-2", "arrived_pickup", None, datetime.now(UTC)
+        )
+        if conn.optimistic:  # a concurrent writer, between the read and the write
+            await pool.execute("UPDATE workers SET seq = seq WHERE driver_id = 'opt-2'")
+        return result
+
+    result = await handlers.run(step, optimistic=True)
+    assert attempts == [True, False]
+    assert _optimistic(d, "changed") == before + 1
+    assert (result.worker_status, result.order_status) == ("at_pickup", "driver_arrived")
+    # Applied once: one seq step, one arrival, one event per row.
+    assert await pool.fetchval("SELECT seq FROM workers WHERE driver_id = 'opt-2'") == seq + 1
+    assert (await d.get_order(order_id))["status"] == "driver_arrived"
+    rows = await pool.fetch(
+        "SELECT event->'data'->>'to' AS to FROM outbox WHERE key = 'opt-2' "
+        "AND event->'data'->>'cause' = 'arrived_pickup'"
+    )
+    assert [r["to"] for r in rows] == ["at_pickup"]
+
+
 async def test_operators_see_every_round_and_why(d: Dispatch) -> None:
     created = await d.order("cust-f")
     await d.batch()  # nobody around
