@@ -26,8 +26,9 @@ without locking them and registers a ``guard``, a query that locks them again an
 (SQLSTATE 40001, ``asyncpg.SerializationError``) if any changed since the read. All its writes
 then go in ONE statement led by the guard (updates wait for it), so they apply together or not
 at all: a read and a write, two round trips, where a transaction takes four (BEGIN, the locking
-read, the writes, COMMIT). Anything only a transaction can give (a locking read, an immediate
-write, a read after a held write, two writes of one row, no guard) raises ``Pessimize``: the
+read, the writes, COMMIT). A step that read nothing needs no guard: its one statement is the
+whole step. Anything only a transaction can give (a locking read, an immediate write, a read
+after a held write, two writes of one row, a read with no guard) raises ``Pessimize``: the
 caller runs the step again in a transaction, as it does when the guard raises.
 """
 
@@ -63,6 +64,7 @@ class Tx:
         self.conn = conn
         self.optimistic = optimistic
         self._guard: tuple[str, tuple[Any, ...]] | None = None
+        self._read = False  # optimistic: whether the step read anything (then it needs a guard)
         self._held: list[_Write] = []
         self.round_trips = 0  # statements sent: what this class exists to keep low
         # Whether anything that may have written was sent (held writes, ``execute``): until
@@ -93,9 +95,11 @@ class Tx:
         self._guard = (sql, args)
 
     async def flush(self) -> None:
-        """Send the held writes (one statement per group of distinct rows)."""
+        """Send the held writes (one statement per group of distinct rows). Optimistic mode:
+        only ``send`` at the step's end may (what it sends commits at once)."""
         if self.optimistic:
-            await self._send_guarded()
+            if self._held:
+                raise Pessimize("writes sent before the step's end")
             return
         while self._held:
             group = self._next_group()
@@ -107,8 +111,10 @@ class Tx:
     async def finish(self, sql: str, *args: Any) -> Any:
         """Send ``sql`` (a write or read that needs no held write's effect, e.g. storing an
         Idempotency-Key's answer) with the held writes in front of it, in one round trip where
-        the rows allow it; returns its first value, like ``fetchval``."""
-        self._pessimize()
+        the rows allow it; returns its first value, like ``fetchval``. Optimistic mode: always
+        one statement, with the guard (see module)."""
+        if self.optimistic:
+            return await self._send_guarded((sql, args))
         while self._held:
             group = self._next_group()
             self.wrote = True
@@ -124,24 +130,39 @@ class Tx:
         self.wrote = True
         return await self.conn.fetchval(sql, *args)
 
-    async def _send_guarded(self) -> None:
-        if not self._held:
-            return
+    async def send(self) -> None:
+        """The step's end: send what is held (optimistic mode: as its one statement, after
+        the guard)."""
+        if self.optimistic:
+            await self._send_guarded()
+        else:
+            await self.flush()
+
+    async def _send_guarded(self, final: tuple[str, tuple[Any, ...]] | None = None) -> Any:
+        """Optimistic mode: every held write (and ``final``, whose first value it returns) in
+        one statement, after the guard if the step read anything."""
+        if not self._held and final is None:
+            return None
         group = self._next_group()
-        if self._held or self._guard is None:
-            raise Pessimize("two writes of one row, or writes without a guard")
-        sql, args = join(group, guard=self._guard)
+        if self._held or (self._read and self._guard is None):
+            raise Pessimize("two writes of one row, or a read with no guard")
+        sql, args = join(group, final=final, guard=self._guard)
         self.round_trips += 1
         self.wrote = True
-        await self.conn.execute(sql, *args)
+        if final is None:
+            await self.conn.execute(sql, *args)
+            return None
+        return await self.conn.fetchval(sql, *args)
 
     def _pessimize(self) -> None:
         if self.optimistic:
             raise Pessimize("an immediate write")
 
     def _check_read(self, sql: str) -> None:
-        if self.optimistic and (self._held or "FOR UPDATE" in sql):
-            raise Pessimize("a locking read, or a read after a held write")
+        if self.optimistic:
+            if self._held or "FOR UPDATE" in sql:
+                raise Pessimize("a locking read, or a read after a held write")
+            self._read = True
 
     def _next_group(self) -> list[_Write]:
         """The longest prefix of held writes that touches no row twice; removed from held."""
@@ -211,7 +232,12 @@ def join(
         sql = _after_guard(w.sql) if guard is not None else w.sql
         ctes.append(f"_w{i} AS ({_shift(sql, len(args))})")
         args.extend(w.args)
-    if final is None:
+    if guard is not None and final is not None:
+        # The final statement goes in a CTE too, so the result can wait for the guard.
+        ctes.append(f"_f AS ({_shift(final[0], len(args))})")
+        args.extend(final[1])
+        tail = "SELECT (SELECT * FROM _f) FROM _g"
+    elif final is None:
         tail = "SELECT (SELECT ok FROM _g)" if guard is not None else "SELECT 1"
     else:
         tail = _shift(final[0], len(args))

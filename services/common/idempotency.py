@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 
 from polder.common.db import Pool
-from polder.common.deferred import Tx
+from polder.common.deferred import Pessimize, Tx
 from polder.common.errors import ApiError
 
 MAX_KEY_LENGTH = 255
@@ -79,8 +79,37 @@ _STORE = (
 )
 
 
-async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Effect) -> Outcome:
+# Optimistic: the answer goes in the effect's one statement, and a stored key makes the whole
+# statement fail (nothing of the effect stays).
+_STORE_NEW = (
+    "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, response) "
+    "VALUES ($1, $2, $3, $4, $5) RETURNING 1"
+)
+_STORED = (
+    "SELECT request_hash, status_code, response FROM idempotency_keys "
+    "WHERE principal = $1 AND key = $2"
+)
+
+
+async def run_once(
+    pool: Pool,
+    principal: str,
+    key: str,
+    digest: str,
+    effect: Effect,
+    *,
+    optimistic: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> Outcome:
     """Run ``effect`` at most once per (principal, key); return its answer, or the stored one.
+
+    ``optimistic``: first without a transaction (common.deferred's optimistic ``Tx``): the effect
+    runs before the key is looked up, and its writes and its answer go in one statement that the
+    key's primary key refuses if the key is stored, in which case the stored answer is replayed.
+    One round trip for an effect that reads nothing (two with a guarded read) instead of four or
+    five; an effect that needs a transaction, or whose rows changed, runs again in one. Effects
+    must keep their side effects for after the commit (a replay runs them, then discards them).
+    ``report`` hears how an optimistic attempt ended: applied, changed or needs_lock.
 
     Of concurrent requests with one key, one commits; the others' effects roll back (their
     inserts of the key wait on the winner's and find it) and they replay the winner's answer.
@@ -89,16 +118,21 @@ async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Ef
     the same transaction; after one, the transaction rolls back and the refusal is stored on its
     own (should the process die in between, a retry runs the effect again).
     """
+    if optimistic:
+        try:
+            outcome = await _once_optimistic(pool, principal, key, digest, effect)
+        except (Pessimize, asyncpg.SerializationError) as exc:
+            if report is not None:
+                report("changed" if isinstance(exc, asyncpg.SerializationError) else "needs_lock")
+        else:
+            if report is not None and not outcome.replayed:
+                report("applied")
+            return outcome
     for _ in range(2):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 tx = Tx(conn)
-                stored = await tx.fetchrow(
-                    "SELECT request_hash, status_code, response FROM idempotency_keys "
-                    "WHERE principal = $1 AND key = $2",
-                    principal,
-                    key,
-                )
+                stored = await tx.fetchrow(_STORED, principal, key)
                 if stored is not None:
                     return _replay(stored, digest)
                 try:
@@ -121,6 +155,31 @@ async def run_once(pool: Pool, principal: str, key: str, digest: str, effect: Ef
                 continue  # a twin answered first: replay its answer
             return Outcome(status, body, replayed=False)
     raise ApiError(409, "idempotency_conflict", "a request with this key is still in progress")
+
+
+async def _once_optimistic(
+    pool: Pool, principal: str, key: str, digest: str, effect: Effect
+) -> Outcome:
+    async with pool.acquire() as conn:
+        tx = Tx(conn, optimistic=True)
+        try:
+            status, body = await effect(tx)
+        except ApiError as err:
+            if not _stored_refusal(err):
+                raise Pessimize("a refusal that is not stored: look for a stored answer") from err
+            tx.discard()  # nothing was sent: optimistic writes are all held
+            status, body = err.status, err.body()
+        try:
+            await tx.finish(_STORE_NEW, principal, key, digest, status, body)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.table_name != "idempotency_keys":
+                raise
+            # The insert waited for the key's first request to commit: its answer is there.
+            stored = await conn.fetchrow(_STORED, principal, key)
+            if stored is None:
+                raise Pessimize("the key's first request rolled back") from exc
+            return _replay(stored, digest)
+    return Outcome(status, body, replayed=False)
 
 
 def _reused() -> ApiError:

@@ -73,13 +73,15 @@ async def _answer(
     optimistic: bool = False,
 ) -> JSONResponse:
     """Run a state-changing step; with an Idempotency-Key, at most once per key.
-    ``optimistic``: see ``Handlers.run`` (steps without a key, for now)."""
+    ``optimistic``: see ``Handlers.run``."""
     handlers = _rt(request).handlers
     if key is None:
         status, response = await handlers.run(step, optimistic=optimistic)
     else:
         digest = request_hash(request.method, request.url.path, body)
-        outcome = await handlers.run_once(principal.key, check_key(key), digest, step)
+        outcome = await handlers.run_once(
+            principal.key, check_key(key), digest, step, optimistic=optimistic
+        )
         status, response = outcome.status, outcome.body
     return JSONResponse(response, status_code=status)
 
@@ -244,8 +246,17 @@ async def place_order(
         await add_to_outbox(conn, rt.bus, events)
         return status, response
 
-    outcome = await run_once(rt.handlers.pool, principal.key, key, digest, effect)
+    outcome = await run_once(
+        rt.handlers.pool,
+        principal.key,
+        key,
+        digest,
+        effect,
+        optimistic=True,  # placing reads nothing: one round trip
+        report=rt.handlers.optimistic,
+    )
     if emitted and not outcome.replayed:  # a new order, not the stored answer to a retry
+        rt.desk.record_demand(body, now)
         rt.metrics.orders_placed.labels(body.kind).inc()
         if rt.handlers.relay is not None:
             rt.handlers.relay.notify()

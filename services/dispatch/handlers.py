@@ -117,10 +117,11 @@ class Handlers:
             try:
                 result = await self._run_optimistic(step)
             except (Pessimize, asyncpg.SerializationError) as exc:
-                why = "changed" if isinstance(exc, asyncpg.SerializationError) else "needs_lock"
-                self.metrics.optimistic_steps.labels(why).inc()
+                self.optimistic(
+                    "changed" if isinstance(exc, asyncpg.SerializationError) else "needs_lock"
+                )
             else:
-                self.metrics.optimistic_steps.labels("applied").inc()
+                self.optimistic("applied")
                 return result
         async with self.transaction() as (conn, events):
             return await step(conn, events)
@@ -132,15 +133,24 @@ class Handlers:
             try:
                 result = await step(tx, events)
                 await add_to_outbox(tx, self.bus, events)
-                await tx.flush()
+                await tx.send()
             except IllegalTransition as exc:
                 raise conflict(exc) from exc
         self._after_commit(events)
         return result
 
-    async def run_once(self, principal: str, key: str, digest: str, step: Step[Answer]) -> Outcome:
+    async def run_once(
+        self,
+        principal: str,
+        key: str,
+        digest: str,
+        step: Step[Answer],
+        *,
+        optimistic: bool = False,
+    ) -> Outcome:
         """One step at most once per (principal, Idempotency-Key): its answer is stored in its
-        transaction, and a retry gets the stored answer (common.idempotency)."""
+        transaction, and a retry gets the stored answer (common.idempotency; ``optimistic`` as
+        for ``run``)."""
         committed: list[Outgoing] = []
 
         async def effect(conn: Tx) -> Answer:
@@ -154,10 +164,16 @@ class Handlers:
             committed.extend(events)
             return answer
 
-        outcome = await run_once(self.pool, principal, key, digest, effect)
+        outcome = await run_once(
+            self.pool, principal, key, digest, effect, optimistic=optimistic, report=self.optimistic
+        )
         if not outcome.replayed:
             self._after_commit(committed)
         return outcome
+
+    def optimistic(self, outcome: str) -> None:
+        """Count how an optimistic step ended (applied, changed, needs_lock)."""
+        self.metrics.optimistic_steps.labels(outcome).inc()
 
     def _after_commit(self, events: list[Outgoing]) -> None:
         """Wake the relay, count offers by outcome and keep the available workers current."""

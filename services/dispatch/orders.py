@@ -78,9 +78,6 @@ class OrderDesk:
             (body.scheduled_for or now) + timedelta(seconds=self.settings.search_timeout_s),
             quote_doc,
         )
-        self.surge.record_demand(
-            h3.latlng_to_cell(body.pickup.lat, body.pickup.lng, SURGE_RESOLUTION), now.timestamp()
-        )
         event = self.bus.event(
             "polder.order.placed.v1",
             str(order_id),
@@ -103,6 +100,13 @@ class OrderDesk:
             "quote": {k: quote_doc[k] for k in ("currency", "amount_minor", "surge")},
         }
         return 201, response, [(ORDERS, str(order_id), event)]
+
+    def record_demand(self, body: OrderIn, now: datetime) -> None:
+        """Count a placed order in its cell's demand (after it committed: a retry of a stored
+        order, or an attempt rolled back, is not demand)."""
+        self.surge.record_demand(
+            h3.latlng_to_cell(body.pickup.lat, body.pickup.lng, SURGE_RESOLUTION), now.timestamp()
+        )
 
     def _check(self, body: OrderIn, now: datetime) -> None:
         if body.kind == "ride" and body.ready_at is not None:

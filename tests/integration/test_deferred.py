@@ -134,7 +134,7 @@ async def test_optimistic_writes_go_in_one_statement_after_their_guard(pool: Poo
         tx.defer("UPDATE items SET n = $2 WHERE id = $1", 1, n + 1, row=("items", 1))
         tx.defer("UPDATE items SET note = $2 WHERE id = $1", 2, "b", row=("items", 2))
         tx.defer("INSERT INTO log (item, what) VALUES ($1, $2)", 1, "plus one")
-        await tx.flush()
+        await tx.send()
         assert tx.round_trips == 2  # the read, then the writes with their guard
     assert [tuple(r) for r in await pool.fetch("SELECT n, note FROM items ORDER BY id")] == [
         (1, None),
@@ -153,7 +153,7 @@ async def test_optimistic_writes_are_all_undone_when_a_row_read_has_changed(pool
         tx.defer("UPDATE items SET n = 5 WHERE id = $1", 1, row=("items", 1))
         await pool.execute("UPDATE items SET n = n WHERE id = 1")  # a new version, same values
         with pytest.raises(asyncpg.SerializationError):
-            await tx.flush()
+            await tx.send()
     assert await pool.fetchval("SELECT count(*) FROM log") == 0
     assert [tuple(r) for r in await pool.fetch("SELECT n, note FROM items ORDER BY id")] == [
         (0, None),
@@ -172,7 +172,7 @@ async def test_an_optimistic_write_waits_for_a_concurrent_writer_then_fails(pool
         writer = other.transaction()
         await writer.start()
         await other.execute("UPDATE items SET n = 3 WHERE id = 1")
-        flushing = asyncio.create_task(tx.flush())
+        flushing = asyncio.create_task(tx.send())
         await asyncio.sleep(0.2)
         assert not flushing.done()  # waiting for the other writer's lock
         await writer.commit()
@@ -189,9 +189,12 @@ async def test_what_needs_a_transaction_is_refused_in_optimistic_mode(pool: Pool
             await tx.fetchrow("SELECT * FROM items WHERE id = 1 FOR UPDATE")
         with pytest.raises(Pessimize):
             await tx.execute("UPDATE items SET n = 1 WHERE id = 1")
+        await tx.fetchval("SELECT n FROM items WHERE id = 1")
         tx.defer("UPDATE items SET n = 1 WHERE id = $1", 1, row=("items", 1))
-        with pytest.raises(Pessimize):  # no guard: nothing says the read rows are unchanged
+        with pytest.raises(Pessimize):  # sent mid-step, it would commit at once
             await tx.flush()
+        with pytest.raises(Pessimize):  # no guard: nothing says the row read is unchanged
+            await tx.send()
         tx = Tx(conn, optimistic=True)
         await _read_guarded(tx, 1)
         tx.defer("UPDATE items SET n = 1 WHERE id = $1", 1, row=("items", 1))
@@ -201,5 +204,22 @@ async def test_what_needs_a_transaction_is_refused_in_optimistic_mode(pool: Pool
             tx.guard("SELECT true AS ok")  # one guard a step
         tx.defer("UPDATE items SET n = 2 WHERE id = $1", 1, row=("items", 1))
         with pytest.raises(Pessimize):  # two writes of one row cannot share a statement
-            await tx.flush()
+            await tx.send()
     assert await pool.fetchval("SELECT n FROM items WHERE id = 1") == 0
+
+
+async def test_an_optimistic_step_that_read_nothing_is_one_statement(pool: Pool) -> None:
+    """No read, no guard: its one statement is the whole step (and a final statement, as for an
+    Idempotency-Key's answer, rides along; when it fails, nothing of the step stays)."""
+    async with pool.acquire() as conn:
+        tx = Tx(conn, optimistic=True)
+        tx.defer("UPDATE items SET n = n + 1 WHERE id = $1", 1, row=("items", 1))
+        tx.defer("INSERT INTO log (item, what) VALUES ($1, $2)", 1, "plus one")
+        got = await tx.finish("INSERT INTO log (item, what) VALUES ($1, $2) RETURNING id", 2, "k")
+        assert got is not None and tx.round_trips == 1
+        tx = Tx(conn, optimistic=True)
+        tx.defer("UPDATE items SET n = n + 1 WHERE id = $1", 1, row=("items", 1))
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await tx.finish("INSERT INTO items VALUES ($1, 0, NULL)", 2)
+    assert await pool.fetchval("SELECT n FROM items WHERE id = 1") == 1
+    assert await pool.fetchval("SELECT count(*) FROM log") == 2

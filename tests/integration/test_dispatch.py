@@ -555,8 +555,8 @@ async def _on_trip(d: Dispatch, driver: str, customer: str) -> tuple[str, str]:
     return accepted.json()["trip_id"], created["order_id"]
 
 
-async def test_accepts_and_trip_steps_take_the_optimistic_path(d: Dispatch) -> None:
-    """Without an Idempotency-Key an accept and a trip step read unlocked and write in one
+async def test_orders_accepts_and_trip_steps_take_the_optimistic_path(d: Dispatch) -> None:
+    """An order is one statement; an accept and a trip step read unlocked and write in one
     guarded statement: none falls back to a transaction when nothing races it."""
     before = [_optimistic(d, o) for o in ("applied", "changed", "needs_lock")]
     trip_id, order_id = await _on_trip(d, "opt-1", "cust-opt1")
@@ -566,7 +566,7 @@ async def test_accepts_and_trip_steps_take_the_optimistic_path(d: Dispatch) -> N
         )
         assert r.status_code == 200, r.text
     after = [_optimistic(d, o) for o in ("applied", "changed", "needs_lock")]
-    assert after == [before[0] + 5, before[1], before[2]]  # the accept and four steps
+    assert after == [before[0] + 6, before[1], before[2]]  # order, accept, four steps
     assert (await d.get_order(order_id))["status"] == "completed"
     assert await d.worker_status("opt-1") == "idle"
     trip = await d.rt.handlers.pool.fetchrow(

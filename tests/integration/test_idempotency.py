@@ -191,15 +191,17 @@ async def test_a_stranger_cannot_read_anothers_stored_answer(d: Dispatch) -> Non
     assert uuid.UUID(mine.json()["trip_id"]) == uuid.UUID(trip_id)
 
 
+@pytest.mark.parametrize("optimistic", [False, True])
 @pytest.mark.parametrize("written", [False, True])
 async def test_a_refusal_is_stored_and_the_effects_writes_undone(
-    d: Dispatch, written: bool
+    d: Dispatch, written: bool, optimistic: bool
 ) -> None:
     """A step that refuses (404/409) leaves no write behind and its refusal is the key's answer:
     in its own transaction when it refused before any write was sent (held writes dropped),
-    after a rollback when one was."""
+    after a rollback when one was. Optimistic: the refusal alone is the one statement; an
+    effect that sends a write mid-step runs again in a transaction."""
     pool = d.rt.handlers.pool
-    principal, key = f"driver:refuser-{written}", f"k-{written}"
+    principal, key = f"driver:refuser-{written}-{optimistic}", f"k-{written}-{optimistic}"
 
     async def effect(tx: Tx) -> tuple[int, dict[str, Any]]:
         tx.defer(
@@ -210,8 +212,8 @@ async def test_a_refusal_is_stored_and_the_effects_writes_undone(
             await tx.flush()
         raise ApiError(409, "offer_closed", "offer has expired")
 
-    first = await run_once(pool, principal, key, "digest", effect)
-    again = await run_once(pool, principal, key, "digest", effect)
+    first = await run_once(pool, principal, key, "digest", effect, optimistic=optimistic)
+    again = await run_once(pool, principal, key, "digest", effect, optimistic=optimistic)
     assert (first.status, first.replayed) == (409, False)
     assert (again.status, again.body, again.replayed) == (409, first.body, True)
     ghost = await pool.fetchval(
