@@ -183,6 +183,20 @@ OPERATIONS = Dashboard(
             description="In use at the maximum for long: requests wait for a connection "
             "(POLDER_DB_POOL_SIZE, or more replicas).",
         ),
+        Panel(
+            "Dispatch steps tried without a transaction, by outcome",
+            (
+                q(
+                    "sum by (outcome) (rate(polder_dispatch_optimistic_steps_total"
+                    "[$__rate_interval]))",
+                    "{{outcome}}",
+                ),
+            ),
+            description="applied: one guarded statement did it. changed: a row it read changed "
+            "first (a race), so it ran again in a transaction. needs_lock: it needed a "
+            "transaction. A rising share of changed means contention on the same orders or "
+            "workers.",
+        ),
     ),
 )
 
