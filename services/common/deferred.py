@@ -27,9 +27,12 @@ without locking them and registers a ``guard``, a query that locks them again an
 then go in ONE statement led by the guard (updates wait for it), so they apply together or not
 at all: a read and a write, two round trips, where a transaction takes four (BEGIN, the locking
 read, the writes, COMMIT). A step that read nothing needs no guard: its one statement is the
-whole step. Anything only a transaction can give (a locking read, an immediate write, a read
-after a held write, two writes of one row, a read with no guard) raises ``Pessimize``: the
-caller runs the step again in a transaction, as it does when the guard raises.
+whole step. The guard must cover every row the step's decision rests on (dispatch's
+``lock_joined`` guards the rows it would lock in a transaction; those it only reads are read
+unlocked either way).
+Anything only a transaction can give (a locking read, an immediate write, a read after a held
+write, two writes of one row, a read with no guard) raises ``Pessimize``: the caller runs the
+step again in a transaction, as it does when the guard raises.
 """
 
 from __future__ import annotations

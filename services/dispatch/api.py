@@ -253,7 +253,7 @@ async def place_order(
         digest,
         effect,
         optimistic=True,  # placing reads nothing: one round trip
-        report=rt.handlers.optimistic,
+        report=rt.handlers.count_optimistic,
     )
     if emitted and not outcome.replayed:  # a new order, not the stored answer to a retry
         rt.desk.record_demand(body, now)

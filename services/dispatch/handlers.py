@@ -117,11 +117,11 @@ class Handlers:
             try:
                 result = await self._run_optimistic(step)
             except (Pessimize, asyncpg.SerializationError) as exc:
-                self.optimistic(
+                self.count_optimistic(
                     "changed" if isinstance(exc, asyncpg.SerializationError) else "needs_lock"
                 )
             else:
-                self.optimistic("applied")
+                self.count_optimistic("applied")
                 return result
         async with self.transaction() as (conn, events):
             return await step(conn, events)
@@ -165,13 +165,19 @@ class Handlers:
             return answer
 
         outcome = await run_once(
-            self.pool, principal, key, digest, effect, optimistic=optimistic, report=self.optimistic
+            self.pool,
+            principal,
+            key,
+            digest,
+            effect,
+            optimistic=optimistic,
+            report=self.count_optimistic,
         )
         if not outcome.replayed:
             self._after_commit(committed)
         return outcome
 
-    def optimistic(self, outcome: str) -> None:
+    def count_optimistic(self, outcome: str) -> None:
         """Count how an optimistic step ended (applied, changed, needs_lock)."""
         self.metrics.optimistic_steps.labels(outcome).inc()
 
