@@ -47,6 +47,10 @@ import asyncpg
 from polder.common.db import Connection
 
 _PARAM = re.compile(r"\$(\d+)")
+# A row-locking read: without a transaction its locks would end with the statement.
+_LOCKING = re.compile(r"\bFOR\s+(UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b", re.IGNORECASE)
+# The WHERE an optimistic update or delete is gated on: its last one.
+_WHERE = re.compile(r"\sWHERE\s", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,8 @@ class Tx:
     def defer(self, sql: str, *args: Any, row: Hashable | None = None) -> None:
         """Hold a write (an INSERT, UPDATE or DELETE without RETURNING) until the next read.
         ``row``: a key of the row it changes (e.g. ``("workers", driver_id)``); None for an
-        insert of new rows that no other held write touches."""
+        insert of new rows that no other held write touches. Optimistic mode waits an update
+        or delete for the guard through its last WHERE: keep subqueries out of that clause."""
         if "$$" in sql:
             raise ValueError("held statements must not use dollar quoting")
         self._held.append(_Write(sql, args, row))
@@ -163,7 +168,7 @@ class Tx:
 
     def _check_read(self, sql: str) -> None:
         if self.optimistic:
-            if self._held or "FOR UPDATE" in sql:
+            if self._held or _LOCKING.search(sql):
                 raise Pessimize("a locking read, or a read after a held write")
             self._read = True
 
@@ -252,9 +257,10 @@ def _after_guard(sql: str) -> str:
     """An update or delete that changes nothing before the guard has passed: an uncorrelated
     subquery of its WHERE is evaluated once, before any row (inserts need no such wait: if the
     guard raises, the whole statement is undone)."""
-    head, where, condition = sql.rpartition(" WHERE ")
-    if not where or sql.lstrip()[:6].upper() not in ("UPDATE", "DELETE"):
+    found = list(_WHERE.finditer(sql))
+    if not found or sql.lstrip()[:6].upper() not in ("UPDATE", "DELETE"):
         return sql
+    head, condition = sql[: found[-1].start()], sql[found[-1].end() :]
     return f"{head} WHERE ({condition}) AND (SELECT ok FROM _g)"  # noqa: S608 (our own SQL)
 
 

@@ -384,7 +384,8 @@ class Handlers:
         now = settled(now, order, worker)
         if worker["trip_id"] != trip_id:
             # The trip row was read, not locked, with the others: a cancel the locks waited for
-            # has changed it since. Read it again (a new snapshot) to say what it is now.
+            # (in a transaction) may have changed it since. Read it again (a new snapshot) to
+            # say what it is now.
             status = await conn.fetchval("SELECT status FROM trips WHERE trip_id = $1", trip_id)
             raise ApiError(409, "illegal_transition", f"trip is {status}", current_state=status)
         # The driver's state is checked first: a refused step reports the driver's state.

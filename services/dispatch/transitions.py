@@ -113,7 +113,7 @@ async def _read_guarded(
     n = len(args)
     same = " AND ".join(f"{a}.xmin = ${n + i + 1}::xid" for i, a in enumerate(locked))
     conn.guard(
-        f"SELECT rows_unchanged(EXISTS (SELECT 1 FROM {tables} WHERE {where} "  # noqa: S608
+        f"SELECT rows_unchanged(EXISTS (SELECT 1 FROM {tables} WHERE ({where}) "  # noqa: S608
         f"AND {same} FOR UPDATE OF {', '.join(locked)})) AS ok",
         *args,
         *(row[f"{_XMIN}{a}"] for a in locked),
