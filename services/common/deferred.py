@@ -64,6 +64,15 @@ class Pessimize(Exception):
     """An optimistic step needs a transaction (see module): run it again in one."""
 
 
+# What sends an optimistic step back to a transaction: it needed one, or a row it read changed.
+RUN_LOCKED = (Pessimize, asyncpg.SerializationError)
+
+
+def why_locked(exc: BaseException) -> str:
+    """The reason, as metrics name it, an optimistic step ran again in a transaction."""
+    return "changed" if isinstance(exc, asyncpg.SerializationError) else "needs_lock"
+
+
 class Tx:
     """A connection inside a transaction, with writes held until the next read (see module)."""
 

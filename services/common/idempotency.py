@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 
 from polder.common.db import Pool
-from polder.common.deferred import Pessimize, Tx
+from polder.common.deferred import RUN_LOCKED, Pessimize, Tx, why_locked
 from polder.common.errors import ApiError
 
 MAX_KEY_LENGTH = 255
@@ -121,9 +121,9 @@ async def run_once(
     if optimistic:
         try:
             outcome = await _once_optimistic(pool, principal, key, digest, effect)
-        except (Pessimize, asyncpg.SerializationError) as exc:
+        except RUN_LOCKED as exc:
             if report is not None:
-                report("changed" if isinstance(exc, asyncpg.SerializationError) else "needs_lock")
+                report(why_locked(exc))
         else:
             if report is not None and not outcome.replayed:
                 report("applied")

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-import asyncpg
-
 from polder.common.bus import Bus
 from polder.common.db import Pool
-from polder.common.deferred import Pessimize, Tx
+from polder.common.deferred import RUN_LOCKED, Tx, why_locked
 from polder.common.errors import ApiError
 from polder.common.idempotency import Outcome, run_once
 from polder.common.outbox import OutboxRelay, Outgoing, add_to_outbox
@@ -95,15 +93,20 @@ class Handlers:
         self.metrics = metrics
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[tuple[Conn, list[Outgoing]]]:
-        """A transaction whose collected events go to the outbox with it, then to the relay."""
+    async def transaction(
+        self, *, optimistic: bool = False
+    ) -> AsyncIterator[tuple[Conn, list[Outgoing]]]:
+        """A transaction whose collected events go to the outbox with it, then to the relay.
+        ``optimistic``: no transaction, one guarded statement (common.deferred)."""
         events: list[Outgoing] = []
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                tx = Tx(conn)
-                yield tx, events
-                await add_to_outbox(tx, self.bus, events)
-                await tx.flush()
+            async with self.pool.acquire() as conn:
+                begun = contextlib.nullcontext() if optimistic else conn.transaction()
+                async with begun:
+                    tx = Tx(conn, optimistic=optimistic)
+                    yield tx, events
+                    await add_to_outbox(tx, self.bus, events)
+                    await tx.send()
         except IllegalTransition as exc:
             raise conflict(exc) from exc
         self._after_commit(events)
@@ -115,29 +118,15 @@ class Handlers:
         a transaction gives, again in a transaction."""
         if optimistic:
             try:
-                result = await self._run_optimistic(step)
-            except (Pessimize, asyncpg.SerializationError) as exc:
-                self.count_optimistic(
-                    "changed" if isinstance(exc, asyncpg.SerializationError) else "needs_lock"
-                )
+                async with self.transaction(optimistic=True) as (conn, events):
+                    result = await step(conn, events)
+            except RUN_LOCKED as exc:
+                self.count_optimistic(why_locked(exc))
             else:
                 self.count_optimistic("applied")
                 return result
         async with self.transaction() as (conn, events):
             return await step(conn, events)
-
-    async def _run_optimistic(self, step: Step[T]) -> T:
-        events: list[Outgoing] = []
-        async with self.pool.acquire() as conn:
-            tx = Tx(conn, optimistic=True)
-            try:
-                result = await step(tx, events)
-                await add_to_outbox(tx, self.bus, events)
-                await tx.send()
-            except IllegalTransition as exc:
-                raise conflict(exc) from exc
-        self._after_commit(events)
-        return result
 
     async def run_once(
         self,

@@ -132,7 +132,7 @@ def _split(items: Iterable[tuple[str, Any]]) -> list[Row]:
             parts.append({})
         else:
             parts[-1][name] = value
-    return list(parts)
+    return parts
 
 
 def not_before(now: datetime, previous: datetime | None) -> datetime:
