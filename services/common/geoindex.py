@@ -60,7 +60,7 @@ _COST_RING, _COST_CELL, _COST_BOX = 3.5, 0.35, 0.5
 _COARSE_HANDICAP = 1.3
 # H3 index bits: the resolution in 4 bits at 52, then 15 digits of 3 bits, unused digits all 7.
 _RES_SHIFT = 52
-_ALL_BUT_RES = ~(0xF << _RES_SHIFT)
+ALL_BUT_RES = ~(0xF << _RES_SHIFT)
 # A position received later whose device time went back by more than the server's time moved
 # on, plus this, is from a device clock set back (seconds): two replicas that took a driver's
 # batches at the same moment differ by a batch's span, a clock set back by minutes.
@@ -93,6 +93,18 @@ class Position(_Precomputed):
 class Nearby:
     position: Position
     distance_m: float
+
+
+def cell_resolution(cell: int) -> int:
+    """``h3.get_resolution(cell)`` for a valid cell, from its bits."""
+    return (cell >> _RES_SHIFT) & 0xF
+
+
+def parent_bits(resolution: int) -> int:
+    """``(cell & ALL_BUT_RES) | parent_bits(r)`` is ``h3.cell_to_parent(cell, r)`` for a valid
+    cell of resolution r or finer: the resolution field set to r, the digits below r unused (7).
+    Bit operations, without a call into the H3 library: hot loops take parents this way."""
+    return (resolution << _RES_SHIFT) | ((1 << 3 * (15 - resolution)) - 1)
 
 
 def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
@@ -156,11 +168,11 @@ class _Level:
         self.cells: dict[int, dict[int, _Cell]] = {}  # ancestor -> occupied cells under it
         # The part of one of this level's cells that one cell at the index's resolution covers.
         self.fine_share = 1.0
-        self.parent_bits = (resolution << _RES_SHIFT) | ((1 << 3 * (15 - resolution)) - 1)
+        self.parent_bits = parent_bits(resolution)
 
     def key(self, cell: int) -> int:
         """``h3.cell_to_parent(cell, self.resolution)`` for a valid cell at least as fine."""
-        return (cell & _ALL_BUT_RES) | self.parent_bits
+        return (cell & ALL_BUT_RES) | self.parent_bits
 
     def rings_for(self, radius_m: float) -> int:
         return math.ceil(radius_m / self.min_spacing_m) + 1
@@ -243,7 +255,7 @@ class LocationIndex:
 
     def _open(self, cell: int) -> _Cell:
         box = self._cells[cell] = _Cell(cell)
-        base = cell & _ALL_BUT_RES
+        base = cell & ALL_BUT_RES
         for level in self._coarser:
             key = base | level.parent_bits  # level.key(cell)
             children = level.cells.get(key)

@@ -21,13 +21,12 @@ from polder.common.outbox import Outgoing
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_event
 from polder.common.topics import DISPATCH
-from polder.dispatch.domain.availability import Availability
+from polder.dispatch.domain.availability import Availability, FreshIdle
 from polder.dispatch.domain.matching import (
     BatchResult,
     EtaProvider,
     MatchConfig,
     OpenOrder,
-    Worker,
     assign_batch,
 )
 from polder.dispatch.domain.states import (
@@ -112,13 +111,8 @@ class Matcher:
             now + timedelta(seconds=self.settings.schedule_lead_s),
         )
         ts = now.timestamp()
-        workers, cells = self._available(ts)
-        supply = count_by_cell7(cells)
-        self.surge.observe_supply(supply, ts)
-        if self.on_supply is not None:
-            self.on_supply(supply, ts)
+        workers = FreshIdle(self.availability.idle, self.positions, ts)
         self.metrics.open_orders.set(len(open_rows))
-        self.metrics.available_workers.set(len(workers))
         orders = [_open_order(r) for r in open_rows]
         started = time.perf_counter()
         result = assign_batch(orders, workers, self.positions, ts, self.config, self.eta)
@@ -132,6 +126,15 @@ class Matcher:
             if orders
             else 0
         )
+        # The supply census walks every available worker: after the offers are out, so it is
+        # not part of any order's wait; still the workers the batch saw (see FreshIdle.cells).
+        taken = {a.driver_id for a in result.assignments}
+        cells = FreshIdle(self.availability.idle, self.positions, ts).cells(taken)
+        supply = count_by_cell7(cells)
+        self.surge.observe_supply(supply, ts)
+        if self.on_supply is not None:
+            self.on_supply(supply, ts)
+        self.metrics.available_workers.set(len(cells))
         return BatchOutcome(len(orders), offered, result)
 
     async def load_availability(self) -> int:
@@ -143,22 +146,6 @@ class Matcher:
             (r["driver_id"], r["seq"], r["status"], _epoch(r["waiting_since"])) for r in rows
         )
         return len(rows)
-
-    def _available(self, now: float) -> tuple[dict[str, Worker], list[int]]:
-        """Idle workers with a fresh position, and their cells. The batch searches the
-        service's own position index; ``workers`` is the eligibility filter (no copy of it)."""
-        workers: dict[str, Worker] = {}
-        cells: list[int] = []
-        get, ttl = self.positions.get, self.positions.ttl_s
-        for driver_id, since in self.availability.idle.items():
-            pos = get(driver_id)
-            if pos is None or now - pos.seen_at >= ttl:
-                continue
-            workers[driver_id] = Worker(
-                driver_id, pos.lat, pos.lng, since if since is not None else now
-            )
-            cells.append(pos.cell)
-        return workers, cells
 
     async def _apply(self, result: BatchResult, rows: Mapping[str, Any], now: datetime) -> int:
         started = time.perf_counter()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.states import WorkerStatus
 
@@ -70,3 +72,47 @@ def test_a_missed_event_falls_back_to_the_event_time() -> None:
     # seq 2 (offered) was never seen; seq 3 brings the worker back to idle.
     a.apply_event(event("d", 3, "offered", "idle", "offer_expired"), 30.0)
     assert dict(a.idle) == {"d": 30.0}
+
+
+def test_fresh_idle_shows_idle_workers_with_a_fresh_position_only() -> None:
+    from polder.common.geoindex import LocationIndex
+    from polder.dispatch.domain.availability import FreshIdle
+    from polder.dispatch.domain.match_types import Worker
+
+    now = 1_000.0
+    view = Availability()
+    view.load(
+        [
+            ("fresh", 1, "idle", 900.0),
+            ("unknown-wait", 1, "idle", None),
+            ("stale", 1, "idle", 900.0),
+            ("no-position", 1, "idle", 900.0),
+            ("on-trip", 1, "on_trip", None),
+        ]
+    )
+    index = LocationIndex(9, ttl_s=60.0)
+    index.upsert("fresh", 52.37, 4.89, now - 5, now - 5)
+    index.upsert("unknown-wait", 52.36, 4.88, now - 1, now - 1)
+    index.upsert("stale", 52.38, 4.90, now - 61, now - 61)
+    index.upsert("on-trip", 52.37, 4.90, now, now)
+
+    workers = FreshIdle(view.idle, index, now)
+
+    assert sorted(workers) == ["fresh", "unknown-wait"] and len(workers) == 2
+    assert "fresh" in workers and "stale" not in workers and "on-trip" not in workers
+    assert "no-position" not in workers and "nobody" not in workers
+    assert workers["fresh"] == Worker("fresh", 52.37, 4.89, 900.0)
+    assert workers["unknown-wait"].waiting_since == now  # unknown wait: counted from now
+    for absent in ("stale", "on-trip", "no-position", "nobody"):
+        with pytest.raises(KeyError):
+            workers[absent]
+    assert sorted(workers.cells()) == sorted(
+        index.get(d).cell for d in ("fresh", "unknown-wait")  # type: ignore[union-attr]
+    )
+    # A view: a worker who gets an offer leaves it as soon as the event arrives; a census
+    # that names them as taken by the batch still counts them, once, either way.
+    both = sorted(workers.cells())
+    assert sorted(workers.cells(taken={"fresh"})) == both
+    view.apply_event({"driver_id": "fresh", "seq": 2, "to": "offered", "cause": "offer_sent"}, now)
+    assert "fresh" not in workers and len(workers) == 1
+    assert len(workers.cells()) == 1 and sorted(workers.cells(taken={"fresh"})) == both

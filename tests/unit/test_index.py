@@ -4,11 +4,21 @@ from dataclasses import fields
 
 import h3.api.basic_int as h3
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from polder.common.bus import Received
 from polder.common.envelope import Event
-from polder.common.geoindex import LocationIndex, Nearby, Position, haversine_m
+from polder.common.geoindex import (
+    ALL_BUT_RES,
+    LocationIndex,
+    Nearby,
+    Position,
+    cell_resolution,
+    haversine_m,
+    parent_bits,
+)
 from polder.location.handlers import IndexUpdater
 from polder.location.metrics import LocationMetrics
 
@@ -343,3 +353,18 @@ def test_positions_are_plain_snapshots() -> None:
     assert pos is not None and (pos.lat, pos.recorded_at) == (52.37, 5)  # untouched
     [hit] = index.nearby(52.38, 4.89, 10, 5, now=6)
     assert hit.position is newer and hit.distance_m == 0.0
+
+
+@given(
+    lat=st.floats(-89.9, 89.9),
+    lng=st.floats(-180.0, 180.0),
+    fine=st.integers(0, 15),
+    data=st.data(),
+)
+def test_parents_from_bits_are_h3s_parents(
+    lat: float, lng: float, fine: int, data: st.DataObject
+) -> None:
+    cell = h3.latlng_to_cell(lat, lng, fine)
+    coarse = data.draw(st.integers(0, fine))
+    assert cell_resolution(cell) == fine
+    assert (cell & ALL_BUT_RES) | parent_bits(coarse) == h3.cell_to_parent(cell, coarse)

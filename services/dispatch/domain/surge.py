@@ -30,7 +30,10 @@ from decimal import ROUND_FLOOR, Decimal
 
 import h3.api.basic_int as h3
 
+from polder.common.geoindex import ALL_BUT_RES, cell_resolution, parent_bits
+
 SURGE_RESOLUTION = 7
+_CELL7_BITS = parent_bits(SURGE_RESOLUTION)
 _STEP = Decimal("0.1")
 _ONE = Decimal(1)
 _NO_SURGE = Decimal("1.0")
@@ -66,13 +69,10 @@ class SurgePressure:
 
 
 def to_cell7(cell: int) -> int:
-    """The res-7 cell containing ``cell`` (of resolution 7 or finer)."""
-    resolution = int(h3.get_resolution(cell))
-    if resolution < SURGE_RESOLUTION:
+    """The res-7 cell containing ``cell`` (a valid cell of resolution 7 or finer)."""
+    if cell_resolution(cell) < SURGE_RESOLUTION:
         raise ValueError(f"cell {cell:x} is coarser than resolution {SURGE_RESOLUTION}")
-    if resolution == SURGE_RESOLUTION:
-        return cell
-    return int(h3.cell_to_parent(cell, SURGE_RESOLUTION))
+    return (cell & ALL_BUT_RES) | _CELL7_BITS
 
 
 def count_by_cell7(cells: Iterable[int]) -> dict[int, int]:
