@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import h3.api.basic_int as h3
@@ -303,7 +303,13 @@ class LocationIndex:
         return now - pos.seen_at < self.ttl_s
 
     def nearby(
-        self, lat: float, lng: float, radius_m: float, limit: int, now: float
+        self,
+        lat: float,
+        lng: float,
+        radius_m: float,
+        limit: int,
+        now: float,
+        accept: Callable[[str], bool] | None = None,
     ) -> list[Nearby]:
         """Fresh drivers within ``radius_m`` of a point, nearest first, at most ``limit``.
 
@@ -311,6 +317,8 @@ class LocationIndex:
         keeping the first ``limit`` within the radius. Rings of cells are searched outwards;
         the search stops as soon as the ``limit``-th nearest driver found is closer than
         anything the next ring could hold, and skips cells whose drivers are all farther.
+        ``accept``: only drivers whose id it accepts count (asked only of those in range), so
+        a caller that wants some drivers only never has to ask again for more.
         """
         if limit <= 0 or radius_m <= 0:
             return []
@@ -377,7 +385,7 @@ class LocationIndex:
                         dl = radians(pos.lng - lng)
                         a = sin((phi - phi0) / 2) ** 2 + cos0 * cos_phi * sin(dl / 2) ** 2
                         d = two_r * asin(min(1.0, sqrt(a)))
-                        if d > worst:
+                        if d > worst or (accept is not None and not accept(pos.driver_id)):
                             continue
                         found.append((d, pos.driver_id, pos))
                         if len(found) >= full:

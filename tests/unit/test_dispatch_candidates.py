@@ -1,6 +1,7 @@
 """Candidate search, pickup ETA and match settings: pure, no I/O."""
 
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -37,10 +38,16 @@ class RecordingIndex(LocationIndex):
         self.radii: list[float] = []
 
     def nearby(
-        self, lat: float, lng: float, radius_m: float, limit: int, now: float
+        self,
+        lat: float,
+        lng: float,
+        radius_m: float,
+        limit: int,
+        now: float,
+        accept: Callable[[str], bool] | None = None,
     ) -> list[Nearby]:
         self.radii.append(radius_m)
-        return super().nearby(lat, lng, radius_m, limit, now)
+        return super().nearby(lat, lng, radius_m, limit, now, accept)
 
 
 def world(*workers: Worker) -> tuple[dict[str, Worker], RecordingIndex]:

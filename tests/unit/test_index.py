@@ -244,6 +244,24 @@ def test_nearby_gives_haversine_distances_in_full_sort_order(radius: float, limi
         assert got == brute_force_hits(index, lat, lng, radius, limit, now=1000)
 
 
+@pytest.mark.parametrize(("radius", "limit"), [(1_000, 8), (5_000, 8), (40_000, 30)])
+def test_nearby_with_accept_is_the_full_sort_of_the_accepted_drivers(
+    radius: float, limit: int
+) -> None:
+    index = LocationIndex(ttl_s=60)
+    scatter_around(index, *CENTRE, n=2_500, spread_m=30_000, seed=5)
+    # About two in three drivers accepted, as when a batch skips the busy ones: the answer
+    # still holds `limit` of them where the radius has them (asked once, never again).
+    accepted = {d.driver_id for d in index if int(d.driver_id[1:]) % 3 != 0}
+    rng = random.Random(radius)
+    for _ in range(25):
+        lat = CENTRE[0] + rng.uniform(-0.25, 0.25)
+        lng = CENTRE[1] + rng.uniform(-0.4, 0.4)
+        got = hits(index.nearby(lat, lng, radius, limit, 1000, accepted.__contains__))
+        wider = brute_force_hits(index, lat, lng, radius, len(index), now=1000)
+        assert got == [h for h in wider if h[0] in accepted][:limit]
+
+
 PENTAGON_9 = h3.cell_to_latlng(min(h3.get_pentagons(9)))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from polder.common.geoindex import LocationIndex, Nearby
 from polder.dispatch.domain.delivery_timing import early_arrival_s, pickup_cost
@@ -59,18 +59,13 @@ def _nearest_eligible(
     radius_m: float,
     want: int,
 ) -> list[Nearby]:
-    limit = want + len(order.excluded)
-    while True:
-        hits = index.nearby(order.pickup_lat, order.pickup_lng, radius_m, limit, now)
-        eligible = [h for h in hits if _eligible(h.position.driver_id, order, workers)]
-        # A full answer may hide eligible workers behind ineligible ones: ask for more.
-        if len(eligible) >= want or len(hits) < limit:
-            return eligible[:want]
-        limit *= 2
-
-
-def _eligible(driver_id: str, order: OpenOrder, workers: Mapping[str, Worker]) -> bool:
-    return driver_id in workers and driver_id not in order.excluded
+    excluded = order.excluded
+    eligible: Callable[[str], bool] = (
+        (lambda driver_id: driver_id in workers and driver_id not in excluded)
+        if excluded
+        else workers.__contains__
+    )
+    return index.nearby(order.pickup_lat, order.pickup_lng, radius_m, want, now, eligible)
 
 
 def _candidate(
