@@ -7,8 +7,10 @@ transaction of its own, ``run_once`` one shared with its Idempotency-Key and sto
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -45,6 +47,21 @@ from polder.dispatch.transitions import (
 )
 
 T = TypeVar("T")
+
+# What the running step asked to do once its transaction commits (see ``after_commit``).
+_ON_COMMIT: ContextVar[list[Callable[[], None]] | None] = ContextVar(
+    "dispatch_on_commit", default=None
+)
+
+
+def after_commit(action: Callable[[], None]) -> None:
+    """Run ``action`` when the transaction of the step calling this commits: never for an
+    attempt that is rolled back, undone by a race and run again, or answered from a stored
+    Idempotency-Key. For what must not count twice, such as a latency observed."""
+    pending = _ON_COMMIT.get()
+    if pending is None:
+        raise RuntimeError("after_commit outside a dispatch transaction")
+    pending.append(action)
 Step = Callable[[Conn, list[Outgoing]], Awaitable[T]]
 Answer = tuple[int, dict[str, Any]]  # status and JSON body of a response
 
@@ -99,6 +116,8 @@ class Handlers:
         """A transaction whose collected events go to the outbox with it, then to the relay.
         ``optimistic``: no transaction, one guarded statement (common.deferred)."""
         events: list[Outgoing] = []
+        actions: list[Callable[[], None]] = []
+        token = _ON_COMMIT.set(actions)
         try:
             async with self.pool.acquire() as conn:
                 begun = contextlib.nullcontext() if optimistic else conn.transaction()
@@ -109,7 +128,9 @@ class Handlers:
                     await tx.send()
         except IllegalTransition as exc:
             raise conflict(exc) from exc
-        self._after_commit(events)
+        finally:
+            _ON_COMMIT.reset(token)
+        self._after_commit(events, actions)
 
     async def run(self, step: Step[T], *, optimistic: bool = False) -> T:
         """One step in a transaction of its own. ``optimistic``: first without a transaction,
@@ -141,14 +162,19 @@ class Handlers:
         transaction, and a retry gets the stored answer (common.idempotency; ``optimistic`` as
         for ``run``)."""
         committed: list[Outgoing] = []
+        actions: list[Callable[[], None]] = []
 
         async def effect(conn: Tx) -> Answer:
             committed.clear()  # of an attempt rolled back for a concurrent twin
+            actions.clear()
             events: list[Outgoing] = []
+            token = _ON_COMMIT.set(actions)
             try:
                 answer = await step(conn, events)
             except IllegalTransition as exc:
                 raise conflict(exc) from exc
+            finally:
+                _ON_COMMIT.reset(token)
             await add_to_outbox(conn, self.bus, events)
             committed.extend(events)
             return answer
@@ -163,17 +189,20 @@ class Handlers:
             report=self.count_optimistic,
         )
         if not outcome.replayed:
-            self._after_commit(committed)
+            self._after_commit(committed, actions)
         return outcome
 
     def count_optimistic(self, outcome: str) -> None:
         """Count how an optimistic step ended (applied, changed, needs_lock)."""
         self.metrics.optimistic_steps.labels(outcome).inc()
 
-    def _after_commit(self, events: list[Outgoing]) -> None:
-        """Wake the relay, count offers by outcome and keep the available workers current."""
+    def _after_commit(self, events: list[Outgoing], actions: list[Callable[[], None]]) -> None:
+        """Wake the relay, count offers by outcome, keep the available workers current and
+        do what the step asked to (``after_commit``)."""
         if events and self.relay is not None:
             self.relay.notify()
+        for action in actions:
+            action()
         for _, _, event in events:
             if event.type == "polder.driver.state_changed.v1":
                 if self.availability is not None:
@@ -248,7 +277,12 @@ class Handlers:
             now,
             offer["pickup_eta_s"],
         )
-        self.metrics.order_to_assignment.observe((now - order["created_at"]).total_seconds())
+        after_commit(
+            functools.partial(
+                self.metrics.order_to_assignment.observe,
+                (now - order["created_at"]).total_seconds(),
+            )
+        )
         _, order_event = move_order(
             conn,
             self.bus,

@@ -4,6 +4,7 @@ write the offers in one transaction. Workers and orders that changed meanwhile a
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 import structlog
+from prometheus_client import Histogram
 
 from polder.common.envelope import format_time
 from polder.common.geoindex import LocationIndex
@@ -37,7 +39,7 @@ from polder.dispatch.domain.states import (
     next_worker_status,
 )
 from polder.dispatch.domain.surge import SurgeModel, count_by_cell7
-from polder.dispatch.handlers import Handlers
+from polder.dispatch.handlers import Handlers, after_commit
 from polder.dispatch.metrics import DispatchMetrics
 from polder.dispatch.transitions import order_event, settled, worker_event
 
@@ -171,6 +173,10 @@ class Matcher:
                 )
             }
             offers, order_updates, worker_updates = [], [], []
+            to_offer: list[float] = []  # observed once the batch commits (after_commit)
+            etas: list[float] = []
+            after_commit(functools.partial(_observe_all, self.metrics.order_to_offer, to_offer))
+            after_commit(functools.partial(_observe_all, self.metrics.pickup_eta, etas))
             for a in result.assignments:
                 order, worker = orders.get(a.order_id), workers.get(a.driver_id)
                 if order is None or worker is None:
@@ -197,8 +203,8 @@ class Matcher:
                 worker_updates.append((a.driver_id, offer_id, at))
                 events += self._offer_events(order, worker, a, offer_id, pay, expires, batch_id, at)
                 if order["first_offer_at"] is None:
-                    self.metrics.order_to_offer.observe((now - order["created_at"]).total_seconds())
-                self.metrics.pickup_eta.observe(a.eta_s)
+                    to_offer.append((now - order["created_at"]).total_seconds())
+                etas.append(a.eta_s)
                 made += 1
             # One statement per table for the whole batch, all held and sent together with the
             # outbox rows (common.deferred): row by row, a 200-order batch spent most of a
@@ -304,6 +310,11 @@ class Matcher:
         share = Decimal(str(self.settings.driver_share))
         amount = int((Decimal(quote["amount_minor"]) * share).to_integral_value())
         return {"currency": quote["currency"], "amount_minor": amount}
+
+
+def _observe_all(histogram: Histogram, values: list[float]) -> None:
+    for value in values:
+        histogram.observe(value)
 
 
 def _epoch(value: datetime | None) -> float | None:

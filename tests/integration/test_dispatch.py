@@ -577,6 +577,33 @@ async def test_orders_accepts_and_trip_steps_take_the_optimistic_path(d: Dispatc
     assert trip["status"] == "completed" and None not in list(trip.values())
 
 
+async def test_an_accept_undone_by_a_race_counts_its_latency_once(d: Dispatch) -> None:
+    """order→assignment is observed when the accept commits: the optimistic attempt that a
+    concurrent writer undoes, and the locked one that applies, count one assignment."""
+    await d.online("opt-3", *CENTRE)
+    await d.order("cust-opt3")
+    await d.batch()
+    [offer] = await d.offers("opt-3")
+    handlers, pool = d.rt.handlers, d.rt.handlers.pool
+    assignments = d.rt.metrics.order_to_assignment.collect()[0]
+    count = [s for s in assignments.samples if s.name.endswith("_count")][0].value
+    attempts: list[bool] = []
+
+    async def step(conn: Any, events: list[Any]) -> Any:
+        attempts.append(conn.optimistic)
+        result = await handlers.accept(
+            conn, events, uuid.UUID(offer["offer_id"]), "opt-3", datetime.now(UTC)
+        )
+        if conn.optimistic:  # a concurrent writer, between the read and the write
+            await pool.execute("UPDATE workers SET seq = seq WHERE driver_id = 'opt-3'")
+        return result
+
+    await handlers.run(step, optimistic=True)
+    assert attempts == [True, False]
+    after = d.rt.metrics.order_to_assignment.collect()[0]
+    assert [s for s in after.samples if s.name.endswith("_count")][0].value == count + 1
+
+
 async def test_a_trip_step_whose_rows_change_before_its_write_runs_again_locked(
     d: Dispatch,
 ) -> None:
