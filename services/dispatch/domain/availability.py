@@ -10,7 +10,7 @@ replayed, arrive before the snapshot, or be seen twice.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,12 @@ class FreshIdle(Mapping[str, Worker]):
             raise KeyError(driver_id)
         since = self._idle[driver_id]
         return Worker(driver_id, pos.lat, pos.lng, self._now if since is None else since)
+
+    def membership_among(self, index: LocationIndex) -> Callable[[str], bool]:
+        """``in`` for drivers that ``index.nearby`` answered, which are all fresh: over this
+        view's own index, whether they are idle, without looking their position up again (the
+        candidate search asks this of every driver in range); over another, ``in`` itself."""
+        return self._idle.__contains__ if index is self._positions else self.__contains__
 
     def __iter__(self) -> Iterator[str]:
         return (driver_id for driver_id, _ in self._fresh())

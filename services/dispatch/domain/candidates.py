@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from polder.common.geoindex import LocationIndex, Nearby
+from polder.dispatch.domain.availability import FreshIdle
 from polder.dispatch.domain.delivery_timing import early_arrival_s, pickup_cost
 from polder.dispatch.domain.eta import GREAT_CIRCLE, EtaProvider
 from polder.dispatch.domain.match_types import (
@@ -60,10 +61,13 @@ def _nearest_eligible(
     want: int,
 ) -> list[Nearby]:
     excluded = order.excluded
+    available = (
+        workers.membership_among(index) if isinstance(workers, FreshIdle) else workers.__contains__
+    )
     eligible: Callable[[str], bool] = (
-        (lambda driver_id: driver_id in workers and driver_id not in excluded)
+        (lambda driver_id: available(driver_id) and driver_id not in excluded)
         if excluded
-        else workers.__contains__
+        else available
     )
     return index.nearby(order.pickup_lat, order.pickup_lng, radius_m, want, now, eligible)
 
