@@ -36,10 +36,19 @@ MAX_RECORDS = 2000  # per fetch, across a consumer's partitions
 class Bus:
     """The process's producer. Validates every event against its schema before sending."""
 
-    def __init__(self, settings: Settings, registry: SchemaRegistry, source: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: SchemaRegistry,
+        source: str,
+        *,
+        linger_ms: int | None = None,
+    ) -> None:
+        """``linger_ms``: the producer's linger, if not ``kafka_linger_ms``."""
         self.settings = settings
         self.registry = registry
         self.source = source
+        self.linger_ms = settings.kafka_linger_ms if linger_ms is None else linger_ms
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -48,7 +57,7 @@ class Bus:
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=self.source,
             acks="all",
-            linger_ms=self.settings.kafka_linger_ms,
+            linger_ms=self.linger_ms,
             max_batch_size=512 * 1024,
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=15_000,

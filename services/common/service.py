@@ -95,11 +95,13 @@ async def service_resources(
     metrics: CommonMetrics,
     *,
     pool_size: int = 10,
+    linger_ms: int | None = None,
 ) -> AsyncIterator[Resources]:
+    """``linger_ms``: the producer's, if not ``kafka_linger_ms`` (see ``Bus``)."""
     schema = settings.db_schema(service)
     size = settings.db_pool_size or pool_size
     pool = await create_pool(settings.database_url, schema, max_size=size)
-    bus = Bus(settings, SchemaRegistry.load(), source=f"polder/{service}")
+    bus = Bus(settings, SchemaRegistry.load(), source=f"polder/{service}", linger_ms=linger_ms)
     resources = Resources(settings, service, pool, bus, metrics)
     pool_metrics, registry = PoolCollector(resources.pools), metrics.registry
     registry.register(pool_metrics)

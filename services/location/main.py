@@ -60,7 +60,9 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
 
     @contextlib.asynccontextmanager
     async def serve(app: FastAPI, share: Path | None) -> AsyncIterator[None]:
-        async with service_resources(settings, SERVICE, MIGRATIONS, metrics) as res:
+        async with service_resources(
+            settings, SERVICE, MIGRATIONS, metrics, linger_ms=settings.kafka_ping_linger_ms
+        ) as res:
             index = LocationIndex(settings.index_resolution, settings.location_ttl_s)
             limits = Limits(
                 settings.max_future_skew_s, settings.max_speed_mps, settings.max_ping_age_s

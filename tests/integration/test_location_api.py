@@ -105,6 +105,18 @@ async def test_pings_flow_through_the_broker_into_the_index(api: Api) -> None:
     assert 0 < d["distance_m"] < 120 and d["age_s"] >= 0 and len(d["cell"]) == 15
 
 
+async def test_the_ping_stream_is_produced_with_its_own_linger(settings: Settings) -> None:
+    """The location service's producer gathers pings for ``kafka_ping_linger_ms`` (fewer,
+    larger batches for the broker), the other services' for ``kafka_linger_ms``."""
+    tuned = settings.model_copy(update={"kafka_ping_linger_ms": 40, "kafka_linger_ms": 3})
+    async with start(tuned) as a:
+        bus = a.app.state.runtime.ingest.bus
+        assert bus.linger_ms == 40
+        assert bus.producer._message_accumulator._linger_time == 0.040  # noqa: SLF001
+        r = await a.post_pings("d-linger", [ping(1)])
+        assert r.status_code == 202 and r.json()["accepted"] == 1
+
+
 async def test_rejected_pings_are_reported_by_index_and_reason(api: Api) -> None:
     first = ping(5)
     r = await api.post_pings("d2", [first, ping(4, lat=91), ping(3, lng=200), ping(-120)])
