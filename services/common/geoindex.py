@@ -114,6 +114,29 @@ def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))
 
 
+# Metres per degree of a great circle, on haversine_m's sphere.
+_M_PER_DEGREE = math.radians(1.0) * 6_371_008.8
+# Room for rounding in the path bound below, relative and absolute: haversine_m takes its
+# differences between angles in radians (about 1e-16 of a radian, ~1e-9 m, absolute) and
+# rounds a few ulps besides; this is hundreds of times more.
+_PATH_SLACK, _PATH_SLACK_M = 1 + 1e-9, 1e-6
+
+
+def within_m(lat1: float, lng1: float, lat2: float, lng2: float, limit_m: float) -> bool:
+    """``haversine_m(lat1, lng1, lat2, lng2) <= limit_m``, mostly without trigonometry.
+
+    Along the meridian, then along a parallel (no longer than the equator's arc) is a path
+    between the points of at most (|dlat| + |dlng|) degrees of a great circle, and no path is
+    shorter than the great circle: when that bound is within the limit, so is the distance.
+    Only a pair the bound cannot clear is measured, so the answer is haversine_m's either way
+    (ingest checks every ping's jump from the one before; nearly all clear the bound).
+    """
+    path_m = (abs(lat2 - lat1) + abs(lng2 - lng1)) * _M_PER_DEGREE
+    if path_m * _PATH_SLACK + _PATH_SLACK_M <= limit_m:
+        return True
+    return haversine_m(lat1, lng1, lat2, lng2) <= limit_m
+
+
 def _ring(origin: int, k: int) -> list[int]:
     if k == 0:
         return [origin]

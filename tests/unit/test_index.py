@@ -18,6 +18,7 @@ from polder.common.geoindex import (
     cell_resolution,
     haversine_m,
     parent_bits,
+    within_m,
 )
 from polder.location.handlers import IndexUpdater
 from polder.location.metrics import LocationMetrics
@@ -386,3 +387,23 @@ def test_parents_from_bits_are_h3s_parents(
     coarse = data.draw(st.integers(0, fine))
     assert cell_resolution(cell) == fine
     assert (cell & ALL_BUT_RES) | parent_bits(coarse) == h3.cell_to_parent(cell, coarse)
+
+
+@given(
+    lat=st.floats(-90.0, 90.0),
+    lng=st.floats(-180.0, 180.0),
+    dlat=st.floats(-0.05, 0.05),
+    dlng=st.floats(-0.05, 0.05),
+    far=st.booleans(),
+    scale=st.floats(0.0, 2.0),
+)
+def test_within_is_haversine_compared_with_the_limit(
+    lat: float, lng: float, dlat: float, dlng: float, far: bool, scale: float
+) -> None:
+    lat2 = max(-90.0, min(90.0, lat + (dlat * 2_000 if far else dlat)))
+    lng2 = max(-180.0, min(180.0, lng + (dlng * 3_000 if far else dlng)))
+    exact = haversine_m(lat, lng, lat2, lng2)
+    # Limits around the distance itself, where a loose bound would show, and far from it.
+    near = (exact * (1 - 1e-12), exact * (1 + 1e-12), exact + 1e-7)
+    for limit in (exact, exact * scale, *near, 70.0):
+        assert within_m(lat, lng, lat2, lng2, limit) == (exact <= limit)

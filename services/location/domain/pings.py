@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from polder.common.geoindex import haversine_m
+from polder.common.geoindex import haversine_m, within_m
 
 
 class Reason(StrEnum):
@@ -134,7 +134,7 @@ def _motion_problem(
     dt = t - last_t
     if dt <= 0:
         return Reason.STALE
-    if haversine_m(last[0], last[1], p.lat, p.lng) > limits.max_speed_mps * dt:
+    if not within_m(last[0], last[1], p.lat, p.lng, limits.max_speed_mps * dt):
         return Reason.IMPOSSIBLE_JUMP
     return None
 
