@@ -160,7 +160,7 @@ def screen(pings: Sequence[PingLike], last: Fix | None, now: datetime, limits: L
         last_point, last_t = (last.lat, last.lng), last.recorded_at.timestamp()
     newest: PingLike | None = None
     order: Sequence[int] = range(len(pings))
-    if any(times[i] > times[i + 1] for i in range(len(times) - 1)):
+    if sorted(times) != times:  # in C: a loop over the pairs in Python cost more
         order = sorted(order, key=times.__getitem__)
     for i in order:
         p = pings[i]
