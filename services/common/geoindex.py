@@ -120,10 +120,13 @@ _M_PER_DEGREE = math.radians(1.0) * 6_371_008.8
 # differences between angles in radians (about 1e-16 of a radian, ~1e-9 m, absolute) and
 # rounds a few ulps besides; this is hundreds of times more.
 _PATH_SLACK, _PATH_SLACK_M = 1 + 1e-9, 1e-6
+# Only paths shorter than this take the bound: farther out haversine_m's asin grows steep (near
+# the antipode it is off by decimetres, beyond any slack), and the cheap answer is rare anyway.
+_PATH_MAX_M = 1_000_000.0
 
 
 def within_m(lat1: float, lng1: float, lat2: float, lng2: float, limit_m: float) -> bool:
-    """``haversine_m(lat1, lng1, lat2, lng2) <= limit_m``, mostly without trigonometry.
+    """``not haversine_m(lat1, lng1, lat2, lng2) > limit_m``, mostly without trigonometry.
 
     Along the meridian, then along a parallel (no longer than the equator's arc) is a path
     between the points of at most (|dlat| + |dlng|) degrees of a great circle, and no path is
@@ -132,9 +135,9 @@ def within_m(lat1: float, lng1: float, lat2: float, lng2: float, limit_m: float)
     (ingest checks every ping's jump from the one before; nearly all clear the bound).
     """
     path_m = (abs(lat2 - lat1) + abs(lng2 - lng1)) * _M_PER_DEGREE
-    if path_m * _PATH_SLACK + _PATH_SLACK_M <= limit_m:
+    if path_m <= _PATH_MAX_M and path_m * _PATH_SLACK + _PATH_SLACK_M <= limit_m:
         return True
-    return haversine_m(lat1, lng1, lat2, lng2) <= limit_m
+    return not haversine_m(lat1, lng1, lat2, lng2) > limit_m
 
 
 def _ring(origin: int, k: int) -> list[int]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import structlog
+
 from polder.common.bus import Bus
 from polder.common.db import Pool
 from polder.common.deferred import RUN_LOCKED, Tx, why_locked
@@ -47,6 +49,7 @@ from polder.dispatch.transitions import (
 )
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 # What the running step asked to do once its transaction commits (see ``after_commit``).
 _ON_COMMIT: ContextVar[list[Callable[[], None]] | None] = ContextVar(
@@ -168,15 +171,17 @@ class Handlers:
             committed.clear()  # of an attempt rolled back for a concurrent twin
             actions.clear()
             events: list[Outgoing] = []
-            token = _ON_COMMIT.set(actions)
+            asked: list[Callable[[], None]] = []
+            token = _ON_COMMIT.set(asked)
             try:
                 answer = await step(conn, events)
             except IllegalTransition as exc:
-                raise conflict(exc) from exc
+                raise conflict(exc) from exc  # a refusal, maybe stored: nothing of it is done
             finally:
                 _ON_COMMIT.reset(token)
             await add_to_outbox(conn, self.bus, events)
             committed.extend(events)
+            actions.extend(asked)
             return answer
 
         outcome = await run_once(
@@ -201,14 +206,17 @@ class Handlers:
         do what the step asked to (``after_commit``)."""
         if events and self.relay is not None:
             self.relay.notify()
-        for action in actions:
-            action()
         for _, _, event in events:
             if event.type == "polder.driver.state_changed.v1":
                 if self.availability is not None:
                     self.availability.apply_event(event.data, event.time.timestamp())
             elif event.type == "polder.dispatch.offer_resolved.v1":
                 self.metrics.offers.labels(event.data["outcome"]).inc()
+        for action in actions:
+            try:
+                action()
+            except Exception:  # what committed stands: a failed observation is only logged
+                log.exception("after-commit action failed")
 
     # --- workers -------------------------------------------------------------------------
 

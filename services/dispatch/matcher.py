@@ -123,13 +123,19 @@ class Matcher:
         # Offers are stamped when they are written, not when the batch started: a driver's 15 s
         # to answer must not shrink by the time the batch took to solve.
         written_at = max(now, datetime.fromtimestamp(self.clock(), UTC))
-        offered = (
-            await self._apply(result, {str(r["order_id"]): r for r in open_rows}, written_at)
-            if orders
-            else 0
-        )
-        # The supply census walks every available worker: after the offers are out, so it is
-        # not part of any order's wait; still the workers the batch saw (see FreshIdle.cells).
+        try:
+            offered = (
+                await self._apply(result, {str(r["order_id"]): r for r in open_rows}, written_at)
+                if orders
+                else 0
+            )
+        finally:
+            # The supply census walks every available worker: after the offers are out, so it
+            # is no part of any order's wait (see FreshIdle.cells); also when they failed.
+            self._take_census(result, ts)
+        return BatchOutcome(len(orders), offered, result)
+
+    def _take_census(self, result: BatchResult, ts: float) -> None:
         taken = {a.driver_id for a in result.assignments}
         cells = FreshIdle(self.availability.idle, self.positions, ts).cells(taken)
         supply = count_by_cell7(cells)
@@ -137,7 +143,6 @@ class Matcher:
         if self.on_supply is not None:
             self.on_supply(supply, ts)
         self.metrics.available_workers.set(len(cells))
-        return BatchOutcome(len(orders), offered, result)
 
     async def load_availability(self) -> int:
         """Read every worker's state once (at start-up); events keep it current afterwards."""

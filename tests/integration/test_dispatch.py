@@ -25,6 +25,8 @@ from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
 from polder.dispatch.domain.availability import Availability
+from polder.dispatch.domain.states import Cause, IllegalTransition
+from polder.dispatch.handlers import after_commit
 from polder.dispatch.main import build_app
 from polder.dispatch.runtime import DispatchRuntime
 from tests.conftest import eventually
@@ -602,6 +604,28 @@ async def test_an_accept_undone_by_a_race_counts_its_latency_once(d: Dispatch) -
     assert attempts == [True, False]
     after = d.rt.metrics.order_to_assignment.collect()[0]
     assert [s for s in after.samples if s.name.endswith("_count")][0].value == count + 1
+
+
+async def test_after_commit_runs_for_what_committed_only(d: Dispatch) -> None:
+    """A keyed step: its action runs once when it commits, not for a stored refusal, not for
+    the replay of a stored answer."""
+    handlers, ran = d.rt.handlers, []
+
+    async def applies(conn: Any, events: list[Any]) -> Any:
+        after_commit(lambda: ran.append("applied"))
+        return 200, {"ok": True}
+
+    async def refuses(conn: Any, events: list[Any]) -> Any:
+        after_commit(lambda: ran.append("refused"))
+        raise IllegalTransition("order", "completed", Cause.OFFER_ACCEPTED)
+
+    first = await handlers.run_once("driver:ac-1", "k-applies", "d1", applies)
+    again = await handlers.run_once("driver:ac-1", "k-applies", "d1", applies)
+    refused = await handlers.run_once("driver:ac-1", "k-refuses", "d2", refuses)
+    assert (first.replayed, again.replayed, refused.status) == (False, True, 409)
+    assert ran == ["applied"]
+    with pytest.raises(RuntimeError):
+        after_commit(lambda: None)  # outside a step: nothing would run it
 
 
 async def test_a_trip_step_whose_rows_change_before_its_write_runs_again_locked(

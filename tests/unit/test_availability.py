@@ -110,10 +110,11 @@ def test_fresh_idle_shows_idle_workers_with_a_fresh_position_only() -> None:
         index.get(d).cell for d in ("fresh", "unknown-wait")  # type: ignore[union-attr]
     )
     # Among drivers the view's own index answered (all fresh), membership is being idle.
-    among = workers.membership_among(index)
+    among = workers.membership_among(index, now)
     assert among("fresh") and among("unknown-wait") and not among("on-trip")
     other = LocationIndex(9, ttl_s=60.0)
-    assert not workers.membership_among(other)("stale")  # another index: `in` itself
+    assert not workers.membership_among(other, now)("stale")  # another index: `in` itself
+    assert not workers.membership_among(index, now - 30)("stale")  # another clock: the same
     # A view: a worker who gets an offer leaves it as soon as the event arrives; a census
     # that names them as taken by the batch still counts them, once, either way.
     both = sorted(workers.cells())

@@ -1,11 +1,13 @@
 """Candidate search, pickup ETA and match settings: pure, no I/O."""
 
 import math
+import random
 from collections.abc import Callable
 
 import pytest
 
 from polder.common.geoindex import LocationIndex, Nearby, haversine_m
+from polder.dispatch.domain.availability import Availability, FreshIdle
 from polder.dispatch.domain.matching import (
     GreatCircleEta,
     Leg,
@@ -188,3 +190,28 @@ def test_a_ride_ignores_ready_at() -> None:
 def test_match_config_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         MatchConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("excluded", [frozenset(), frozenset({"w03", "w10"})])
+def test_the_view_of_idle_workers_gives_the_candidates_a_dict_of_them_gives(
+    excluded: frozenset[str],
+) -> None:
+    """The matcher searches through FreshIdle (a view over the idle map and the index); the
+    answer is the one a plain dict of the same available workers gives."""
+    rng = random.Random(4)
+    index, availability, rows = LocationIndex(resolution=9, ttl_s=60), Availability(), []
+    for i in range(60):
+        d = f"w{i:02d}"
+        seen = NOW - (120 if i % 7 == 0 else rng.uniform(0, 30))  # every 7th is stale
+        index.upsert(d, *at(rng.uniform(-3_000, 3_000), rng.uniform(-3_000, 3_000)), seen, seen)
+        status = "on_trip" if i % 3 == 0 else "idle"  # a third busy
+        rows.append((d, 1, status, None if status != "idle" else NOW - rng.uniform(0, 900)))
+    availability.load(rows)
+    view = FreshIdle(availability.idle, index, NOW)
+    plain = {d: view[d] for d in view}  # the same workers, built one by one
+    assert 20 < len(plain) < 40
+    order = OpenOrder("o1", "ride", *at(0.0), created_at=NOW, excluded=excluded)
+    config = MatchConfig(k_nearest=8)
+    found = candidates(order, view, index, NOW, config)
+    assert found == candidates(order, plain, index, NOW, config)
+    assert len(found) == 8 and not {c.driver_id for c in found} & excluded

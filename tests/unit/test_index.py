@@ -403,7 +403,27 @@ def test_within_is_haversine_compared_with_the_limit(
     lat2 = max(-90.0, min(90.0, lat + (dlat * 2_000 if far else dlat)))
     lng2 = max(-180.0, min(180.0, lng + (dlng * 3_000 if far else dlng)))
     exact = haversine_m(lat, lng, lat2, lng2)
-    # Limits around the distance itself, where a loose bound would show, and far from it.
+    # Limits around the distance, where a loose bound would show; just above the cheap bound
+    # (so the answer comes from it: a slack too small would show there); far off; NaN.
+    path = (abs(lat2 - lat) + abs(lng2 - lng)) * math.radians(1.0) * 6_371_008.8
     near = (exact * (1 - 1e-12), exact * (1 + 1e-12), exact + 1e-7)
-    for limit in (exact, exact * scale, *near, 70.0):
-        assert within_m(lat, lng, lat2, lng2, limit) == (exact <= limit)
+    bound = (path * (1 + 1e-9) + 1e-6, path * (1 + 2e-9) + 2e-6)
+    for limit in (exact, exact * scale, *near, *bound, 70.0, math.nan):
+        assert within_m(lat, lng, lat2, lng2, limit) == (not exact > limit)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((-89.999998854, 0.0), (90.0, 0.0)),  # pole to pole: asin at its steepest
+        ((0.0, 0.0), (0.0, 179.999998854)),  # nearly antipodal on the equator
+        ((10.0, 179.9999), (10.0, -179.9999)),  # across the antimeridian: 20 m, not 40 000 km
+        ((90.0, 0.0), (90.0, 120.0)),  # one pole, two longitudes: the same point
+    ],
+)
+def test_within_is_exact_at_the_antipode_the_antimeridian_and_the_poles(
+    a: tuple[float, float], b: tuple[float, float]
+) -> None:
+    exact = haversine_m(*a, *b)
+    for limit in (exact, exact * (1 - 1e-9), exact * (1 + 1e-9), exact + 0.5, exact - 0.5, 70.0):
+        assert within_m(*a, *b, limit) == (not exact > limit)

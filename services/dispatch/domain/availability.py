@@ -114,11 +114,14 @@ class FreshIdle(Mapping[str, Worker]):
         since = self._idle[driver_id]
         return Worker(driver_id, pos.lat, pos.lng, self._now if since is None else since)
 
-    def membership_among(self, index: LocationIndex) -> Callable[[str], bool]:
-        """``in`` for drivers that ``index.nearby`` answered, which are all fresh: over this
-        view's own index, whether they are idle, without looking their position up again (the
-        candidate search asks this of every driver in range); over another, ``in`` itself."""
-        return self._idle.__contains__ if index is self._positions else self.__contains__
+    def membership_among(self, index: LocationIndex, now: float) -> Callable[[str], bool]:
+        """``in`` for drivers that ``index.nearby(..., now)`` answered, which are all fresh at
+        ``now``: over this view's own index and clock, whether they are idle, without looking
+        their position up again (the candidate search asks this of every driver in range);
+        otherwise ``in`` itself."""
+        if index is self._positions and now == self._now:
+            return self._idle.__contains__
+        return self.__contains__
 
     def __iter__(self) -> Iterator[str]:
         return (driver_id for driver_id, _ in self._fresh())
@@ -129,9 +132,10 @@ class FreshIdle(Mapping[str, Worker]):
     def cells(self, taken: Collection[str] = ()) -> list[int]:
         """The index cell of each of these workers (one entry per worker): a supply census.
 
-        ``taken``: workers a batch has just offered to, counted as the batch saw them (idle
-        and fresh) whether or not their state event has reached the view yet, so a census
-        taken after the batch's offers is the batch's, whatever the timing of the events."""
+        ``taken``: workers a batch has just offered to, counted as available (as the batch
+        saw them) whether or not their state event has reached the view yet. A census taken
+        after the batch's offers is otherwise of that moment: workers who came online or moved
+        while the offers were written are in it, those who left are not."""
         cells = [cell for driver_id, cell in self._fresh() if driver_id not in taken]
         for driver_id in taken:
             pos = self._positions.get(driver_id)

@@ -62,7 +62,9 @@ def _nearest_eligible(
 ) -> list[Nearby]:
     excluded = order.excluded
     available = (
-        workers.membership_among(index) if isinstance(workers, FreshIdle) else workers.__contains__
+        workers.membership_among(index, now)
+        if isinstance(workers, FreshIdle)
+        else workers.__contains__
     )
     eligible: Callable[[str], bool] = (
         (lambda driver_id: available(driver_id) and driver_id not in excluded)
