@@ -606,6 +606,23 @@ async def test_an_accept_undone_by_a_race_counts_its_latency_once(d: Dispatch) -
     assert [s for s in after.samples if s.name.endswith("_count")][0].value == count + 1
 
 
+async def test_a_worker_state_change_stays_on_its_page(d: Dispatch) -> None:
+    """No index covers what a state change writes (migration 004), so Postgres can update
+    the row where it is (HOT: no new index entries), seven times an order."""
+    await d.online("hot-1", *CENTRE)
+    hot_updates = "SELECT pg_stat_get_xact_tuples_hot_updated('workers'::regclass)"
+    async with d.rt.handlers.pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchval(hot_updates)
+        for status in ("offered", "en_route_pickup", "at_pickup", "on_trip", "idle"):
+            await conn.execute(
+                "UPDATE workers SET status = $2, status_since = now(), seq = seq + 1, "
+                "waiting_since = NULL, offer_id = NULL, trip_id = NULL WHERE driver_id = $1",
+                "hot-1",
+                status,
+            )
+        assert await conn.fetchval(hot_updates) - before == 5
+
+
 async def test_after_commit_runs_for_what_committed_only(d: Dispatch) -> None:
     """A keyed step: its action runs once when it commits, not for a stored refusal, not for
     the replay of a stored answer."""
