@@ -32,13 +32,14 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec(
-        "jsonb",
-        schema="pg_catalog",
-        encoder=lambda v: orjson.dumps(v).decode(),
-        decoder=orjson.loads,
-        format="text",
-    )
+    for type_ in ("jsonb", "json"):  # json: stored as text, e.g. outbox events (no jsonb parse)
+        await conn.set_type_codec(
+            type_,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            format="text",
+        )
 
 
 async def _no_session_reset(conn: asyncpg.Connection) -> None:

@@ -41,7 +41,7 @@ def outbox_insert(bus: Bus, events: Sequence[Outgoing]) -> tuple[str, list[Any]]
     # order given: the relay publishes by id.
     return (
         "INSERT INTO outbox (topic, key, event) "
-        "SELECT t, k, e::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) "
+        "SELECT t, k, e::json FROM unnest($1::text[], $2::text[], $3::text[]) "
         "WITH ORDINALITY AS u(t, k, e, n) ORDER BY n",
         [topics, keys, docs],
     )
