@@ -65,6 +65,8 @@ def after_commit(action: Callable[[], None]) -> None:
     if pending is None:
         raise RuntimeError("after_commit outside a dispatch transaction")
     pending.append(action)
+
+
 Step = Callable[[Conn, list[Outgoing]], Awaitable[T]]
 Answer = tuple[int, dict[str, Any]]  # status and JSON body of a response
 
