@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from polder.common.geoindex import LocationIndex
+from polder.common.geoindex import LocationIndex, Position
 from polder.dispatch.domain.match_types import Worker
 from polder.dispatch.domain.states import NEW_WAIT_AFTER, Cause, WorkerStatus
 
@@ -100,19 +100,21 @@ class FreshIdle(Mapping[str, Worker]):
         self._now = now
 
     def __contains__(self, driver_id: object) -> bool:
-        if driver_id not in self._idle:
-            return False
-        pos = self._positions.get(driver_id)  # type: ignore[arg-type]
-        return pos is not None and self._positions.is_fresh(pos, self._now)
+        return isinstance(driver_id, str) and self._position(driver_id) is not None
 
     def __getitem__(self, driver_id: str) -> Worker:
-        if driver_id not in self._idle:
-            raise KeyError(driver_id)
-        pos = self._positions.get(driver_id)
-        if pos is None or not self._positions.is_fresh(pos, self._now):
+        pos = self._position(driver_id)
+        if pos is None:
             raise KeyError(driver_id)
         since = self._idle[driver_id]
         return Worker(driver_id, pos.lat, pos.lng, self._now if since is None else since)
+
+    def _position(self, driver_id: str) -> Position | None:
+        """The worker's fresh position if they are idle, else None."""
+        if driver_id not in self._idle:
+            return None
+        pos = self._positions.get(driver_id)
+        return pos if pos is not None and self._positions.is_fresh(pos, self._now) else None
 
     def membership_among(self, index: LocationIndex, now: float) -> Callable[[str], bool]:
         """``in`` for drivers that ``index.nearby(..., now)`` answered, which are all fresh at
