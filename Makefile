@@ -23,8 +23,13 @@ up: $(STAMP)
 	$(BIN)/polder up
 
 ## The whole test suite: lint, types, unit, integration and end-to-end.
+# Two workers: a serial run keeps the box under half busy (its tests mostly wait on the broker,
+# Postgres and child processes), and each worker starts its own embedded broker and Postgres.
+# worksteal, not load: load hands each worker a first chunk in collection order, so one worker
+# got the end-to-end and integration tests and the other only the unit tests.
+TEST_WORKERS ?= 2
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
