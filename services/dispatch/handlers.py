@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,6 +67,18 @@ def after_commit(action: Callable[[], None]) -> None:
     pending.append(action)
 
 
+@contextlib.contextmanager
+def _commit_actions() -> Iterator[list[Callable[[], None]]]:
+    """Collect what the code run inside asks ``after_commit`` to do; the caller runs the
+    list if, and only if, its transaction committed."""
+    actions: list[Callable[[], None]] = []
+    token = _ON_COMMIT.set(actions)
+    try:
+        yield actions
+    finally:
+        _ON_COMMIT.reset(token)
+
+
 Step = Callable[[Conn, list[Outgoing]], Awaitable[T]]
 Answer = tuple[int, dict[str, Any]]  # status and JSON body of a response
 
@@ -121,20 +133,17 @@ class Handlers:
         """A transaction whose collected events go to the outbox with it, then to the relay.
         ``optimistic``: no transaction, one guarded statement (common.deferred)."""
         events: list[Outgoing] = []
-        actions: list[Callable[[], None]] = []
-        token = _ON_COMMIT.set(actions)
         try:
-            async with self.pool.acquire() as conn:
-                begun = contextlib.nullcontext() if optimistic else conn.transaction()
-                async with begun:
-                    tx = Tx(conn, optimistic=optimistic)
-                    yield tx, events
-                    await add_to_outbox(tx, self.bus, events)
-                    await tx.send()
+            with _commit_actions() as actions:
+                async with self.pool.acquire() as conn:
+                    begun = contextlib.nullcontext() if optimistic else conn.transaction()
+                    async with begun:
+                        tx = Tx(conn, optimistic=optimistic)
+                        yield tx, events
+                        await add_to_outbox(tx, self.bus, events)
+                        await tx.send()
         except IllegalTransition as exc:
             raise conflict(exc) from exc
-        finally:
-            _ON_COMMIT.reset(token)
         self._after_commit(events, actions)
 
     async def run(self, step: Step[T], *, optimistic: bool = False) -> T:
@@ -173,14 +182,11 @@ class Handlers:
             committed.clear()  # of an attempt rolled back for a concurrent twin
             actions.clear()
             events: list[Outgoing] = []
-            asked: list[Callable[[], None]] = []
-            token = _ON_COMMIT.set(asked)
-            try:
-                answer = await step(conn, events)
-            except IllegalTransition as exc:
-                raise conflict(exc) from exc  # a refusal, maybe stored: nothing of it is done
-            finally:
-                _ON_COMMIT.reset(token)
+            with _commit_actions() as asked:
+                try:
+                    answer = await step(conn, events)
+                except IllegalTransition as exc:
+                    raise conflict(exc) from exc  # a refusal, maybe stored: nothing of it is done
             await add_to_outbox(conn, self.bus, events)
             committed.extend(events)
             actions.extend(asked)

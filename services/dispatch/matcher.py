@@ -132,12 +132,11 @@ class Matcher:
         finally:
             # The supply census walks every available worker: after the offers are out, so it
             # is no part of any order's wait (see FreshIdle.cells); also when they failed.
-            self._take_census(result, ts)
+            self._take_census(workers, result, ts)
         return BatchOutcome(len(orders), offered, result)
 
-    def _take_census(self, result: BatchResult, ts: float) -> None:
-        taken = {a.driver_id for a in result.assignments}
-        cells = FreshIdle(self.availability.idle, self.positions, ts).cells(taken)
+    def _take_census(self, workers: FreshIdle, result: BatchResult, ts: float) -> None:
+        cells = workers.cells({a.driver_id for a in result.assignments})
         supply = count_by_cell7(cells)
         self.surge.observe_supply(supply, ts)
         if self.on_supply is not None:
