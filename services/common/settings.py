@@ -44,12 +44,9 @@ class Settings(BaseSettings):
     # The same for the location service's producer, which publishes the ping stream (tens of
     # thousands of pings a second in frames; a 250 ms ping→index budget). On Tansu each produced
     # batch is an object that every later fetch of its partition lists, so the broker slows as
-    # its log grows: 25 ms instead of 5 makes about a fifth as many batches (a 60 s run at
-    # 25 000 pings/s: broker 0.36 core instead of 0.49; 60 s at 51 000 on a quiet box, 20 ms:
-    # p99 360 ms instead of 747). 50 ms halves them again: over 60 s at 51 000 pings/s the
-    # p99 of each 15 s stayed flat (241–498 ms in two runs) where at 25 ms the last 15 s was
-    # always the worst (738–969 ms in three runs), and the broker took 0.25–0.28 core instead
-    # of 0.29–0.35. It costs ~25 ms more latency, which that growth outweighs within a minute.
+    # its log grows. 50 ms instead of 5 makes about a tenth as many batches: over 60 s at
+    # 51 000 pings/s the p99 stays flat where at 25 ms it grew in the last 15 s, for ~25 ms
+    # more latency (measurements in loadtests/README.md, "7 Dec").
     kafka_ping_linger_ms: int = Field(default=50, ge=0, le=1000)
     # Connections per service process; 0 takes the service's own default (dispatch 20, else 10).
     db_pool_size: int = Field(default=0, ge=0)
