@@ -25,6 +25,7 @@ from polder.common.tasks import wait_for_event
 from polder.common.topics import DISPATCH
 from polder.dispatch.domain.availability import Availability, FreshIdle
 from polder.dispatch.domain.matching import (
+    Assignment,
     BatchResult,
     EtaProvider,
     MatchConfig,
@@ -120,12 +121,9 @@ class Matcher:
         result = assign_batch(orders, workers, self.positions, ts, self.config, self.eta)
         self.metrics.solve_time.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(orders))
-        # Offers are stamped when they are written, not when the batch started: a driver's 15 s
-        # to answer must not shrink by the time the batch took to solve.
-        written_at = max(now, datetime.fromtimestamp(self.clock(), UTC))
         try:
             offered = (
-                await self._apply(result, {str(r["order_id"]): r for r in open_rows}, written_at)
+                await self._apply(result, {str(r["order_id"]): r for r in open_rows}, now)
                 if orders
                 else 0
             )
@@ -153,13 +151,33 @@ class Matcher:
         )
         return len(rows)
 
-    async def _apply(self, result: BatchResult, rows: Mapping[str, Any], now: datetime) -> int:
+    async def _apply(self, result: BatchResult, rows: Mapping[str, Any], batch_at: datetime) -> int:
+        """Write the batch's offers and decisions, the oldest orders' first (see ``_parts``)."""
         started = time.perf_counter()
         batch_id = uuid.uuid4()
         made = 0
+        for assignments, decided in _parts(result, rows, self.settings.batch_first_offers):
+            # Offers are stamped when they are written, not when the batch started: a driver's
+            # 15 s to answer must not shrink by the time the batch took to solve.
+            now = max(batch_at, datetime.fromtimestamp(self.clock(), UTC))
+            made += await self._apply_part(assignments, decided, result, batch_id, now)
+        self.metrics.offers.labels("made").inc(made)
+        self.metrics.apply_time.observe(time.perf_counter() - started)
+        return made
+
+    async def _apply_part(
+        self,
+        assignments: list[Assignment],
+        decided: list[str],
+        result: BatchResult,
+        batch_id: uuid.UUID,
+        now: datetime,
+    ) -> int:
+        """One transaction: these assignments as offers, and the decisions of these orders."""
+        made = 0
         async with self.handlers.transaction() as (conn, events):
-            order_ids = sorted(uuid.UUID(a.order_id) for a in result.assignments)
-            driver_ids = sorted(a.driver_id for a in result.assignments)
+            order_ids = sorted(uuid.UUID(a.order_id) for a in assignments)
+            driver_ids = sorted(a.driver_id for a in assignments)
             orders = {
                 str(r["order_id"]): r
                 for r in await conn.fetch(
@@ -181,7 +199,7 @@ class Matcher:
             etas: list[float] = []
             after_commit(functools.partial(_observe_all, self.metrics.order_to_offer, to_offer))
             after_commit(functools.partial(_observe_all, self.metrics.pickup_eta, etas))
-            for a in result.assignments:
+            for a in assignments:
                 order, worker = orders.get(a.order_id), workers.get(a.driver_id)
                 if order is None or worker is None:
                     continue  # cancelled, or the worker went offline, since the batch was read
@@ -239,20 +257,17 @@ class Matcher:
                 *_columns(offers, 8),
             )
             decisions = [
-                (uuid.UUID(order_id), orjson.dumps(decision.to_dict()).decode())
-                for order_id, decision in result.decisions.items()
-                if order_id in rows
+                (uuid.UUID(order_id), orjson.dumps(result.decisions[order_id].to_dict()).decode())
+                for order_id in decided
             ]
             conn.defer(
                 "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
-                "SELECT o, $2, $3, d::jsonb FROM unnest($1::uuid[], $4::text[]) AS u(o, d)",
+                "SELECT o, $2, $3, d::json FROM unnest($1::uuid[], $4::text[]) AS u(o, d)",
                 [d[0] for d in decisions],
                 batch_id,
                 now,
                 [d[1] for d in decisions],
             )
-        self.metrics.offers.labels("made").inc(made)
-        self.metrics.apply_time.observe(time.perf_counter() - started)
         return made
 
     def _offer_events(
@@ -335,6 +350,29 @@ def _open_order(r: Any) -> OpenOrder:
         ready_at=r["ready_at"].timestamp() if r["ready_at"] else None,
         excluded=frozenset(r["excluded"]),
     )
+
+
+def _parts(
+    result: BatchResult, rows: Mapping[str, Any], first: int
+) -> list[tuple[list[Assignment], list[str]]]:
+    """The batch's writes in transactions: (assignments, orders whose decision goes along).
+
+    The ``first`` assignments of the oldest orders go first, in a transaction of their own, then
+    the rest with every other decision. The orders that arrived just after the previous batch
+    read its orders have waited a whole window when this batch starts, so only they can wait
+    for an offer beyond the window, by as long as this batch takes: theirs are out (committed,
+    and the relay woken) while the rest are still being written. ``first`` 0: one transaction.
+    """
+    decided = [order_id for order_id in result.decisions if order_id in rows]
+    if not 0 < first < len(result.assignments):
+        return [(result.assignments, decided)]
+    oldest = sorted(result.assignments, key=lambda a: (rows[a.order_id]["created_at"], a.order_id))
+    head, tail = oldest[:first], oldest[first:]
+    in_head = {a.order_id for a in head}
+    return [
+        (head, [order_id for order_id in decided if order_id in in_head]),
+        (tail, [order_id for order_id in decided if order_id not in in_head]),
+    ]
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

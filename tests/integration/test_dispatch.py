@@ -697,6 +697,49 @@ async def test_operators_see_every_round_and_why(d: Dispatch) -> None:
     assert missing.status_code == 404
 
 
+@pytest.mark.parametrize("first", [2, 0])
+async def test_a_batch_writes_its_oldest_orders_offers_first(
+    settings: Settings, first: int
+) -> None:
+    """The oldest orders' offers commit (and reach the outbox) before the rest; 0: together."""
+    async with running(settings.model_copy(update={"batch_first_offers": first})) as d:
+        for i in range(4):
+            await d.online(f"drv-old-{i}", CENTRE[0] + 0.001 * i, CENTRE[1])
+        placed = [(await d.order(f"cust-old-{i}", dlat=0.001 * i))["order_id"] for i in range(4)]
+        nobody = (await d.order("cust-old-far", dlat=1.0))["order_id"]  # no driver near
+        outcome = await d.batch()
+        assert outcome.offered == 4
+        pool = d.rt.handlers.pool
+        rows = await pool.fetch(
+            "SELECT f.order_id::text AS order_id, f.xmin::text AS tx, f.created_at "
+            "FROM offers f JOIN orders o USING (order_id) ORDER BY o.created_at"
+        )
+        assert [r["order_id"] for r in rows] == placed
+        txs = [r["tx"] for r in rows]
+        published = [
+            r["order_id"]
+            for r in await pool.fetch(
+                "SELECT event->'data'->>'order_id' AS order_id FROM outbox "
+                "WHERE event->>'type' = 'polder.dispatch.offer_made.v1' ORDER BY id"
+            )
+        ]
+        decisions = await pool.fetch(
+            "SELECT order_id::text AS order_id, batch_id, xmin::text AS tx FROM decisions"
+        )
+        assert sorted(r["order_id"] for r in decisions) == sorted([*placed, nobody])
+        assert len({r["batch_id"] for r in decisions}) == 1
+        tx_of = {r["order_id"]: r["tx"] for r in decisions}
+        if first:
+            assert txs[0] == txs[1] != txs[2] == txs[3]
+            assert published[:2] == placed[:2] and sorted(published[2:]) == sorted(placed[2:])
+            assert rows[0]["created_at"] <= rows[2]["created_at"]
+            # Each order's decision is written with its offer; the unmatched one with the rest.
+            assert [tx_of[o] for o in placed] == txs and tx_of[nobody] == txs[2]
+        else:
+            assert len(set(txs)) == 1 and set(tx_of.values()) == set(txs)
+            assert sorted(published) == sorted(placed)
+
+
 async def test_offers_are_pushed_on_the_feed(d: Dispatch) -> None:
     await d.online("drv-w", *CENTRE)
     token = issue_token(d.settings, "driver", "drv-w")
