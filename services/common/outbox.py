@@ -94,6 +94,9 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Cleared before the round reads, so a commit that wakes it during the round (after
+            # its read) makes the wait below return at once instead of being forgotten.
+            self.wake.clear()
             try:
                 sent = await self.relay_once()
             except Exception:  # broker or database hiccup: the rows stay unsent; try again
@@ -102,7 +105,6 @@ class OutboxRelay:
                 await asyncio.sleep(1.0)
             if sent < self.batch:
                 await self._prune_if_due()
-                self.wake.clear()
                 await wait_for_event(self.wake, self.idle_poll_s)
 
     async def _prune_if_due(self) -> None:

@@ -13,6 +13,7 @@ from polder.common.outbox import OutboxRelay, add_to_outbox
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS
+from tests.conftest import eventually
 from tests.support import read_topic
 
 pytestmark = pytest.mark.integration
@@ -105,6 +106,49 @@ async def test_a_relay_killed_after_sending_sends_again_and_ids_let_consumers_de
     finally:
         await bus.stop()
         await pool.close()
+
+
+async def test_rows_committed_while_the_relay_sends_go_out_without_waiting_for_its_poll(
+    settings: Settings,
+) -> None:
+    """A commit that wakes the relay during its round is not lost: the relay goes again at
+    once, not after its idle poll (an hour here)."""
+    schema = settings.db_schema("dispatch")
+    pool = await create_pool(settings.database_url, schema)
+    bus = Bus(settings, SchemaRegistry.load(), source="test")
+    await bus.start()
+    stop = asyncio.Event()
+    try:
+        await migrate(pool, schema, "polder.dispatch.migrations")
+        relay = OutboxRelay(pool, bus, idle_poll_s=3600)
+        original = bus.send_many
+
+        async def commit_while_sending(records):  # type: ignore[no-untyped-def]
+            if len(records) == 1 and b'"seq":1' in records[0][2]:
+                async with pool.acquire() as conn, conn.transaction():
+                    await add_to_outbox(conn, bus, [state_event(bus, "d-wake", 2)])
+                relay.notify()
+            await original(records)
+
+        bus.send_many = commit_while_sending  # type: ignore[method-assign]
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, bus, [state_event(bus, "d-wake", 1)])
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await eventually(lambda: _published(relay), until=lambda n: n == 2, within=20)
+        finally:
+            stop.set()
+            relay.notify()
+            await task
+        seen = await read_all(settings, 2)
+        assert [r.event.data["seq"] for r in seen] == [1, 2]
+    finally:
+        await bus.stop()
+        await pool.close()
+
+
+async def _published(relay: OutboxRelay) -> int:
+    return relay.published
 
 
 async def test_the_outbox_refuses_an_invalid_event(settings: Settings) -> None:
