@@ -21,6 +21,7 @@ from polder.common.bus import Bus
 from polder.common.db import Connection, Pool
 from polder.common.deferred import Tx
 from polder.common.envelope import Event
+from polder.common.retention import delete_before
 from polder.common.tasks import wait_for_event
 from polder.common.topics import Topic
 
@@ -122,28 +123,11 @@ class OutboxRelay:
         of ``chunk``; returns how many went. Unsent rows are never deleted, whatever their age.
 
         The relay sends in id order, so sent rows are old below some id and recent above it:
-        each round looks at the first row of the next range and stops at the first that is
-        recent (or unsent), so it never reads the rows it keeps (a day of them at 2 000 events
-        a second is 170 million)."""
+        the pass never reads the rows it keeps (a day of them at 2 000 events a second is 170
+        million; see ``retention.delete_before``)."""
         assert self.keep_sent_s is not None
-        cutoff = datetime.fromtimestamp(now - self.keep_sent_s, UTC)
-        deleted = 0
-        lo = await self.pool.fetchval("SELECT min(id) FROM outbox")
-        while lo is not None:
-            first = await self.pool.fetchval(
-                "SELECT sent_at FROM outbox WHERE id >= $1 ORDER BY id LIMIT 1", lo
-            )
-            if first is None or first >= cutoff:
-                break  # unsent, or recent: what follows is kept
-            status = await self.pool.execute(
-                "DELETE FROM outbox WHERE id >= $1 AND id < $2 "
-                "AND sent_at IS NOT NULL AND sent_at < $3",
-                lo,
-                lo + chunk,
-                cutoff,
-            )
-            deleted += int(status.split()[-1])
-            lo = await self.pool.fetchval("SELECT min(id) FROM outbox WHERE id >= $1", lo + chunk)
+        cut = datetime.fromtimestamp(now - self.keep_sent_s, UTC)
+        deleted = await delete_before(self.pool, "outbox", "sent_at", cut, chunk=chunk)
         self.pruned += deleted
         return deleted
 

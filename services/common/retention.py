@@ -4,6 +4,7 @@ advisory lock), so replicas never thin the same rows twice or race for them."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -14,8 +15,40 @@ from polder.common.tasks import wait_for_event
 
 log = structlog.get_logger(__name__)
 
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # a table or column name, unquoted
+
 # One pass of a job: thin what is older than the cut; answers the rows thinned.
 Job = Callable[[datetime], Awaitable[int]]
+
+
+async def delete_before(
+    pool: Pool, table: str, stamp: str, cut: datetime, *, chunk: int = 10_000
+) -> int:
+    """Delete the rows of ``table`` whose ``stamp`` is before ``cut``, oldest first, in ranges of
+    ``chunk`` ids; answers how many went. Rows whose ``stamp`` is NULL are never deleted.
+
+    For tables whose ids grow with ``stamp`` (a row's stamp is set at insert, or later in id
+    order, as an outbox's ``sent_at``): rows are old below some id and recent (or unstamped)
+    above it, so each round looks at the first row of the next range and stops at the first
+    recent or unstamped one, never reading the rows it keeps."""
+    if not (_NAME.match(table) and _NAME.match(stamp)):
+        raise ValueError(f"not a plain identifier: {table!r}, {stamp!r}")
+    next_id = f"SELECT min(id) FROM {table} WHERE id >= $1"  # noqa: S608 (names checked)
+    stamp_of = f"SELECT {stamp} FROM {table} WHERE id = $1"  # noqa: S608 (names checked)
+    delete = (
+        f"DELETE FROM {table} WHERE id >= $1 AND id < $2 "  # noqa: S608 (names checked)
+        f"AND {stamp} IS NOT NULL AND {stamp} < $3"
+    )
+    deleted = 0
+    lo = await pool.fetchval(next_id, 0)
+    while lo is not None:
+        first = await pool.fetchval(stamp_of, lo)
+        if first is None or first >= cut:
+            break  # unstamped, or recent: what follows is kept
+        status = await pool.execute(delete, lo, lo + chunk, cut)
+        deleted += int(status.split()[-1])
+        lo = await pool.fetchval(next_id, lo + chunk)
+    return deleted
 
 
 def cut_for(now: datetime, retention_h: float) -> datetime:

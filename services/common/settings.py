@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # kept for looking into what a service published, not for delivery.
     outbox_keep_h: float = Field(default=24.0, gt=0)
 
+    # Matching decisions (GET /v1/orders/{id}/decisions) are deleted this long after they were
+    # made (one replica checks every retention_interval_s).
+    decisions_keep_h: float = Field(default=720.0, gt=0)
+
     # Dispatch service.
     city: str = "amsterdam"
     batch_window_s: float = 1.0

@@ -25,6 +25,7 @@ from polder.common.service import service_resources
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
 from polder.common.topics import DISPATCH, DRIVER_LOCATIONS
+from polder.dispatch import retention as decision_retention
 from polder.dispatch.api import router
 from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.surge import SurgeModel
@@ -98,6 +99,7 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
             else:
                 assert relay is not None
                 res.run(relay.run(res.stop), "dispatch-outbox")
+                decision_retention.start(res, metrics)
 
                 async def track_positions(records: Sequence[Received]) -> None:
                     apply_pings(inline.positions, records)

@@ -34,6 +34,7 @@ from polder.common.service import service_resources
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS
+from polder.dispatch import retention as decision_retention
 from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.matching import GreatCircleEta
 from polder.dispatch.domain.surge import SurgeModel
@@ -118,6 +119,7 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
         loaded = await matcher.load_availability()
         log.info("matcher started", workers=loaded, available=len(availability))
         res.run(relay.run(res.stop), "dispatch-outbox")
+        decision_retention.start(res, metrics)
         res.run(_lead(res.pool, settings, matcher, res.stop), "dispatch-matcher")
         if share is not None:
             res.run(write_metrics(metrics.registry, share, res.stop), "matcher-metrics")

@@ -89,6 +89,11 @@ class DispatchMetrics(CommonMetrics):
             "Orders that found no worker before the search timeout",
             registry=registry,
         )
+        self.decisions_pruned = Counter(
+            "polder_dispatch_decisions_pruned_total",
+            "Matching decisions deleted past POLDER_DECISIONS_KEEP_H",
+            registry=registry,
+        )
         self.orders_placed = Counter(
             "polder_dispatch_orders_placed_total",
             "Orders placed (an idempotent retry is not counted again)",

@@ -21,6 +21,7 @@ import websockets
 from polder.common.auth import issue_token
 from polder.common.bus import Bus
 from polder.common.envelope import format_time, parse_time
+from polder.common.retention import cut_for, delete_before
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
@@ -28,6 +29,7 @@ from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.states import Cause, IllegalTransition
 from polder.dispatch.handlers import after_commit
 from polder.dispatch.main import build_app
+from polder.dispatch.retention import DecisionRetention
 from polder.dispatch.runtime import DispatchRuntime
 from tests.conftest import eventually
 from tests.support import read_topic, serve
@@ -738,6 +740,33 @@ async def test_a_batch_writes_its_oldest_orders_offers_first(
         else:
             assert len(set(txs)) == 1 and set(tx_of.values()) == set(txs)
             assert sorted(published) == sorted(placed)
+
+
+async def test_decisions_past_their_keep_time_are_deleted(d: Dispatch) -> None:
+    created = await d.order("cust-keep")
+    await d.batch()  # nobody around
+    await d.batch()
+    await d.online("drv-keep", *CENTRE)
+    await d.batch()
+    pool = d.rt.handlers.pool
+    ids = [r["id"] for r in await pool.fetch("SELECT id FROM decisions ORDER BY id")]
+    assert len(ids) == 3
+    await pool.execute(
+        "UPDATE decisions SET decided_at = decided_at - interval '31 days' WHERE id = ANY($1)",
+        ids[:2],
+    )
+    metrics = d.rt.handlers.metrics
+    prune = DecisionRetention(pool, metrics)
+    cut = cut_for(datetime.now(UTC), d.settings.decisions_keep_h)  # 30 days by default
+    before = metrics.decisions_pruned._value.get()
+    assert await prune(cut) == 2
+    assert await prune(cut) == 0
+    assert metrics.decisions_pruned._value.get() == before + 2
+    r = await d.call("GET", f"/v1/orders/{created['order_id']}/decisions", "operator", "ops")
+    [kept] = r.json()["decisions"]
+    assert kept["decision"]["chosen_driver_id"] == "drv-keep"
+    with pytest.raises(ValueError, match="identifier"):
+        await delete_before(pool, "decisions; DROP TABLE orders", "decided_at", cut)
 
 
 async def test_offers_are_pushed_on_the_feed(d: Dispatch) -> None:
