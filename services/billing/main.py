@@ -61,16 +61,8 @@ def build_app(settings: Settings) -> FastAPI:
                     name, topics, handler, group_id=name, max_records=BATCH_RECORDS, prompt=False
                 )
             res.run(relay.run(res.stop), "billing-outbox")
-            res.run(
-                retention.run(
-                    res.pool,
-                    f"retention:{settings.db_schema(SERVICE)}",
-                    PingRetention(res.pool, metrics),
-                    res.stop,
-                    retention_h=settings.raw_ping_retention_h,
-                    every_s=settings.retention_interval_s,
-                ),
-                "billing-retention",
+            retention.start(
+                res, PingRetention(res.pool, metrics), retention_h=settings.raw_ping_retention_h
             )
             res.run(closer.run(res.stop), "billing-periods")
             reports = Reports(statements)

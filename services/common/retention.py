@@ -7,11 +7,15 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
 from polder.common.db import Pool, leadership
 from polder.common.tasks import wait_for_event
+
+if TYPE_CHECKING:
+    from polder.common.service import Resources
 
 log = structlog.get_logger(__name__)
 
@@ -75,3 +79,20 @@ async def run(
             except Exception:  # the database may be down: the next pass catches up
                 log.exception("retention pass failed; retrying at the next interval", lock=lock)
             await wait_for_event(stop, every_s)
+
+
+def start(res: Resources, job: Job, *, retention_h: float) -> None:
+    """Run ``job`` in this process every ``retention_interval_s`` while it holds the service's
+    retention lock (one replica at a time)."""
+    settings = res.settings
+    res.run(
+        run(
+            res.pool,
+            f"retention:{settings.db_schema(res.service)}",
+            job,
+            res.stop,
+            retention_h=retention_h,
+            every_s=settings.retention_interval_s,
+        ),
+        f"{res.service}-retention",
+    )

@@ -16,6 +16,7 @@ from typing import Literal
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from polder.common import retention
 from polder.common.bus import Received
 from polder.common.children import ChildProcess, MergedRegistry, share_folder
 from polder.common.http import service_app
@@ -25,7 +26,6 @@ from polder.common.service import service_resources
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
 from polder.common.topics import DISPATCH, DRIVER_LOCATIONS
-from polder.dispatch import retention as decision_retention
 from polder.dispatch.api import router
 from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.surge import SurgeModel
@@ -34,6 +34,7 @@ from polder.dispatch.handlers import Handlers
 from polder.dispatch.matcher_process import RELAY_BATCH, build_matcher
 from polder.dispatch.metrics import DispatchMetrics, SurgeCollector
 from polder.dispatch.orders import OrderDesk
+from polder.dispatch.retention import DecisionRetention
 from polder.dispatch.runtime import DispatchRuntime
 from polder.dispatch.supply import SupplyFollower
 from polder.fares.tariff import load_tariffs
@@ -99,7 +100,11 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
             else:
                 assert relay is not None
                 res.run(relay.run(res.stop), "dispatch-outbox")
-                decision_retention.start(res, metrics)
+                retention.start(
+                    res,
+                    DecisionRetention(res.pool, metrics),
+                    retention_h=settings.decisions_keep_h,
+                )
 
                 async def track_positions(records: Sequence[Received]) -> None:
                     apply_pings(inline.positions, records)

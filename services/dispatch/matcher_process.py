@@ -24,6 +24,7 @@ from pathlib import Path
 import structlog
 from prometheus_client import CollectorRegistry
 
+from polder.common import retention
 from polder.common.bus import Received
 from polder.common.children import child_main, run_until_stopped, write_metrics
 from polder.common.db import Pool, leadership
@@ -34,13 +35,13 @@ from polder.common.service import service_resources
 from polder.common.settings import Settings
 from polder.common.tasks import wait_for_start
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS
-from polder.dispatch import retention as decision_retention
 from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.matching import GreatCircleEta
 from polder.dispatch.domain.surge import SurgeModel
 from polder.dispatch.handlers import Handlers
 from polder.dispatch.matcher import Matcher
 from polder.dispatch.metrics import DispatchMetrics
+from polder.dispatch.retention import DecisionRetention
 from polder.dispatch.supply import SupplyWriter
 
 log = structlog.get_logger(__name__)
@@ -119,7 +120,9 @@ async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> No
         loaded = await matcher.load_availability()
         log.info("matcher started", workers=loaded, available=len(availability))
         res.run(relay.run(res.stop), "dispatch-outbox")
-        decision_retention.start(res, metrics)
+        retention.start(
+            res, DecisionRetention(res.pool, metrics), retention_h=settings.decisions_keep_h
+        )
         res.run(_lead(res.pool, settings, matcher, res.stop), "dispatch-matcher")
         if share is not None:
             res.run(write_metrics(metrics.registry, share, res.stop), "matcher-metrics")

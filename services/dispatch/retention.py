@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from polder.common import retention
 from polder.common.db import Pool
 from polder.common.retention import delete_before
-from polder.common.service import Resources
 from polder.dispatch.metrics import DispatchMetrics
 
 
@@ -28,18 +26,3 @@ class DecisionRetention:
         self.metrics.decisions_pruned.inc(deleted)
         return deleted
 
-
-def start(res: Resources, metrics: DispatchMetrics) -> None:
-    """Keep deleting old decisions in this process (the one that relays the outbox)."""
-    settings = res.settings
-    res.run(
-        retention.run(
-            res.pool,
-            f"retention:{settings.db_schema('dispatch')}",
-            DecisionRetention(res.pool, metrics),
-            res.stop,
-            retention_h=settings.decisions_keep_h,
-            every_s=settings.retention_interval_s,
-        ),
-        "dispatch-retention",
-    )

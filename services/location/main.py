@@ -117,16 +117,10 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
                 res.run(process.run(res.stop), "location-trace-process")
                 app.state.trace_process = process
             res.run(_expire_loop(rt, res.stop), "location-expiry")
-            res.run(
-                retention.run(
-                    res.pool,
-                    f"retention:{settings.db_schema(SERVICE)}",
-                    TraceRetention(res.pool, metrics, settings.index_resolution),
-                    res.stop,
-                    retention_h=settings.raw_ping_retention_h,
-                    every_s=settings.retention_interval_s,
-                ),
-                "location-retention",
+            retention.start(
+                res,
+                TraceRetention(res.pool, metrics, settings.index_resolution),
+                retention_h=settings.raw_ping_retention_h,
             )
             await wait_for_start(indexer.ready, res.tasks, "location index consumer")
             await wait_for_start(statuses_followed.ready, res.tasks, "location status consumer")
