@@ -38,7 +38,11 @@ async def delete_before(
     if not (_NAME.match(table) and _NAME.match(stamp)):
         raise ValueError(f"not a plain identifier: {table!r}, {stamp!r}")
     next_id = f"SELECT min(id) FROM {table} WHERE id >= $1"  # noqa: S608 (names checked)
-    stamp_of = f"SELECT {stamp} FROM {table} WHERE id = $1"  # noqa: S608 (names checked)
+    # The first row from an id on, not the row with that id: another replica may have just
+    # deleted it, and a missing row must not read as "unstamped" and end the pass.
+    stamp_of = (
+        f"SELECT {stamp} FROM {table} WHERE id >= $1 ORDER BY id LIMIT 1"  # noqa: S608 (checked)
+    )
     delete = (
         f"DELETE FROM {table} WHERE id >= $1 AND id < $2 "  # noqa: S608 (names checked)
         f"AND {stamp} IS NOT NULL AND {stamp} < $3"

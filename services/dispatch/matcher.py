@@ -108,8 +108,8 @@ class Matcher:
     async def run_once(self, now: datetime) -> BatchOutcome:
         pool = self.handlers.pool
         open_rows = await pool.fetch(
-            "SELECT order_id, kind, pickup_lat, pickup_lng, created_at, ready_at, excluded "
-            "FROM orders WHERE status = 'searching' "
+            "SELECT order_id, kind, pickup_lat, pickup_lng, created_at, ready_at, excluded, "
+            "scheduled_for, first_offer_at FROM orders WHERE status = 'searching' "
             "AND (scheduled_for IS NULL OR scheduled_for <= $1) ORDER BY created_at LIMIT 5000",
             now + timedelta(seconds=self.settings.schedule_lead_s),
         )
@@ -156,13 +156,14 @@ class Matcher:
         started = time.perf_counter()
         batch_id = uuid.uuid4()
         made = 0
-        for assignments, decided in _parts(result, rows, self.settings.batch_first_offers):
-            # Offers are stamped when they are written, not when the batch started: a driver's
-            # 15 s to answer must not shrink by the time the batch took to solve.
-            now = max(batch_at, datetime.fromtimestamp(self.clock(), UTC))
-            made += await self._apply_part(assignments, decided, result, batch_id, now)
-        self.metrics.offers.labels("made").inc(made)
-        self.metrics.apply_time.observe(time.perf_counter() - started)
+        try:
+            for assignments, decided in _parts(result, rows, self.settings.batch_first_offers):
+                # Offers are stamped when they are written, not when the batch started: a
+                # driver's 15 s to answer must not shrink by the time the batch took to solve.
+                now = max(batch_at, datetime.fromtimestamp(self.clock(), UTC))
+                made += await self._apply_part(assignments, decided, result, batch_id, now)
+        finally:
+            self.metrics.apply_time.observe(time.perf_counter() - started)
         return made
 
     async def _apply_part(
@@ -195,7 +196,7 @@ class Matcher:
                 )
             }
             offers, order_updates, worker_updates = [], [], []
-            to_offer: list[float] = []  # observed once the batch commits (after_commit)
+            to_offer: list[float] = []  # observed once this part commits (after_commit)
             etas: list[float] = []
             after_commit(functools.partial(_observe_all, self.metrics.order_to_offer, to_offer))
             after_commit(functools.partial(_observe_all, self.metrics.pickup_eta, etas))
@@ -228,7 +229,8 @@ class Matcher:
                     to_offer.append((now - order["created_at"]).total_seconds())
                 etas.append(a.eta_s)
                 made += 1
-            # One statement per table for the whole batch, all held and sent together with the
+            after_commit(functools.partial(self.metrics.offers.labels("made").inc, made))
+            # One statement per table for the whole part, all held and sent together with the
             # outbox rows (common.deferred): row by row, a 200-order batch spent most of a
             # second in round trips. They carry no row keys: nothing else in this transaction
             # writes these rows (a move_* call added here would need a flush first).
@@ -357,22 +359,32 @@ def _parts(
 ) -> list[tuple[list[Assignment], list[str]]]:
     """The batch's writes in transactions: (assignments, orders whose decision goes along).
 
-    The ``first`` assignments of the oldest orders go first, in a transaction of their own, then
-    the rest with every other decision. The orders that arrived just after the previous batch
-    read its orders have waited a whole window when this batch starts, so only they can wait
-    for an offer beyond the window, by as long as this batch takes: theirs are out (committed,
-    and the relay woken) while the rest are still being written. ``first`` 0: one transaction.
+    An order that arrived just after the previous batch read its orders has waited a whole
+    window when this batch starts, so only such orders can wait for a first offer beyond the
+    window, by as long as this batch takes. The ``first`` assignments of the orders waiting
+    longest for their first offer (oldest first, see ``_first_offer_wait``) go first, in a
+    transaction of their own, published while the rest are written, with every other decision.
+    Each part stamps its offers and decisions when it is written, so one ``batch_id`` may carry
+    two ``decided_at``. ``first`` 0: one transaction.
     """
     decided = [order_id for order_id in result.decisions if order_id in rows]
     if not 0 < first < len(result.assignments):
         return [(result.assignments, decided)]
-    oldest = sorted(result.assignments, key=lambda a: (rows[a.order_id]["created_at"], a.order_id))
-    head, tail = oldest[:first], oldest[first:]
+    ranked = sorted(result.assignments, key=lambda a: _first_offer_wait(rows[a.order_id]))
+    head, tail = ranked[:first], ranked[first:]
     in_head = {a.order_id for a in head}
     return [
         (head, [order_id for order_id in decided if order_id in in_head]),
         (tail, [order_id for order_id in decided if order_id not in in_head]),
     ]
+
+
+def _first_offer_wait(row: Any) -> tuple[bool, datetime, str]:
+    """Sort key: orders waiting for their first offer since they were placed, oldest first;
+    then the others (offered before and searching again, or scheduled: their wait is not
+    counted from ``created_at``)."""
+    waiting = row["first_offer_at"] is None and row["scheduled_for"] is None
+    return (not waiting, row["created_at"], str(row["order_id"]))
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

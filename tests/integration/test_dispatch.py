@@ -703,43 +703,61 @@ async def test_operators_see_every_round_and_why(d: Dispatch) -> None:
 async def test_a_batch_writes_its_oldest_orders_offers_first(
     settings: Settings, first: int
 ) -> None:
-    """The oldest orders' offers commit (and reach the outbox) before the rest; 0: together."""
+    """The offers of the orders waiting longest for a first offer commit (and reach the outbox)
+    before the rest; an order offered before and searching again is not among them, however
+    old. 0: one transaction."""
     async with running(settings.model_copy(update={"batch_first_offers": first})) as d:
+        await d.online("drv-old-x", *CENTRE)
+        again = (await d.order("cust-old-again"))["order_id"]  # the oldest order
+        assert (await d.batch()).offered == 1
+        [declined] = await d.offers("drv-old-x")
+        r = await d.call(
+            "POST", f"/v1/offers/{declined['offer_id']}/decline", "driver", "drv-old-x"
+        )
+        assert r.status_code == 200, r.text
         for i in range(4):
             await d.online(f"drv-old-{i}", CENTRE[0] + 0.001 * i, CENTRE[1])
         placed = [(await d.order(f"cust-old-{i}", dlat=0.001 * i))["order_id"] for i in range(4)]
         nobody = (await d.order("cust-old-far", dlat=1.0))["order_id"]  # no driver near
-        outcome = await d.batch()
-        assert outcome.offered == 4
+        assert (await d.batch()).offered == 5
         pool = d.rt.handlers.pool
-        rows = await pool.fetch(
-            "SELECT f.order_id::text AS order_id, f.xmin::text AS tx, f.created_at "
-            "FROM offers f JOIN orders o USING (order_id) ORDER BY o.created_at"
-        )
-        assert [r["order_id"] for r in rows] == placed
-        txs = [r["tx"] for r in rows]
+        tx = {
+            r["order_id"]: r["tx"]
+            for r in await pool.fetch(
+                "SELECT order_id::text AS order_id, xmin::text AS tx FROM offers "
+                "WHERE status = 'pending'"
+            )
+        }
+        assert set(tx) == {again, *placed}
         published = [
             r["order_id"]
             for r in await pool.fetch(
                 "SELECT event->'data'->>'order_id' AS order_id FROM outbox "
-                "WHERE event->>'type' = 'polder.dispatch.offer_made.v1' ORDER BY id"
+                "WHERE event->>'type' = 'polder.dispatch.offer_made.v1' "
+                "AND event->'data'->>'offer_id' <> $1 ORDER BY id",
+                declined["offer_id"],
             )
         ]
-        decisions = await pool.fetch(
-            "SELECT order_id::text AS order_id, batch_id, xmin::text AS tx FROM decisions"
-        )
-        assert sorted(r["order_id"] for r in decisions) == sorted([*placed, nobody])
-        assert len({r["batch_id"] for r in decisions}) == 1
-        tx_of = {r["order_id"]: r["tx"] for r in decisions}
+        batch = await pool.fetchval("SELECT batch_id FROM decisions ORDER BY id DESC LIMIT 1")
+        decided = {
+            r["order_id"]: r["tx"]
+            for r in await pool.fetch(
+                "SELECT order_id::text AS order_id, xmin::text AS tx FROM decisions "
+                "WHERE batch_id = $1",
+                batch,
+            )
+        }
+        assert set(decided) == {again, *placed, nobody}
         if first:
-            assert txs[0] == txs[1] != txs[2] == txs[3]
-            assert published[:2] == placed[:2] and sorted(published[2:]) == sorted(placed[2:])
-            assert rows[0]["created_at"] <= rows[2]["created_at"]
+            head, rest = placed[:2], [*placed[2:], again]
+            assert tx[head[0]] == tx[head[1]] != tx[rest[0]]
+            assert {tx[o] for o in rest} == {tx[rest[0]]}
+            assert published[:2] == head and sorted(published[2:]) == sorted(rest)
             # Each order's decision is written with its offer; the unmatched one with the rest.
-            assert [tx_of[o] for o in placed] == txs and tx_of[nobody] == txs[2]
+            assert all(decided[o] == tx[o] for o in tx) and decided[nobody] == tx[rest[0]]
         else:
-            assert len(set(txs)) == 1 and set(tx_of.values()) == set(txs)
-            assert sorted(published) == sorted(placed)
+            assert len({*tx.values(), *decided.values()}) == 1
+            assert sorted(published) == sorted([again, *placed])
 
 
 async def test_decisions_past_their_keep_time_are_deleted(d: Dispatch) -> None:
@@ -767,6 +785,58 @@ async def test_decisions_past_their_keep_time_are_deleted(d: Dispatch) -> None:
     assert kept["decision"]["chosen_driver_id"] == "drv-keep"
     with pytest.raises(ValueError, match="identifier"):
         await delete_before(pool, "decisions; DROP TABLE orders", "decided_at", cut)
+
+
+async def test_deletion_before_a_cut_goes_by_id_ranges_and_stops_at_a_recent_one(
+    d: Dispatch,
+) -> None:
+    """``delete_before`` reads only the first row of each range: a range that starts recent
+    ends the pass (what follows is kept, as in an append-only table it is recent too); a
+    recent row inside a range is kept while the old ones around it go."""
+    order_id = uuid.UUID((await d.order("cust-ranges"))["order_id"])
+    pool = d.rt.handlers.pool
+    now = datetime.now(UTC)
+    ages = [40, 40, 40, 0, 40, 40]  # days
+    ids = [
+        await pool.fetchval(
+            "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
+            "VALUES ($1, $2, $3, '{}') RETURNING id",
+            order_id,
+            uuid.uuid4(),
+            now - timedelta(days=age),
+        )
+        for age in ages
+    ]
+    cut = now - timedelta(days=30)
+
+    async def left() -> list[int]:
+        return [r["id"] for r in await pool.fetch("SELECT id FROM decisions ORDER BY id")]
+
+    assert await delete_before(pool, "decisions", "decided_at", cut, chunk=1) == 3
+    assert await left() == ids[3:]  # stopped at the recent row
+    await pool.execute("UPDATE decisions SET decided_at = $2 WHERE id = $1", ids[3], cut)
+    assert await delete_before(pool, "decisions", "decided_at", cut, chunk=1) == 0  # not before
+    await pool.execute("UPDATE decisions SET decided_at = $2 WHERE id = $1", ids[3], now)
+    ids.append(
+        await pool.fetchval(
+            "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
+            "VALUES ($1, $2, $3, '{}') RETURNING id",
+            order_id,
+            uuid.uuid4(),
+            now - timedelta(days=40),
+        )
+    )
+    await pool.execute("DELETE FROM decisions WHERE id = $1", ids[3])  # a gap in the ids
+    await pool.execute(
+        "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
+        "VALUES ($1, $2, $3, '{}')",
+        order_id,
+        uuid.uuid4(),
+        now,
+    )
+    # Ranges of 2 from ids[4]: [4, 5] old, then [6, 7]: ids[6] old, the newest recent.
+    assert await delete_before(pool, "decisions", "decided_at", cut, chunk=2) == 3
+    assert len(await left()) == 1
 
 
 async def test_offers_are_pushed_on_the_feed(d: Dispatch) -> None:
