@@ -37,25 +37,22 @@ async def delete_before(
     recent or unstamped one, never reading the rows it keeps."""
     if not (_NAME.match(table) and _NAME.match(stamp)):
         raise ValueError(f"not a plain identifier: {table!r}, {stamp!r}")
-    next_id = f"SELECT min(id) FROM {table} WHERE id >= $1"  # noqa: S608 (names checked)
-    # The first row from an id on, not the row with that id: another replica may have just
-    # deleted it, and a missing row must not read as "unstamped" and end the pass.
-    stamp_of = (
-        f"SELECT {stamp} FROM {table} WHERE id >= $1 ORDER BY id LIMIT 1"  # noqa: S608 (checked)
+    first_from = (
+        f"SELECT id, {stamp} AS stamp FROM {table} "  # noqa: S608 (names checked)
+        "WHERE id >= $1 ORDER BY id LIMIT 1"
     )
     delete = (
         f"DELETE FROM {table} WHERE id >= $1 AND id < $2 "  # noqa: S608 (names checked)
         f"AND {stamp} IS NOT NULL AND {stamp} < $3"
     )
     deleted = 0
-    lo = await pool.fetchval(next_id, 0)
-    while lo is not None:
-        first = await pool.fetchval(stamp_of, lo)
-        if first is None or first >= cut:
-            break  # unstamped, or recent: what follows is kept
+    first = await pool.fetchrow(first_from, 0)
+    # Unstamped, or recent: what follows is kept.
+    while first is not None and first["stamp"] is not None and first["stamp"] < cut:
+        lo = first["id"]
         status = await pool.execute(delete, lo, lo + chunk, cut)
         deleted += int(status.split()[-1])
-        lo = await pool.fetchval(next_id, lo + chunk)
+        first = await pool.fetchrow(first_from, lo + chunk)
     return deleted
 
 
