@@ -92,10 +92,6 @@ class Settings(BaseSettings):
     # kept for looking into what a service published, not for delivery.
     outbox_keep_h: float = Field(default=24.0, gt=0)
 
-    # Matching decisions (GET /v1/orders/{id}/decisions) are deleted this long after they were
-    # made (one replica checks every retention_interval_s).
-    decisions_keep_h: float = Field(default=720.0, gt=0)
-
     # Dispatch service.
     city: str = "amsterdam"
     batch_window_s: float = 1.0
@@ -105,6 +101,9 @@ class Settings(BaseSettings):
     offer_ttl_s: float = 15.0
     search_timeout_s: float = 300.0
     schedule_lead_s: float = 600.0  # a scheduled order is matched from this long before its time
+    # Matching decisions (GET /v1/orders/{id}/decisions) are deleted this long after they were
+    # made (one replica checks every retention_interval_s).
+    decisions_keep_h: float = Field(default=720.0, gt=0)
     max_pickup_radius_m: float = 5_000.0
     candidates_per_order: int = 8
     road_factor: float = 1.3

@@ -27,6 +27,7 @@ from polder.dispatch.domain.availability import Availability, FreshIdle
 from polder.dispatch.domain.matching import (
     Assignment,
     BatchResult,
+    Decision,
     EtaProvider,
     MatchConfig,
     OpenOrder,
@@ -161,7 +162,7 @@ class Matcher:
                 # Offers are stamped when they are written, not when the batch started: a
                 # driver's 15 s to answer must not shrink by the time the batch took to solve.
                 now = max(batch_at, datetime.fromtimestamp(self.clock(), UTC))
-                made += await self._apply_part(assignments, decided, result, batch_id, now)
+                made += await self._apply_part(assignments, decided, batch_id, now)
         finally:
             self.metrics.apply_time.observe(time.perf_counter() - started)
         return made
@@ -169,8 +170,7 @@ class Matcher:
     async def _apply_part(
         self,
         assignments: list[Assignment],
-        decided: list[str],
-        result: BatchResult,
+        decided: list[Decision],
         batch_id: uuid.UUID,
         now: datetime,
     ) -> int:
@@ -259,8 +259,7 @@ class Matcher:
                 *_columns(offers, 8),
             )
             decisions = [
-                (uuid.UUID(order_id), orjson.dumps(result.decisions[order_id].to_dict()).decode())
-                for order_id in decided
+                (uuid.UUID(d.order_id), orjson.dumps(d.to_dict()).decode()) for d in decided
             ]
             conn.defer(
                 "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
@@ -356,8 +355,8 @@ def _open_order(r: Any) -> OpenOrder:
 
 def _parts(
     result: BatchResult, rows: Mapping[str, Any], first: int
-) -> list[tuple[list[Assignment], list[str]]]:
-    """The batch's writes in transactions: (assignments, orders whose decision goes along).
+) -> list[tuple[list[Assignment], list[Decision]]]:
+    """The batch's writes in transactions: (assignments, the decisions that go along).
 
     An order that arrived just after the previous batch read its orders has waited a whole
     window when this batch starts, so only such orders can wait for a first offer beyond the
@@ -367,15 +366,15 @@ def _parts(
     Each part stamps its offers and decisions when it is written, so one ``batch_id`` may carry
     two ``decided_at``. ``first`` 0: one transaction.
     """
-    decided = [order_id for order_id in result.decisions if order_id in rows]
+    decided = [d for order_id, d in result.decisions.items() if order_id in rows]
     if not 0 < first < len(result.assignments):
         return [(result.assignments, decided)]
     ranked = sorted(result.assignments, key=lambda a: _first_offer_wait(rows[a.order_id]))
     head, tail = ranked[:first], ranked[first:]
     in_head = {a.order_id for a in head}
     return [
-        (head, [order_id for order_id in decided if order_id in in_head]),
-        (tail, [order_id for order_id in decided if order_id not in in_head]),
+        (head, [d for d in decided if d.order_id in in_head]),
+        (tail, [d for d in decided if d.order_id not in in_head]),
     ]
 
 
