@@ -796,17 +796,18 @@ async def test_deletion_before_a_cut_goes_by_id_ranges_and_stops_at_a_recent_one
     order_id = uuid.UUID((await d.order("cust-ranges"))["order_id"])
     pool = d.rt.handlers.pool
     now = datetime.now(UTC)
-    ages = [40, 40, 40, 0, 40, 40]  # days
-    ids = [
-        await pool.fetchval(
+
+    async def decided(days_ago: float) -> int:
+        id_: int = await pool.fetchval(
             "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
             "VALUES ($1, $2, $3, '{}') RETURNING id",
             order_id,
             uuid.uuid4(),
-            now - timedelta(days=age),
+            now - timedelta(days=days_ago),
         )
-        for age in ages
-    ]
+        return id_
+
+    ids = [await decided(age) for age in (40, 40, 40, 0, 40, 40)]
     cut = now - timedelta(days=30)
 
     async def left() -> list[int]:
@@ -816,24 +817,9 @@ async def test_deletion_before_a_cut_goes_by_id_ranges_and_stops_at_a_recent_one
     assert await left() == ids[3:]  # stopped at the recent row
     await pool.execute("UPDATE decisions SET decided_at = $2 WHERE id = $1", ids[3], cut)
     assert await delete_before(pool, "decisions", "decided_at", cut, chunk=1) == 0  # not before
-    await pool.execute("UPDATE decisions SET decided_at = $2 WHERE id = $1", ids[3], now)
-    ids.append(
-        await pool.fetchval(
-            "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
-            "VALUES ($1, $2, $3, '{}') RETURNING id",
-            order_id,
-            uuid.uuid4(),
-            now - timedelta(days=40),
-        )
-    )
+    ids.append(await decided(40))
     await pool.execute("DELETE FROM decisions WHERE id = $1", ids[3])  # a gap in the ids
-    await pool.execute(
-        "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
-        "VALUES ($1, $2, $3, '{}')",
-        order_id,
-        uuid.uuid4(),
-        now,
-    )
+    await decided(0)
     # Ranges of 2 from ids[4]: [4, 5] old, then [6, 7]: ids[6] old, the newest recent.
     assert await delete_before(pool, "decisions", "decided_at", cut, chunk=2) == 3
     assert len(await left()) == 1
