@@ -91,6 +91,32 @@ def test_any_eta_provider_can_be_plugged_in() -> None:
     assert (found.distance_m, found.eta_s, found.cost) == (42.0, 7.0, 7.0)
 
 
+def test_the_great_circle_leg_is_the_one_pickup_gives_from_the_worker_position() -> None:
+    """The search hands its measured distance to the estimate instead of measuring again: the
+    legs must be, bit for bit, what ``pickup`` gives from each worker's position."""
+    rng = random.Random(11)
+    eta = GreatCircleEta(road_factor=1.37, speed_mps=7.1)
+    workers, index = world(
+        *(worker(f"w{i:02d}", rng.uniform(-4e3, 4e3), rng.uniform(-4e3, 4e3)) for i in range(40))
+    )
+    order = OpenOrder("o1", "ride", *at(123.0, -45.0), created_at=NOW)
+    found = candidates(order, workers, index, NOW, MatchConfig(k_nearest=12), eta)
+    assert len(found) == 12
+    for c in found:
+        w = workers[c.driver_id]
+        assert Leg(c.distance_m, c.eta_s) == eta.pickup(w.lat, w.lng, *at(123.0, -45.0))
+
+
+def test_a_great_circle_subclass_measuring_otherwise_is_asked() -> None:
+    class Detour(GreatCircleEta):
+        def pickup(self, from_lat: float, from_lng: float, to_lat: float, to_lng: float) -> Leg:
+            return Leg(distance_m=999.0, eta_s=99.0)
+
+    workers, index = world(worker("w1", 300.0))
+    [found] = candidates(ride(), workers, index, NOW, MatchConfig(), Detour())
+    assert (found.distance_m, found.eta_s) == (999.0, 99.0)
+
+
 def test_search_radii_double_up_to_the_maximum() -> None:
     assert list(search_radii(MatchConfig())) == [1_000.0, 2_000.0, 4_000.0, 5_000.0]
     assert list(search_radii(MatchConfig(initial_radius_m=500, max_radius_m=1_000))) == [
@@ -205,7 +231,8 @@ def test_the_view_of_idle_workers_gives_the_candidates_a_dict_of_them_gives(
         seen = NOW - (120 if i % 7 == 0 else rng.uniform(0, 30))  # every 7th is stale
         index.upsert(d, *at(rng.uniform(-3_000, 3_000), rng.uniform(-3_000, 3_000)), seen, seen)
         status = "on_trip" if i % 3 == 0 else "idle"  # a third busy
-        rows.append((d, 1, status, None if status != "idle" else NOW - rng.uniform(0, 900)))
+        since = None if status != "idle" or i % 5 == 0 else NOW - rng.uniform(0, 900)
+        rows.append((d, 1, status, since))  # every 5th idle one: wait start unknown (now)
     availability.load(rows)
     view = FreshIdle(availability.idle, index, NOW)
     plain = {d: view[d] for d in view}  # the same workers, built one by one

@@ -106,8 +106,13 @@ class FreshIdle(Mapping[str, Worker]):
         pos = self._position(driver_id)
         if pos is None:
             raise KeyError(driver_id)
+        return Worker(driver_id, pos.lat, pos.lng, self.waiting_since(driver_id))
+
+    def waiting_since(self, driver_id: str) -> float:
+        """``self[driver_id].waiting_since`` for a worker known to be here, without the
+        position check (the candidate search found them fresh and idle at this view's time)."""
         since = self._idle[driver_id]
-        return Worker(driver_id, pos.lat, pos.lng, self._now if since is None else since)
+        return self._now if since is None else since
 
     def _position(self, driver_id: str) -> Position | None:
         """The worker's fresh position if they are idle, else None."""

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from polder.common.geoindex import LocationIndex, Nearby
 from polder.dispatch.domain.availability import FreshIdle
 from polder.dispatch.domain.delivery_timing import early_arrival_s, pickup_cost
-from polder.dispatch.domain.eta import GREAT_CIRCLE, EtaProvider
+from polder.dispatch.domain.eta import GREAT_CIRCLE, EtaProvider, GreatCircleEta, Leg
 from polder.dispatch.domain.match_types import (
     DEFAULT_CONFIG,
     Candidate,
@@ -48,8 +48,29 @@ def candidates(
         hits = _nearest_eligible(order, workers, index, now, radius, config.k_nearest)
         if len(hits) >= config.k_nearest:
             break
-    found = [_candidate(order, workers[h.position.driver_id], h, now, config, eta) for h in hits]
+    since = _waiting_since(workers)
+    leg = _leg(order, eta)
+    found = [_candidate(order, h, leg(h), since(h.position.driver_id), now, config) for h in hits]
     return sorted(found, key=lambda c: (c.cost, c.distance_m, c.driver_id))
+
+
+def _waiting_since(workers: Mapping[str, Worker]) -> Callable[[str], float]:
+    """When each found worker's wait began: a ``FreshIdle`` view answers without building a
+    ``Worker`` (the search already found them fresh and idle); any other mapping, its own."""
+    if isinstance(workers, FreshIdle):
+        return workers.waiting_since
+    return lambda driver_id: workers[driver_id].waiting_since
+
+
+def _leg(order: OpenOrder, eta: EtaProvider) -> Callable[[Nearby], Leg]:
+    """The pickup leg from a found worker: the great-circle estimate takes the distance the
+    search measured (the same metres ``haversine_m`` gives), any other provider (a subclass
+    too: it may measure otherwise) is asked."""
+    if type(eta) is GreatCircleEta:
+        along_arc = eta.along_arc
+        return lambda hit: along_arc(hit.distance_m)
+    to_lat, to_lng = order.pickup_lat, order.pickup_lng
+    return lambda hit: eta.pickup(hit.position.lat, hit.position.lng, to_lat, to_lng)
 
 
 def _nearest_eligible(
@@ -75,21 +96,14 @@ def _nearest_eligible(
 
 
 def _candidate(
-    order: OpenOrder,
-    worker: Worker,
-    hit: Nearby,
-    now: float,
-    config: MatchConfig,
-    eta: EtaProvider,
+    order: OpenOrder, hit: Nearby, leg: Leg, waiting_since: float, now: float, config: MatchConfig
 ) -> Candidate:
-    pos = hit.position
-    leg = eta.pickup(pos.lat, pos.lng, order.pickup_lat, order.pickup_lng)
     early_s = early_arrival_s(order, leg.eta_s, now)
     return Candidate(
-        driver_id=worker.driver_id,
+        driver_id=hit.position.driver_id,
         distance_m=leg.distance_m,
         eta_s=leg.eta_s,
-        waiting_s=max(0.0, now - worker.waiting_since),
+        waiting_s=max(0.0, now - waiting_since),
         cost=pickup_cost(leg.eta_s, early_s, config),
         early_s=early_s,
     )

@@ -40,7 +40,12 @@ class GreatCircleEta:
             raise ValueError("speed_mps must be positive")
 
     def pickup(self, from_lat: float, from_lng: float, to_lat: float, to_lng: float) -> Leg:
-        distance_m = haversine_m(from_lat, from_lng, to_lat, to_lng) * self.road_factor
+        return self.along_arc(haversine_m(from_lat, from_lng, to_lat, to_lng))
+
+    def along_arc(self, arc_m: float) -> Leg:
+        """The leg over a great-circle distance already measured (the candidate search has
+        each worker's, to the metre ``haversine_m`` gives): the same as ``pickup``."""
+        distance_m = arc_m * self.road_factor
         return Leg(distance_m, distance_m / self.speed_mps)
 
 
