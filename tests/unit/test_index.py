@@ -11,10 +11,12 @@ from prometheus_client import CollectorRegistry
 from polder.common.bus import Received
 from polder.common.envelope import Event
 from polder.common.geoindex import (
+    _KEPT_RINGS,
     ALL_BUT_RES,
     LocationIndex,
     Nearby,
     Position,
+    _ring,
     cell_resolution,
     haversine_m,
     parent_bits,
@@ -427,3 +429,19 @@ def test_within_is_exact_at_the_antipode_the_antimeridian_and_the_poles(
     exact = haversine_m(*a, *b)
     for limit in (exact, exact * (1 - 1e-9), exact * (1 + 1e-9), exact + 0.5, exact - 0.5, 70.0):
         assert within_m(*a, *b, limit) == (not exact > limit)
+
+
+@pytest.mark.parametrize("where", ["amsterdam", "pentagon"])
+def test_rings_are_the_disk_minus_the_inner_disk_kept_or_not(where: str) -> None:
+    """The search's rings (kept for reuse up to a few steps out, computed beyond) are exactly
+    the cells k steps away, next to a pentagon too, where H3's own ring gives up."""
+    origin = (
+        h3.latlng_to_cell(52.37, 4.89, 9)
+        if where == "amsterdam"
+        else next(iter(h3.get_pentagons(9)))
+    )
+    for k in range(_KEPT_RINGS + 3):
+        inner = set(h3.grid_disk(origin, k - 1)) if k else set()
+        expected = set(h3.grid_disk(origin, k)) - inner
+        assert set(_ring(origin, k)) == expected and len(_ring(origin, k)) == len(expected)
+        assert _ring(origin, k) == _ring(origin, k)  # a kept ring comes back unchanged
