@@ -1,5 +1,7 @@
 """The matching loop: every batch window, match open orders to available workers optimally and
-write the offers in one transaction. Workers and orders that changed meanwhile are skipped."""
+write the offers, each part of a batch all or nothing (one statement guarded by the rows'
+versions, or a transaction when one changed). Workers and orders that changed meanwhile are
+skipped."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from polder.dispatch.domain.states import (
 from polder.dispatch.domain.surge import SurgeModel, count_by_cell7
 from polder.dispatch.handlers import Handlers, after_commit
 from polder.dispatch.metrics import DispatchMetrics
-from polder.dispatch.transitions import order_event, settled, worker_event
+from polder.dispatch.transitions import Conn, Rows, lock_many, order_event, settled, worker_event
 
 log = structlog.get_logger(__name__)
 
@@ -174,101 +176,105 @@ class Matcher:
         batch_id: uuid.UUID,
         now: datetime,
     ) -> int:
-        """One transaction: these assignments as offers, and the decisions of these orders."""
+        """These assignments as offers, and the decisions of these orders, all or nothing:
+        optimistically first (rows read unlocked, the writes in one statement guarded by their
+        versions; see ``transitions.lock_many``), in a transaction if a row changed meanwhile.
+        Orders and workers no longer searching or idle are skipped either way."""
+
+        async def step(conn: Conn, events: list[Outgoing]) -> int:
+            return await self._write_part(conn, events, assignments, decided, batch_id, now)
+
+        return await self.handlers.run(step, optimistic=True)
+
+    async def _write_part(
+        self,
+        conn: Conn,
+        events: list[Outgoing],
+        assignments: list[Assignment],
+        decided: list[Decision],
+        batch_id: uuid.UUID,
+        now: datetime,
+    ) -> int:
+        """One attempt at ``_apply_part`` (optimistic or in a transaction, as ``conn`` is)."""
         made = 0
-        async with self.handlers.transaction() as (conn, events):
-            order_ids = sorted(uuid.UUID(a.order_id) for a in assignments)
-            driver_ids = sorted(a.driver_id for a in assignments)
-            orders = {
-                str(r["order_id"]): r
-                for r in await conn.fetch(
-                    "SELECT * FROM orders WHERE order_id = ANY($1::uuid[]) "
-                    "AND status = 'searching' ORDER BY order_id FOR UPDATE",
-                    order_ids,
+        order_ids = [uuid.UUID(a.order_id) for a in assignments]
+        searching = Rows("orders", "order_id", "uuid", order_ids, where="status = 'searching'")
+        driver_ids = [a.driver_id for a in assignments]
+        idle = Rows("workers", "driver_id", "text", driver_ids, where="status = 'idle'")
+        locked_orders, workers = await lock_many(conn, searching, idle)
+        orders = {str(order_id): row for order_id, row in locked_orders.items()}
+        offers, order_updates, worker_updates = [], [], []
+        to_offer: list[float] = []  # observed once this part commits (after_commit)
+        etas: list[float] = []
+        after_commit(functools.partial(_observe_all, self.metrics.order_to_offer, to_offer))
+        after_commit(functools.partial(_observe_all, self.metrics.pickup_eta, etas))
+        for a in assignments:
+            order, worker = orders.get(a.order_id), workers.get(a.driver_id)
+            if order is None or worker is None:
+                continue  # cancelled, or the worker went offline, since the batch was read
+            # No earlier than the order's and the worker's last change, which may have
+            # committed after this batch took its clock (see transitions.move_worker).
+            at = settled(now, worker, order)
+            expires = at + timedelta(seconds=self.settings.offer_ttl_s)
+            offer_id = uuid.uuid4()
+            pay = self._estimated_pay(order["quote"])
+            offers.append(
+                (
+                    offer_id,
+                    order["order_id"],
+                    a.driver_id,
+                    at,
+                    expires,
+                    a.eta_s,
+                    a.distance_m,
+                    orjson.dumps(pay).decode(),
                 )
-            }
-            workers = {
-                r["driver_id"]: r
-                for r in await conn.fetch(
-                    "SELECT * FROM workers WHERE driver_id = ANY($1::text[]) AND status = 'idle' "
-                    "ORDER BY driver_id FOR UPDATE",
-                    driver_ids,
-                )
-            }
-            offers, order_updates, worker_updates = [], [], []
-            to_offer: list[float] = []  # observed once this part commits (after_commit)
-            etas: list[float] = []
-            after_commit(functools.partial(_observe_all, self.metrics.order_to_offer, to_offer))
-            after_commit(functools.partial(_observe_all, self.metrics.pickup_eta, etas))
-            for a in assignments:
-                order, worker = orders.get(a.order_id), workers.get(a.driver_id)
-                if order is None or worker is None:
-                    continue  # cancelled, or the worker went offline, since the batch was read
-                # No earlier than the order's and the worker's last change, which may have
-                # committed after this batch took its clock (see transitions.move_worker).
-                at = settled(now, worker, order)
-                expires = at + timedelta(seconds=self.settings.offer_ttl_s)
-                offer_id = uuid.uuid4()
-                pay = self._estimated_pay(order["quote"])
-                offers.append(
-                    (
-                        offer_id,
-                        order["order_id"],
-                        a.driver_id,
-                        at,
-                        expires,
-                        a.eta_s,
-                        a.distance_m,
-                        orjson.dumps(pay).decode(),
-                    )
-                )
-                order_updates.append((order["order_id"], offer_id, at))
-                worker_updates.append((a.driver_id, offer_id, at))
-                events += self._offer_events(order, worker, a, offer_id, pay, expires, batch_id, at)
-                if order["first_offer_at"] is None:
-                    to_offer.append((now - order["created_at"]).total_seconds())
-                etas.append(a.eta_s)
-                made += 1
-            after_commit(functools.partial(self.metrics.offers.labels("made").inc, made))
-            # One statement per table for the whole part, all held and sent together with the
-            # outbox rows (common.deferred): row by row, a 200-order batch spent most of a
-            # second in round trips. They carry no row keys: nothing else in this transaction
-            # writes these rows (a move_* call added here would need a flush first).
-            conn.defer(
-                "UPDATE orders o SET status = 'offered', updated_at = u.at, "
-                "offer_id = u.offer_id, first_offer_at = COALESCE(o.first_offer_at, u.at) "
-                "FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) "
-                "AS u(order_id, offer_id, at) "
-                "WHERE o.order_id = u.order_id",
-                *_columns(order_updates, 3),
             )
-            conn.defer(
-                "UPDATE workers w SET status = 'offered', status_since = u.at, "
-                "offer_id = u.offer_id, seq = w.seq + 1 "
-                "FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) "
-                "AS u(driver_id, offer_id, at) "
-                "WHERE w.driver_id = u.driver_id",
-                *_columns(worker_updates, 3),
-            )
-            conn.defer(
-                "INSERT INTO offers (offer_id, order_id, driver_id, status, created_at, "
-                "expires_at, pickup_eta_s, pickup_distance_m, estimated_pay) "
-                "SELECT o, r, d, 'pending', c, e, eta, dist, pay::jsonb FROM unnest("
-                "$1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[], "
-                "$6::float8[], $7::float8[], $8::text[]) AS u(o, r, d, c, e, eta, dist, pay)",
-                *_columns(offers, 8),
-            )
-            decisions = [
-                (uuid.UUID(d.order_id), orjson.dumps(d.to_dict()).decode()) for d in decided
-            ]
-            conn.defer(
-                "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
-                "SELECT o, $2, $3, d::json FROM unnest($1::uuid[], $4::text[]) AS u(o, d)",
-                [d[0] for d in decisions],
-                batch_id,
-                now,
-                [d[1] for d in decisions],
-            )
+            order_updates.append((order["order_id"], offer_id, at))
+            worker_updates.append((a.driver_id, offer_id, at))
+            events += self._offer_events(order, worker, a, offer_id, pay, expires, batch_id, at)
+            if order["first_offer_at"] is None:
+                to_offer.append((now - order["created_at"]).total_seconds())
+            etas.append(a.eta_s)
+            made += 1
+        after_commit(functools.partial(self.metrics.offers.labels("made").inc, made))
+        # One statement per table for the whole part, all held and sent together with the
+        # outbox rows (common.deferred): row by row, a 200-order batch spent most of a
+        # second in round trips. They carry no row keys: nothing else in this transaction
+        # writes these rows (a move_* call added here would need a flush first).
+        conn.defer(
+            "UPDATE orders o SET status = 'offered', updated_at = u.at, "
+            "offer_id = u.offer_id, first_offer_at = COALESCE(o.first_offer_at, u.at) "
+            "FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) "
+            "AS u(order_id, offer_id, at) "
+            "WHERE o.order_id = u.order_id",
+            *_columns(order_updates, 3),
+        )
+        conn.defer(
+            "UPDATE workers w SET status = 'offered', status_since = u.at, "
+            "offer_id = u.offer_id, seq = w.seq + 1 "
+            "FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) "
+            "AS u(driver_id, offer_id, at) "
+            "WHERE w.driver_id = u.driver_id",
+            *_columns(worker_updates, 3),
+        )
+        conn.defer(
+            "INSERT INTO offers (offer_id, order_id, driver_id, status, created_at, "
+            "expires_at, pickup_eta_s, pickup_distance_m, estimated_pay) "
+            "SELECT o, r, d, 'pending', c, e, eta, dist, pay::jsonb FROM unnest("
+            "$1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[], "
+            "$6::float8[], $7::float8[], $8::text[]) AS u(o, r, d, c, e, eta, dist, pay)",
+            *_columns(offers, 8),
+        )
+        decisions = [(uuid.UUID(d.order_id), orjson.dumps(d.to_dict()).decode()) for d in decided]
+        conn.defer(
+            "INSERT INTO decisions (order_id, batch_id, decided_at, decision) "
+            "SELECT o, $2, $3, d::json FROM unnest($1::uuid[], $4::text[]) AS u(o, d)",
+            [d[0] for d in decisions],
+            batch_id,
+            now,
+            [d[1] for d in decisions],
+        )
         return made
 
     def _offer_events(

@@ -25,6 +25,7 @@ from polder.common.retention import cut_for, delete_before
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS, DRIVER_LOCATIONS, ORDERS
+from polder.dispatch import matcher as matcher_module
 from polder.dispatch.domain.availability import Availability
 from polder.dispatch.domain.states import Cause, IllegalTransition
 from polder.dispatch.handlers import after_commit
@@ -560,8 +561,9 @@ async def _on_trip(d: Dispatch, driver: str, customer: str) -> tuple[str, str]:
 
 
 async def test_orders_accepts_and_trip_steps_take_the_optimistic_path(d: Dispatch) -> None:
-    """An order is one statement; an accept and a trip step read unlocked and write in one
-    guarded statement: none falls back to a transaction when nothing races it."""
+    """An order is one statement; the batch's offer, an accept and a trip step read unlocked
+    and write in one guarded statement: none falls back to a transaction when nothing races
+    it."""
     before = [_optimistic(d, o) for o in ("applied", "changed", "needs_lock")]
     trip_id, order_id = await _on_trip(d, "opt-1", "cust-opt1")
     for step in ("arrived_pickup", "picked_up", "arrived_dropoff", "completed"):
@@ -570,7 +572,8 @@ async def test_orders_accepts_and_trip_steps_take_the_optimistic_path(d: Dispatc
         )
         assert r.status_code == 200, r.text
     after = [_optimistic(d, o) for o in ("applied", "changed", "needs_lock")]
-    assert after == [before[0] + 6, before[1], before[2]]  # order, accept, four steps
+    # order, the batch's offer (one part), accept, four steps
+    assert after == [before[0] + 7, before[1], before[2]]
     assert (await d.get_order(order_id))["status"] == "completed"
     assert await d.worker_status("opt-1") == "idle"
     trip = await d.rt.handlers.pool.fetchrow(
@@ -679,6 +682,46 @@ async def test_a_trip_step_whose_rows_change_before_its_write_runs_again_locked(
         "AND event->'data'->>'cause' = 'arrived_pickup'"
     )
     assert [r["to"] for r in rows] == ["at_pickup"]
+
+
+async def test_a_batch_part_whose_rows_change_before_its_write_runs_again_locked(
+    d: Dispatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker goes offline between the part's unlocked read and its guarded write: the
+    write is undone whole (no offer, event or decision of it stays) and the part runs again
+    in a transaction, which skips that worker and offers the other order."""
+    for i in range(2):
+        await d.online(f"drv-part-{i}", CENTRE[0] + 0.01 * i, CENTRE[1])
+    placed = [(await d.order(f"cust-part-{i}", dlat=0.01 * i))["order_id"] for i in range(2)]
+    pool, real = d.rt.handlers.pool, matcher_module.lock_many
+    before = _optimistic(d, "changed")
+    attempts: list[bool] = []
+
+    async def then_go_offline(conn: Any, *tables: Any) -> Any:
+        attempts.append(conn.optimistic)
+        rows = await real(conn, *tables)
+        if conn.optimistic:  # a concurrent writer, between the read and the write
+            await pool.execute(
+                "UPDATE workers SET status = 'offline', seq = seq + 1 "
+                "WHERE driver_id = 'drv-part-1'"
+            )
+        return rows
+
+    monkeypatch.setattr(matcher_module, "lock_many", then_go_offline)
+    outcome = await d.batch()
+    assert attempts == [True, False] and _optimistic(d, "changed") == before + 1
+    assert outcome.offered == 1
+    assert [o["order_id"] for o in await d.offers("drv-part-0")] == [placed[0]]
+    assert (await d.get_order(placed[1]))["status"] == "searching"
+    offers = await pool.fetch("SELECT order_id::text AS order_id FROM offers")
+    made = await pool.fetch(
+        "SELECT event->'data'->>'order_id' AS order_id FROM outbox "
+        "WHERE event->>'type' = 'polder.dispatch.offer_made.v1'"
+    )
+    decided = await pool.fetch("SELECT order_id::text AS order_id FROM decisions")
+    assert [r["order_id"] for r in offers] == [r["order_id"] for r in made] == [placed[0]]
+    assert sorted(r["order_id"] for r in decided) == sorted(placed)
+    assert await d.worker_status("drv-part-1") == "offline"
 
 
 async def test_operators_see_every_round_and_why(d: Dispatch) -> None:
