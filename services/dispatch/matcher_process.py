@@ -74,8 +74,9 @@ def build_matcher(
 async def run(settings: Settings, share: Path | None, stop: asyncio.Event) -> None:
     """``share``: a folder the API process reads this one's metrics from."""
     metrics = DispatchMetrics(CollectorRegistry())
-    # Two connections stay taken for good (the matcher's and the retention job's locks); a batch,
-    # the relay, the supply writer and a retention pass each take one while they work.
+    # Three connections stay taken for good (the matcher's, the relay's and the retention job's
+    # locks); a batch, the supply writer, a retention pass and the relay's pruning each take one
+    # while they work.
     async with service_resources(settings, SERVICE, MIGRATIONS, metrics, pool_size=8) as res:
         relay = OutboxRelay(
             res.pool,

@@ -147,6 +147,52 @@ async def test_rows_committed_while_the_relay_sends_go_out_without_waiting_for_i
         await pool.close()
 
 
+async def test_the_relay_holding_the_lock_publishes_alone_until_it_stops(
+    settings: Settings,
+) -> None:
+    """A running relay keeps the schema's relay lock round after round: a second one (another
+    replica) publishes nothing meanwhile, then takes over once the first stops; every event
+    goes out once, in order."""
+    schema = settings.db_schema("dispatch")
+    pool = await create_pool(settings.database_url, schema)
+    bus = Bus(settings, SchemaRegistry.load(), source="test")
+    await bus.start()
+    first, second = OutboxRelay(pool, bus, idle_poll_s=0.02), OutboxRelay(pool, bus)
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await migrate(pool, schema, "polder.dispatch.migrations")
+
+        async def commit(seq: int) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await add_to_outbox(conn, bus, [state_event(bus, "d-lead", seq)])
+
+        await commit(1)
+        tasks.append(asyncio.create_task(first.run(stop_first)))
+        await eventually(lambda: _published(first), until=lambda n: n == 1, within=20)
+        tasks.append(asyncio.create_task(second.run(stop_second)))
+        for seq in (2, 3):
+            await commit(seq)
+            await eventually(lambda: _published(first), until=lambda n, s=seq: n == s, within=20)
+        assert await second.relay_once() == 0  # the lock is taken
+        assert second.published == 0
+        stop_first.set()
+        first.notify()
+        await tasks[0]
+        await commit(4)
+        await eventually(lambda: _published(second), until=lambda n: n == 1, within=20)
+        seen = await read_all(settings, 4)
+        assert [r.event.data["seq"] for r in seen] == [1, 2, 3, 4]
+    finally:
+        stop_first.set()
+        stop_second.set()
+        first.notify()
+        second.notify()
+        await asyncio.gather(*tasks)
+        await bus.stop()
+        await pool.close()
+
+
 async def _published(relay: OutboxRelay) -> int:
     return relay.published
 
