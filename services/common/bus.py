@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from polder.common.envelope import DecodeError, Event
 from polder.common.metrics import CommonMetrics
@@ -31,6 +33,23 @@ log = structlog.get_logger(__name__)
 
 
 MAX_RECORDS = 2000  # per fetch, across a consumer's partitions
+
+
+class KeptHashPartitioner:
+    """aiokafka's default partitioner (murmur2 of the key, as Kafka's Java client: the same
+    partition for a key whatever the client), with each key's hash kept. aiokafka's murmur2 is
+    pure Python, ~14 µs for an order's id, and keys come back (a driver's every event, an
+    order's five or six): a batch's relay round of ~200 events spent ~2 ms hashing."""
+
+    def __init__(self, keep: int = 1 << 16) -> None:
+        self._murmur2 = functools.lru_cache(maxsize=keep)(murmur2)
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:  # no key: any partition, as aiokafka picks it
+            chosen: int = DefaultPartitioner()(key, all_partitions, available)
+            return chosen
+        hashed: int = self._murmur2(key)
+        return all_partitions[(hashed & 0x7FFFFFFF) % len(all_partitions)]
 
 
 class Bus:
@@ -56,6 +75,7 @@ class Bus:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             client_id=self.source,
+            partitioner=KeptHashPartitioner(),
             acks="all",
             linger_ms=self.linger_ms,
             max_batch_size=512 * 1024,
