@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from polder.dispatch.domain.fairness import is_near_best
 from polder.dispatch.domain.match_types import Candidate, MatchConfig, OpenOrder, OrderKind
@@ -17,9 +17,9 @@ Outcome = Literal["assigned", "deferred", "unmatched"]
 Solver = Literal["exact", "partitioned", "sequential_greedy"]
 
 
-@dataclass(frozen=True, slots=True)
-class Considered:
-    """A candidate as the solver saw it: ``assignment_cost`` includes fairness."""
+class Considered(NamedTuple):
+    """A candidate as the solver saw it: ``assignment_cost`` includes fairness. (A named tuple,
+    as ``Candidate`` is: one is built for each candidate of every order of every batch.)"""
 
     candidate: Candidate
     assignment_cost: float
