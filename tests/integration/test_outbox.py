@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from polder.common.bus import Bus, Received
-from polder.common.db import create_pool, migrate
+from polder.common.db import Pool, create_pool, migrate
 from polder.common.outbox import OutboxRelay, add_to_outbox
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
@@ -17,6 +18,21 @@ from tests.conftest import eventually
 from tests.support import read_topic
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def outbox_env(settings: Settings) -> AsyncIterator[tuple[Pool, Bus]]:
+    """Dispatch's schema migrated (its outbox), a pool on it and a started producer."""
+    schema = settings.db_schema("dispatch")
+    pool = await create_pool(settings.database_url, schema)
+    bus = Bus(settings, SchemaRegistry.load(), source="test")
+    await bus.start()
+    try:
+        await migrate(pool, schema, "polder.dispatch.migrations")
+        yield pool, bus
+    finally:
+        await bus.stop()
+        await pool.close()
 
 
 def state_event(bus: Bus, driver: str, seq: int) -> tuple:  # type: ignore[type-arg]
@@ -44,129 +60,101 @@ async def read_all(settings: Settings, expected: int) -> list[Received]:
 
 
 async def test_rolled_back_events_never_leave_and_committed_ones_leave_in_order(
-    settings: Settings,
+    settings: Settings, outbox_env: tuple[Pool, Bus]
 ) -> None:
-    schema = settings.db_schema("dispatch")
-    pool = await create_pool(settings.database_url, schema)
-    bus = Bus(settings, SchemaRegistry.load(), source="test")
-    await bus.start()
-    try:
-        await migrate(pool, schema, "polder.dispatch.migrations")
-        with pytest.raises(RuntimeError):
-            async with pool.acquire() as conn, conn.transaction():
-                await add_to_outbox(conn, bus, [state_event(bus, "ghost", 1)])
-                raise RuntimeError("the state change failed")
+    pool, bus = outbox_env
+    with pytest.raises(RuntimeError):
         async with pool.acquire() as conn, conn.transaction():
-            await add_to_outbox(conn, bus, [state_event(bus, "d1", seq) for seq in range(1, 6)])
-        relay = OutboxRelay(pool, bus)
-        assert await relay.relay_once() == 5
-        assert await relay.relay_once() == 0
-        seen = await read_all(settings, 5)
-        assert [r.key for r in seen] == ["d1"] * 5
-        assert [r.event.data["seq"] for r in seen] == [1, 2, 3, 4, 5]
-        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
-    finally:
-        await bus.stop()
-        await pool.close()
+            await add_to_outbox(conn, bus, [state_event(bus, "ghost", 1)])
+            raise RuntimeError("the state change failed")
+    async with pool.acquire() as conn, conn.transaction():
+        await add_to_outbox(conn, bus, [state_event(bus, "d1", seq) for seq in range(1, 6)])
+    relay = OutboxRelay(pool, bus)
+    assert await relay.relay_once() == 5
+    assert await relay.relay_once() == 0
+    seen = await read_all(settings, 5)
+    assert [r.key for r in seen] == ["d1"] * 5
+    assert [r.event.data["seq"] for r in seen] == [1, 2, 3, 4, 5]
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
 
 
 async def test_a_relay_killed_after_sending_sends_again_and_ids_let_consumers_dedupe(
-    settings: Settings,
+    settings: Settings, outbox_env: tuple[Pool, Bus]
 ) -> None:
-    schema = settings.db_schema("dispatch")
-    pool = await create_pool(settings.database_url, schema)
-    bus = Bus(settings, SchemaRegistry.load(), source="test")
-    await bus.start()
-    try:
-        await migrate(pool, schema, "polder.dispatch.migrations")
-        async with pool.acquire() as conn, conn.transaction():
-            await add_to_outbox(conn, bus, [state_event(bus, "d2", 1), state_event(bus, "d2", 2)])
+    pool, bus = outbox_env
+    async with pool.acquire() as conn, conn.transaction():
+        await add_to_outbox(conn, bus, [state_event(bus, "d2", 1), state_event(bus, "d2", 2)])
 
-        class KilledAfterSend(OutboxRelay):
-            async def relay_once(self) -> int:
-                original = self.bus.send_many
+    class KilledAfterSend(OutboxRelay):
+        async def relay_once(self) -> int:
+            original = self.bus.send_many
 
-                async def send_then_die(records):  # type: ignore[no-untyped-def]
-                    await original(records)
-                    raise ConnectionResetError("killed before marking sent")
+            async def send_then_die(records):  # type: ignore[no-untyped-def]
+                await original(records)
+                raise ConnectionResetError("killed before marking sent")
 
-                self.bus.send_many = send_then_die  # type: ignore[method-assign]
-                try:
-                    return await super().relay_once()
-                finally:
-                    self.bus.send_many = original  # type: ignore[method-assign]
+            self.bus.send_many = send_then_die  # type: ignore[method-assign]
+            try:
+                return await super().relay_once()
+            finally:
+                self.bus.send_many = original  # type: ignore[method-assign]
 
-        with pytest.raises(ConnectionResetError):
-            await KilledAfterSend(pool, bus).relay_once()
-        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 2
-        assert await OutboxRelay(pool, bus).relay_once() == 2
-        seen = await read_all(settings, 4)
-        ids = [r.event.id for r in seen]
-        assert len(ids) == 4 and len(set(ids)) == 2  # each event twice, with the same id
-    finally:
-        await bus.stop()
-        await pool.close()
+    with pytest.raises(ConnectionResetError):
+        await KilledAfterSend(pool, bus).relay_once()
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 2
+    assert await OutboxRelay(pool, bus).relay_once() == 2
+    seen = await read_all(settings, 4)
+    ids = [r.event.id for r in seen]
+    assert len(ids) == 4 and len(set(ids)) == 2  # each event twice, with the same id
 
 
 async def test_rows_committed_while_the_relay_sends_go_out_without_waiting_for_its_poll(
-    settings: Settings,
+    settings: Settings, outbox_env: tuple[Pool, Bus]
 ) -> None:
     """A commit that wakes the relay during its round is not lost: the relay goes again at
     once, not after its idle poll (an hour here)."""
-    schema = settings.db_schema("dispatch")
-    pool = await create_pool(settings.database_url, schema)
-    bus = Bus(settings, SchemaRegistry.load(), source="test")
-    await bus.start()
+    pool, bus = outbox_env
     stop = asyncio.Event()
-    try:
-        await migrate(pool, schema, "polder.dispatch.migrations")
-        relay = OutboxRelay(pool, bus, idle_poll_s=3600)
-        original = bus.send_many
+    relay = OutboxRelay(pool, bus, idle_poll_s=3600)
+    original = bus.send_many
 
-        async def commit_while_sending(records):  # type: ignore[no-untyped-def]
-            if len(records) == 1 and b'"seq":1' in records[0][2]:
-                async with pool.acquire() as conn, conn.transaction():
-                    await add_to_outbox(conn, bus, [state_event(bus, "d-wake", 2)])
-                relay.notify()
-            await original(records)
-
-        bus.send_many = commit_while_sending  # type: ignore[method-assign]
-        async with pool.acquire() as conn, conn.transaction():
-            await add_to_outbox(conn, bus, [state_event(bus, "d-wake", 1)])
-        task = asyncio.create_task(relay.run(stop))
-        try:
-            await eventually(lambda: _published(relay), until=lambda n: n == 2, within=20)
-        finally:
-            stop.set()
+    async def commit_while_sending(records):  # type: ignore[no-untyped-def]
+        if len(records) == 1 and b'"seq":1' in records[0][2]:
+            async with pool.acquire() as conn, conn.transaction():
+                await add_to_outbox(conn, bus, [state_event(bus, "d-wake", 2)])
             relay.notify()
-            await task
-        seen = await read_all(settings, 2)
-        assert [r.event.data["seq"] for r in seen] == [1, 2]
+        await original(records)
+
+    bus.send_many = commit_while_sending  # type: ignore[method-assign]
+    async with pool.acquire() as conn, conn.transaction():
+        await add_to_outbox(conn, bus, [state_event(bus, "d-wake", 1)])
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: _published(relay), until=lambda n: n == 2, within=20)
     finally:
-        await bus.stop()
-        await pool.close()
+        stop.set()
+        relay.notify()
+        await task
+    seen = await read_all(settings, 2)
+    assert [r.event.data["seq"] for r in seen] == [1, 2]
 
 
 async def test_the_relay_holding_the_lock_publishes_alone_until_it_stops(
-    settings: Settings,
+    settings: Settings, outbox_env: tuple[Pool, Bus]
 ) -> None:
     """A running relay keeps the schema's relay lock round after round: a second one (another
     replica) publishes nothing meanwhile, then takes over once the first stops; every event
     goes out once, in order."""
-    schema = settings.db_schema("dispatch")
-    pool = await create_pool(settings.database_url, schema)
-    bus = Bus(settings, SchemaRegistry.load(), source="test")
-    await bus.start()
+    pool, bus = outbox_env
     first, second = OutboxRelay(pool, bus, idle_poll_s=0.02), OutboxRelay(pool, bus)
     stop_first, stop_second = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+
+    async def commit(seq: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, bus, [state_event(bus, "d-lead", seq)])
+
     try:
-        await migrate(pool, schema, "polder.dispatch.migrations")
-
-        async def commit(seq: int) -> None:
-            async with pool.acquire() as conn, conn.transaction():
-                await add_to_outbox(conn, bus, [state_event(bus, "d-lead", seq)])
-
         await commit(1)
         tasks.append(asyncio.create_task(first.run(stop_first)))
         await eventually(lambda: _published(first), until=lambda n: n == 1, within=20)
@@ -189,58 +177,44 @@ async def test_the_relay_holding_the_lock_publishes_alone_until_it_stops(
         first.notify()
         second.notify()
         await asyncio.gather(*tasks)
-        await bus.stop()
-        await pool.close()
 
 
 async def _published(relay: OutboxRelay) -> int:
     return relay.published
 
 
-async def test_the_outbox_refuses_an_invalid_event(settings: Settings) -> None:
-    schema = settings.db_schema("dispatch")
-    pool = await create_pool(settings.database_url, schema)
-    bus = Bus(settings, SchemaRegistry.load(), source="test")
-    try:
-        await migrate(pool, schema, "polder.dispatch.migrations")
-        bad = bus.event(
-            "polder.driver.state_changed.v1", "d", {"driver_id": "d"}, datetime.now(UTC)
-        )
-        async with pool.acquire() as conn:
-            with pytest.raises(ValueError, match="seq"):
-                await add_to_outbox(conn, bus, [(DRIVER_EVENTS, "d", bad)])
-    finally:
-        await pool.close()
+async def test_the_outbox_refuses_an_invalid_event(
+    settings: Settings, outbox_env: tuple[Pool, Bus]
+) -> None:
+    pool, bus = outbox_env
+    bad = bus.event("polder.driver.state_changed.v1", "d", {"driver_id": "d"}, datetime.now(UTC))
+    async with pool.acquire() as conn:
+        with pytest.raises(ValueError, match="seq"):
+            await add_to_outbox(conn, bus, [(DRIVER_EVENTS, "d", bad)])
 
 
 async def test_sent_rows_are_pruned_after_the_keep_time_and_unsent_ones_never(
-    settings: Settings,
+    settings: Settings, outbox_env: tuple[Pool, Bus]
 ) -> None:
     """Rows sent before the cut go, in chunks; rows sent after it stay, and an unsent row stays
     whatever its age (it and everything after it wait for the relay)."""
-    schema = settings.db_schema("dispatch")
-    pool = await create_pool(settings.database_url, schema)
-    bus = Bus(settings, SchemaRegistry.load(), source="test")
-    try:
-        await migrate(pool, schema, "polder.dispatch.migrations")
-        now = datetime.now(UTC)
-        hour = timedelta(hours=1)
-        # ids 1-25 sent 30 h ago, 26-30 sent 1 h ago, 31 unsent, 32 sent 30 h ago (a straggler
-        # behind the unsent one: it waits too)
-        sent = [now - 30 * hour] * 25 + [now - hour] * 5 + [None] + [now - 30 * hour]
-        await pool.executemany(
-            "INSERT INTO outbox (topic, key, event, sent_at) VALUES ('t', 'k', '{}', $1)",
-            [(at,) for at in sent],
-        )
-        relay = OutboxRelay(pool, bus, keep_sent_s=24 * 3600)
-        assert await relay.prune_once(now.timestamp(), chunk=10) == 25  # three chunks
-        left = await pool.fetch("SELECT sent_at FROM outbox ORDER BY id")
-        assert [r["sent_at"] for r in left] == sent[25:]
-        assert await relay.prune_once(now.timestamp(), chunk=10) == 0
-        # once the unsent row is sent and everything is old, all of it goes
-        await pool.execute("UPDATE outbox SET sent_at = $1 WHERE sent_at IS NULL", now - hour)
-        later = (now + 2 * 24 * hour).timestamp()
-        assert await relay.prune_once(later, chunk=10) == 7
-        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
-    finally:
-        await pool.close()
+    pool, bus = outbox_env
+    now = datetime.now(UTC)
+    hour = timedelta(hours=1)
+    # ids 1-25 sent 30 h ago, 26-30 sent 1 h ago, 31 unsent, 32 sent 30 h ago (a straggler
+    # behind the unsent one: it waits too)
+    sent = [now - 30 * hour] * 25 + [now - hour] * 5 + [None] + [now - 30 * hour]
+    await pool.executemany(
+        "INSERT INTO outbox (topic, key, event, sent_at) VALUES ('t', 'k', '{}', $1)",
+        [(at,) for at in sent],
+    )
+    relay = OutboxRelay(pool, bus, keep_sent_s=24 * 3600)
+    assert await relay.prune_once(now.timestamp(), chunk=10) == 25  # three chunks
+    left = await pool.fetch("SELECT sent_at FROM outbox ORDER BY id")
+    assert [r["sent_at"] for r in left] == sent[25:]
+    assert await relay.prune_once(now.timestamp(), chunk=10) == 0
+    # once the unsent row is sent and everything is old, all of it goes
+    await pool.execute("UPDATE outbox SET sent_at = $1 WHERE sent_at IS NULL", now - hour)
+    later = (now + 2 * 24 * hour).timestamp()
+    assert await relay.prune_once(later, chunk=10) == 7
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
