@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -88,7 +87,6 @@ class OutboxRelay:
         self.wake = asyncio.Event()
         self.published = 0
         self.pruned = 0
-        self._pruned_at = -math.inf
 
     def notify(self) -> None:
         """Call after committing outbox rows, so they go out now rather than at the next poll."""
@@ -99,37 +97,42 @@ class OutboxRelay:
         connection) while it runs, round after round: two round trips to Postgres a round (read,
         mark sent) instead of four, and every 20 ms poll of the matcher's relay one statement.
         Another relay (another replica) polls for the lock meanwhile and takes over when the
-        first one's session ends."""
-        while not stop.is_set():
-            try:
-                async with self.pool.acquire() as conn, self._leading(conn) as leading:
-                    if leading:
-                        await self._rounds(conn, stop)
-                if not stop.is_set():
-                    await wait_for_event(stop, self.idle_poll_s)  # another relay leads
-            except Exception:  # broker or database hiccup: the rows stay unsent; try again
-                log.exception("outbox relay failed; retrying")
-                await asyncio.sleep(1.0)
+        first one's session ends. Sent rows are pruned beside it (``_prune``), on a connection
+        of their own and without the lock, so a long prune never holds up publishing."""
+        pruning = asyncio.create_task(self._prune(stop)) if self.keep_sent_s is not None else None
+        try:
+            while not stop.is_set():
+                try:
+                    async with self.pool.acquire() as conn, self._leading(conn) as leading:
+                        if leading:
+                            await self._rounds(conn, stop)
+                    if not stop.is_set():
+                        await wait_for_event(stop, self.idle_poll_s)  # another relay leads
+                except Exception:  # broker or database hiccup: the rows stay unsent; try again
+                    log.exception("outbox relay failed; retrying")
+                    await asyncio.sleep(1.0)
+        finally:
+            if pruning is not None:
+                pruning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruning
 
     async def _rounds(self, conn: Connection, stop: asyncio.Event) -> None:
         while not stop.is_set():
             # Cleared before the round reads, so a commit that wakes it during the round (after
             # its read) makes the wait below return at once instead of being forgotten.
             self.wake.clear()
-            sent = await self._round(conn)
-            if sent < self.batch:
-                await self._prune_if_due()
+            if await self._round(conn) < self.batch:
                 await wait_for_event(self.wake, self.idle_poll_s)
 
-    async def _prune_if_due(self) -> None:
-        now = self.clock()
-        if self.keep_sent_s is None or now - self._pruned_at < self.prune_every_s:
-            return
-        self._pruned_at = now
-        try:
-            await self.prune_once(now)
-        except Exception:  # the rows stay until the next round
-            log.exception("outbox pruning failed; retrying later")
+    async def _prune(self, stop: asyncio.Event) -> None:
+        """``prune_once`` at start, then every ``prune_every_s`` until stopped."""
+        while not stop.is_set():
+            try:
+                await self.prune_once(self.clock())
+            except Exception:  # the rows stay until the next pass
+                log.exception("outbox pruning failed; retrying later")
+            await wait_for_event(stop, self.prune_every_s)
 
     async def prune_once(self, now: float, chunk: int = 10_000) -> int:
         """Delete rows sent more than ``keep_sent_s`` before ``now``, oldest first, in id ranges
@@ -166,7 +169,10 @@ class OutboxRelay:
                         "SELECT pg_advisory_unlock(hashtext('outbox-relay:' || current_schema()))"
                     )
                 except BaseException:
-                    conn.terminate()  # the session ends, and the lock with it
+                    # The session ends, and the lock with it (a connection the pool has already
+                    # let go, its session lost, refuses: the unlock's error is the one to tell).
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
                     raise
 
     async def _round(self, conn: Connection) -> int:

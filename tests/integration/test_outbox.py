@@ -218,3 +218,37 @@ async def test_sent_rows_are_pruned_after_the_keep_time_and_unsent_ones_never(
     later = (now + 2 * 24 * hour).timestamp()
     assert await relay.prune_once(later, chunk=10) == 7
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_relay_prunes_whether_or_not_it_holds_the_relay_lock(
+    settings: Settings, outbox_env: tuple[Pool, Bus]
+) -> None:
+    """Pruning runs beside publishing, on a connection of its own and without the relay lock:
+    a relay waiting for another to let go of the lock prunes all the same, and a long prune
+    never holds up publishing."""
+    pool, bus = outbox_env
+    old = datetime.now(UTC) - timedelta(hours=30)
+    await pool.executemany(
+        "INSERT INTO outbox (topic, key, event, sent_at) VALUES ('t', 'k', '{}', $1)",
+        [(old,)] * 5,
+    )
+    relay, stop = OutboxRelay(pool, bus, keep_sent_s=24 * 3600, idle_poll_s=0.02), asyncio.Event()
+    async with pool.acquire() as holder:  # another relay leads
+        assert await holder.fetchval(
+            "SELECT pg_try_advisory_lock(hashtext('outbox-relay:' || current_schema()))"
+        )
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await eventually(lambda: _pruned(relay), until=lambda n: n == 5, within=20)
+            assert relay.published == 0
+        finally:
+            stop.set()
+            await task
+            await holder.execute(
+                "SELECT pg_advisory_unlock(hashtext('outbox-relay:' || current_schema()))"
+            )
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def _pruned(relay: OutboxRelay) -> int:
+    return relay.pruned
