@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import websockets
 
 from polder.common.auth import issue_token
 from polder.common.bus import Bus
+from polder.common.deferred import Tx
 from polder.common.envelope import format_time, parse_time
 from polder.common.retention import cut_for, delete_before
 from polder.common.schemas import SchemaRegistry
@@ -32,6 +34,7 @@ from polder.dispatch.handlers import after_commit
 from polder.dispatch.main import build_app
 from polder.dispatch.retention import DecisionRetention
 from polder.dispatch.runtime import DispatchRuntime
+from polder.dispatch.transitions import Rows, lock_many
 from tests.conftest import eventually
 from tests.support import read_topic, serve
 
@@ -722,6 +725,31 @@ async def test_a_batch_part_whose_rows_change_before_its_write_runs_again_locked
     assert [r["order_id"] for r in offers] == [r["order_id"] for r in made] == [placed[0]]
     assert sorted(r["order_id"] for r in decided) == sorted(placed)
     assert await d.worker_status("drv-part-1") == "offline"
+
+
+async def test_a_guard_checks_its_orders_before_it_waits_for_its_workers(d: Dispatch) -> None:
+    """``lock_many``'s guard locks a part's orders before its workers (the lock order) and
+    stops at the first table whose rows changed: with an order changed since the read, it
+    raises at once, though another session holds the worker's row."""
+    await d.online("drv-lock-order", *CENTRE)
+    order_id = uuid.UUID((await d.order("cust-lock-order"))["order_id"])
+    pool = d.rt.handlers.pool
+    async with pool.acquire() as raw:
+        tx = Tx(raw, optimistic=True)
+        orders, workers = await lock_many(
+            tx,
+            Rows("orders", "order_id", "uuid", [order_id], where="status = 'searching'"),
+            Rows("workers", "driver_id", "text", ["drv-lock-order"], where="status = 'idle'"),
+        )
+        assert list(orders) == [order_id] and list(workers) == ["drv-lock-order"]
+        await pool.execute("UPDATE orders SET updated_at = now() WHERE order_id = $1", order_id)
+        tx.defer("UPDATE workers SET seq = seq WHERE driver_id = $1", "drv-lock-order")
+        async with pool.acquire() as holder, holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM workers WHERE driver_id = 'drv-lock-order' FOR UPDATE"
+            )
+            with pytest.raises(asyncpg.SerializationError):
+                await asyncio.wait_for(tx.send(), timeout=5)  # not a wait for the holder
 
 
 async def test_operators_see_every_round_and_why(d: Dispatch) -> None:
