@@ -160,9 +160,9 @@ def _grid_ring(origin: int, k: int) -> tuple[int, ...]:
 
 
 # Rings up to this far are kept, for this many (origin, k): a kept ring holds at most 6 x 8
-# cells (about 2 KB), so the cache never passes ~30 MB, and holds far less (most rings searched
-# are one to three steps out). A ring from H3 costs ~5 µs and a batch walks three or four per
-# order: about a tenth of a batch's candidate search.
+# cells (about 2.1 KB), so the cache never passes ~35 MB a process, and holds far less (most
+# rings searched are one to three steps out). A ring from H3 costs ~5 µs and a batch walks
+# three or four per order: about a tenth of a batch's candidate search.
 _KEPT_RINGS = 8
 _kept_ring = functools.lru_cache(maxsize=1 << 14)(_grid_ring)
 

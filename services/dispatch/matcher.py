@@ -362,15 +362,16 @@ def _open_order(r: Any) -> OpenOrder:
 def _parts(
     result: BatchResult, rows: Mapping[str, Any], first: int
 ) -> list[tuple[list[Assignment], list[Decision]]]:
-    """The batch's writes in transactions: (assignments, the decisions that go along).
+    """The batch's writes in parts, each all or nothing (see ``_apply_part``): (assignments,
+    the decisions that go along).
 
     An order that arrived just after the previous batch read its orders has waited a whole
     window when this batch starts, so only such orders can wait for a first offer beyond the
     window, by as long as this batch takes. The ``first`` assignments of the orders waiting
     longest for their first offer (oldest first, see ``_first_offer_wait``) go first, in a
-    transaction of their own, published while the rest are written, with every other decision.
-    Each part stamps its offers and decisions when it is written, so one ``batch_id`` may carry
-    two ``decided_at``. ``first`` 0: one transaction.
+    part of their own, published while the rest are written, with every other decision. Each
+    part stamps its offers and decisions when it is written, so one ``batch_id`` may carry two
+    ``decided_at``. ``first`` 0: one part.
     """
     decided = [d for order_id, d in result.decisions.items() if order_id in rows]
     if not 0 < first < len(result.assignments):

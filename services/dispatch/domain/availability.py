@@ -122,10 +122,10 @@ class FreshIdle(Mapping[str, Worker]):
         return pos if pos is not None and self._positions.is_fresh(pos, self._now) else None
 
     def membership_among(self, index: LocationIndex, now: float) -> Callable[[str], bool]:
-        """``in`` for drivers that ``index.nearby(..., now)`` answered, which are all fresh at
+        """``in`` for drivers that ``index.nearby(..., now)`` asks about, which are all fresh at
         ``now``: over this view's own index and clock, whether they are idle, without looking
-        their position up again (the candidate search asks this of every driver in range);
-        otherwise ``in`` itself."""
+        their position up again (the candidate search asks this of every fresh driver in the
+        cells it searches); otherwise ``in`` itself."""
         if index is self._positions and now == self._now:
             return self._idle.__contains__
         return self.__contains__
