@@ -27,8 +27,14 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = (
     "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 )
-# Schema names are interpolated into SQL (identifiers cannot be bound), so they are checked.
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Names interpolated into SQL (identifiers cannot be bound) are checked against this.
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def is_identifier(name: str) -> bool:
+    """Whether ``name`` is a plain SQL identifier (unquoted, lower case, at most 63 characters):
+    safe to put into a statement's text (schema, table and column names)."""
+    return _IDENTIFIER.fullmatch(name) is not None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -88,7 +94,7 @@ MIGRATION_TIMEOUT_S = 6 * 3600.0
 
 async def migrate(pool: Pool, schema: str, package: str) -> list[str]:
     """Apply the package's migrations not yet recorded in ``<schema>.schema_migrations``."""
-    if not _IDENTIFIER.match(schema):
+    if not is_identifier(schema):
         raise ValueError(f"not a schema name: {schema!r}")
     applied_now: list[str] = []
     async with pool.acquire() as conn, conn.transaction():

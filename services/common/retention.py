@@ -4,22 +4,19 @@ advisory lock), so replicas never thin the same rows twice or race for them."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
 
-from polder.common.db import Pool, leadership
+from polder.common.db import Pool, is_identifier, leadership
 from polder.common.tasks import wait_for_event
 
 if TYPE_CHECKING:
     from polder.common.service import Resources
 
 log = structlog.get_logger(__name__)
-
-_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # a table or column name, unquoted
 
 # One pass of a job: thin what is older than the cut; answers the rows thinned.
 Job = Callable[[datetime], Awaitable[int]]
@@ -35,7 +32,7 @@ async def delete_before(
     order, as an outbox's ``sent_at``): rows are old below some id and recent (or unstamped)
     above it, so each round looks at the first row of the next range and stops at the first
     recent or unstamped one, never reading the rows it keeps."""
-    if not (_NAME.match(table) and _NAME.match(stamp)):
+    if not (is_identifier(table) and is_identifier(stamp)):
         raise ValueError(f"not a plain identifier: {table!r}, {stamp!r}")
     first_from = (
         f"SELECT id, {stamp} AS stamp FROM {table} "  # noqa: S608 (names checked)

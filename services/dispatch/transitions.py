@@ -10,7 +10,6 @@ cancel queue on the order, never deadlock, and exactly one of them wins.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from polder.common.bus import Bus
+from polder.common.db import is_identifier
 from polder.common.deferred import Tx
 from polder.common.outbox import Outgoing
 from polder.common.topics import DISPATCH, DRIVER_EVENTS, ORDERS
@@ -140,7 +140,7 @@ class Rows:
 
     def __post_init__(self) -> None:
         for name in (self.table, self.key, self.key_type):
-            if not _NAME.fullmatch(name):
+            if not is_identifier(name):
                 raise ValueError(f"not a plain SQL name: {name!r}")
 
     def _select(self, extra: str = "") -> str:
@@ -149,9 +149,6 @@ class Rows:
             f"WHERE {self.key} = ANY($1::{self.key_type}[]) AND ({self.where}) "
             f"ORDER BY {self.key}"
         )
-
-
-_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 async def lock_many(conn: Conn, *tables: Rows) -> list[dict[Any, Row]]:
