@@ -586,7 +586,7 @@ class Offer:
     offer_id: str
     order_id: str
     driver_id: str
-    at: float  # envelope time: the batch's clock reading (its start)
+    at: float  # envelope time: when the batch part that made it began writing (after the solve)
     published: float  # record CreateTime: when the outbox relay handed it to the producer
     batch_id: str
 

@@ -108,9 +108,17 @@ class Bus:
     async def publish_raw(self, topic: Topic, key: bytes | None, value: bytes) -> None:
         await self.producer.send_and_wait(self.settings.topic(topic.name), value=value, key=key)
 
-    async def send_many(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
-        """Send already-encoded (topic, key, value) records in order; wait for every ack."""
+    async def send_many(
+        self,
+        records: Sequence[tuple[str, bytes, bytes]],
+        handed: Callable[[], None] | None = None,
+    ) -> None:
+        """Send already-encoded (topic, key, value) records in order; wait for every ack.
+        ``handed``: called once every record is with the producer (stamped and queued for the
+        broker), before the acks are awaited."""
         futures = [await self.producer.send(t, value=v, key=k) for t, k, v in records]
+        if handed is not None:
+            handed()
         await asyncio.gather(*futures)
 
     async def ping(self) -> None:

@@ -57,6 +57,11 @@ class BatchOutcome:
     result: BatchResult
 
 
+# How long a batch waits for the relay to take its first part's offers before writing the next
+# part: a round in flight under load takes ~30 ms to finish.
+HAND_OVER_WAIT_S = 0.05
+
+
 def match_config(settings: Settings) -> MatchConfig:
     return MatchConfig(
         max_radius_m=settings.max_pickup_radius_m,
@@ -160,11 +165,16 @@ class Matcher:
         batch_id = uuid.uuid4()
         made = 0
         try:
-            for assignments, decided in _parts(result, rows, self.settings.batch_first_offers):
+            parts = _parts(result, rows, self.settings.batch_first_offers)
+            for i, (assignments, decided) in enumerate(parts):
                 # Offers are stamped when they are written, not when the batch started: a
                 # driver's 15 s to answer must not shrink by the time the batch took to solve.
                 now = max(batch_at, datetime.fromtimestamp(self.clock(), UTC))
                 made += await self._apply_part(assignments, decided, batch_id, now)
+                if i < len(parts) - 1 and self.handlers.relay is not None:
+                    # The relay (this process's) takes these offers before the next part's
+                    # building holds the event loop (see OutboxRelay.handed_over).
+                    await self.handlers.relay.handed_over(HAND_OVER_WAIT_S)
         finally:
             self.metrics.apply_time.observe(time.perf_counter() - started)
         return made

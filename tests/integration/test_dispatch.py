@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 import websockets
 
@@ -829,6 +831,56 @@ async def test_a_batch_writes_its_oldest_orders_offers_first(
         else:
             assert len({*tx.values(), *decided.values()}) == 1
             assert sorted(published) == sorted([again, *placed])
+
+
+async def test_the_first_parts_offers_are_with_the_producer_before_the_next_part_is_written(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two parts a batch lets this process's relay take the first part's offers:
+    without it the relay, woken by the commit, would read them only once the next part's
+    building (CPU on the same event loop, ~10 ms under load) let it run."""
+    monkeypatch.setattr(matcher_module, "HAND_OVER_WAIT_S", 20.0)  # a slow box must not time out
+    async with running(settings.model_copy(update={"batch_first_offers": 1})) as d:
+        for i in range(2):
+            await d.online(f"drv-hand-{i}", CENTRE[0] + 0.001 * i, CENTRE[1])
+        older = (await d.order("cust-hand-0"))["order_id"]
+        newer = (await d.order("cust-hand-1", dlat=0.001))["order_id"]
+        relay = d.rt.handlers.relay
+        assert relay is not None
+        original = relay.bus.send_many
+        handed_at: dict[str, float] = {}
+
+        async def recording(records, handed=None):  # type: ignore[no-untyped-def]
+            def mark() -> None:
+                for _, _, value in records:
+                    event = orjson.loads(value)
+                    if event["type"] == "polder.dispatch.offer_made.v1":
+                        handed_at.setdefault(event["data"]["order_id"], time.time())
+                if handed is not None:
+                    handed()
+
+            await original(records, handed=mark)
+
+        relay.bus.send_many = recording  # type: ignore[method-assign]
+        try:
+            assert (await d.batch()).offered == 2
+            await eventually(lambda: _handed(handed_at), until=lambda n: n == 2, within=20)
+        finally:
+            relay.bus.send_many = original  # type: ignore[method-assign]
+        created = {
+            r["order_id"]: r["created_at"].timestamp()
+            for r in await d.rt.handlers.pool.fetch(
+                "SELECT order_id::text AS order_id, created_at FROM offers"
+            )
+        }
+        # The newer order's offer is stamped when its part starts: after the older one's
+        # offer was with the producer.
+        assert handed_at[older] <= created[newer]
+        assert created[older] < created[newer]
+
+
+async def _handed(handed_at: dict[str, float]) -> int:
+    return len(handed_at)
 
 
 async def test_decisions_past_their_keep_time_are_deleted(d: Dispatch) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from polder.common.bus import Bus, Received
@@ -89,8 +90,8 @@ async def test_a_relay_killed_after_sending_sends_again_and_ids_let_consumers_de
         async def relay_once(self) -> int:
             original = self.bus.send_many
 
-            async def send_then_die(records):  # type: ignore[no-untyped-def]
-                await original(records)
+            async def send_then_die(records, **kwargs):  # type: ignore[no-untyped-def]
+                await original(records, **kwargs)
                 raise ConnectionResetError("killed before marking sent")
 
             self.bus.send_many = send_then_die  # type: ignore[method-assign]
@@ -118,12 +119,12 @@ async def test_rows_committed_while_the_relay_sends_go_out_without_waiting_for_i
     relay = OutboxRelay(pool, bus, idle_poll_s=3600)
     original = bus.send_many
 
-    async def commit_while_sending(records):  # type: ignore[no-untyped-def]
+    async def commit_while_sending(records, **kwargs):  # type: ignore[no-untyped-def]
         if len(records) == 1 and b'"seq":1' in records[0][2]:
             async with pool.acquire() as conn, conn.transaction():
                 await add_to_outbox(conn, bus, [state_event(bus, "d-wake", 2)])
             relay.notify()
-        await original(records)
+        await original(records, **kwargs)
 
     bus.send_many = commit_while_sending  # type: ignore[method-assign]
     async with pool.acquire() as conn, conn.transaction():
@@ -252,3 +253,58 @@ async def test_a_relay_prunes_whether_or_not_it_holds_the_relay_lock(
 
 async def _pruned(relay: OutboxRelay) -> int:
     return relay.pruned
+
+
+async def test_handed_over_waits_for_a_round_begun_after_it_not_the_one_in_flight(
+    settings: Settings, outbox_env: tuple[Pool, Bus]
+) -> None:
+    """A caller that committed rows and woke the relay is released once a round that began
+    after its call has handed its rows to the producer: not by the round already in flight
+    (which read before the commit), and at once (False) when the relay is not leading."""
+    pool, bus = outbox_env
+    relay = OutboxRelay(pool, bus, idle_poll_s=3600)
+    assert await relay.handed_over(5.0) is False  # not running: nothing to wait for
+    log: list[object] = []
+    in_flight, go_on = asyncio.Event(), asyncio.Event()
+    original = bus.send_many
+
+    async def send(records, handed=None):  # type: ignore[no-untyped-def]
+        seqs = [orjson.loads(value)["data"]["seq"] for _, _, value in records]
+        if seqs == [1]:  # the round in flight: it read seq 1 before seq 2 was committed
+            in_flight.set()
+            await go_on.wait()
+
+        def mark() -> None:
+            log.append(("handed", seqs))
+            if handed is not None:
+                handed()
+
+        await original(records, handed=mark)
+
+    async def commit(seq: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, bus, [state_event(bus, "d-hand", seq)])
+
+    async def wait_for_hand_over() -> None:
+        log.append(("released", await relay.handed_over(20.0)))
+
+    bus.send_many = send  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    await commit(1)
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await asyncio.wait_for(in_flight.wait(), 20)
+        await commit(2)
+        relay.notify()
+        waiter = asyncio.create_task(wait_for_hand_over())
+        await asyncio.sleep(0.05)
+        go_on.set()  # round 1 hands seq 1 over now, after the call: it must not release it
+        await asyncio.wait_for(waiter, 20)
+        assert log == [("handed", [1]), ("handed", [2]), ("released", True)]
+    finally:
+        stop.set()
+        relay.notify()
+        go_on.set()
+        await task
+        bus.send_many = original  # type: ignore[method-assign]
+    assert relay.leading is False  # it gave the lock back on stopping
