@@ -58,7 +58,8 @@ class BatchOutcome:
 
 
 # How long a batch waits for the relay to take its first part's offers before writing the next
-# part: a round in flight under load takes ~30 ms to finish.
+# part: a round in flight when the part commits must finish first (its acks: 8-16 ms p50 / p90
+# at 150 orders/s, up to ~75 ms seen), then the next one reads them.
 HAND_OVER_WAIT_S = 0.05
 
 
