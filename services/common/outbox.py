@@ -86,15 +86,21 @@ class OutboxRelay:
         self.prune_every_s = prune_every_s
         self.clock = clock
         self.wake = asyncio.Event()
-        self.leading = False  # whether this relay holds the schema's relay lock
-        self._begun = 0  # rounds that have begun (each reads the rows committed before it)
-        self._handed: list[tuple[int, asyncio.Future[None]]] = []  # see ``handed_over``
+        self._holds = 0  # sessions of this relay holding the schema's relay lock (see leading)
+        # Rounds begun; each reads the oldest ``batch`` unsent rows committed before it began.
+        self._begun = 0
+        self._handed: list[tuple[int, asyncio.Future[bool]]] = []  # see ``handed_over``
         self.published = 0
         self.pruned = 0
 
     def notify(self) -> None:
         """Call after committing outbox rows, so they go out now rather than at the next poll."""
         self.wake.set()
+
+    @property
+    def leading(self) -> bool:
+        """Whether this relay holds the schema's relay lock (its rounds publish)."""
+        return self._holds > 0
 
     async def handed_over(self, timeout_s: float) -> bool:
         """Wait until a round begun after this call has handed its rows to the producer (they
@@ -103,29 +109,32 @@ class OutboxRelay:
         CPU work on the same event loop waits here first: else the relay, woken but not yet
         run, waits for that stretch to end (the matcher's next batch part: ~10 ms under load)
         before it even reads the rows. Returns False at once if this relay is not leading
-        (another replica's relay publishes)."""
+        (another replica's relay publishes), and as soon as it stops leading. A round reads
+        the oldest ``batch`` unsent rows: behind a longer backlog, the caller's rows may be
+        left for a later round than the one that releases it."""
         if not self.leading:
             return False
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         entry = (self._begun + 1, waiter)
         self._handed.append(entry)
         try:
-            await asyncio.wait_for(waiter, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await waiter
         except TimeoutError:
             return False
         finally:
             if entry in self._handed:
                 self._handed.remove(entry)
-        return True
 
-    def _hand_over(self, round_no: int) -> None:
-        """Release the ``handed_over`` waiters that round ``round_no`` satisfies."""
+    def _hand_over(self, round_no: int | None) -> None:
+        """Release the ``handed_over`` waiters that round ``round_no`` satisfies; None: all of
+        them, unsatisfied (the relay stopped leading)."""
         keep = []
         for want, waiter in self._handed:
-            if want > round_no:
+            if round_no is not None and want > round_no:
                 keep.append((want, waiter))
             elif not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(round_no is not None)
         self._handed = keep
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -196,12 +205,15 @@ class OutboxRelay:
         got_lock: bool = await conn.fetchval(
             "SELECT pg_try_advisory_lock(hashtext('outbox-relay:' || current_schema()))"
         )
-        self.leading = got_lock
+        if got_lock:
+            self._holds += 1
         try:
             yield got_lock
         finally:
-            self.leading = False
             if got_lock:
+                self._holds -= 1
+                if not self._holds:
+                    self._hand_over(None)  # no round will release them now
                 try:
                     await conn.execute(
                         "SELECT pg_advisory_unlock(hashtext('outbox-relay:' || current_schema()))"

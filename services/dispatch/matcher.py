@@ -171,8 +171,9 @@ class Matcher:
                 # Offers are stamped when they are written, not when the batch started: a
                 # driver's 15 s to answer must not shrink by the time the batch took to solve.
                 now = max(batch_at, datetime.fromtimestamp(self.clock(), UTC))
-                made += await self._apply_part(assignments, decided, batch_id, now)
-                if i < len(parts) - 1 and self.handlers.relay is not None:
+                offered = await self._apply_part(assignments, decided, batch_id, now)
+                made += offered
+                if offered and i < len(parts) - 1 and self.handlers.relay is not None:
                     # The relay (this process's) takes these offers before the next part's
                     # building holds the event loop (see OutboxRelay.handed_over).
                     await self.handlers.relay.handed_over(HAND_OVER_WAIT_S)

@@ -308,3 +308,30 @@ async def test_handed_over_waits_for_a_round_begun_after_it_not_the_one_in_fligh
         await task
         bus.send_many = original  # type: ignore[method-assign]
     assert relay.leading is False  # it gave the lock back on stopping
+
+
+async def test_handed_over_gives_up_as_soon_as_the_relay_stops_leading(
+    outbox_env: tuple[Pool, Bus],
+) -> None:
+    """A caller waiting for a round is let go (False) when the relay stops, not at its timeout."""
+    pool, bus = outbox_env
+    relay = OutboxRelay(pool, bus, idle_poll_s=3600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: _leading(relay), until=bool, within=20)
+        waiter = asyncio.create_task(relay.handed_over(60.0))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # idle: no round begins until woken
+        stop.set()
+        relay.notify()
+        assert await asyncio.wait_for(waiter, 10) is False
+    finally:
+        stop.set()
+        relay.notify()
+        await task
+    assert not relay.leading
+
+
+async def _leading(relay: OutboxRelay) -> bool:
+    return relay.leading
