@@ -23,6 +23,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import h3.api.basic_int as h3
 from h3 import H3BaseException
@@ -90,8 +91,10 @@ class Position(_Precomputed):
     seen_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Nearby:
+class Nearby(NamedTuple):
+    """A driver a search found, and how far (a named tuple: a batch's searches make thousands,
+    and a frozen dataclass's ``__init__`` costs three times as much)."""
+
     position: Position
     distance_m: float
 
@@ -113,6 +116,26 @@ def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     dp, dl = p2 - p1, math.radians(lng2 - lng1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def measured_within(
+    lat: float, lng: float, positions: Iterable[Position], radius_m: float
+) -> list[tuple[float, str, Position]]:
+    """``(haversine_m(lat, lng, p.lat, p.lng), p.driver_id, p)`` for each position ``p`` no
+    farther than ``radius_m``, in the order given: the distances ``nearby`` gives, to the bit,
+    from the values the index keeps with each position."""
+    sin, asin, sqrt, radians = math.sin, math.asin, math.sqrt, math.radians
+    phi0 = radians(lat)
+    cos0 = math.cos(phi0)
+    kept = []
+    for pos in positions:
+        # haversine_m(lat, lng, pos.lat, pos.lng), operation for operation.
+        dl = radians(pos.lng - lng)
+        a = sin((pos._phi - phi0) / 2) ** 2 + cos0 * pos._cos_phi * sin(dl / 2) ** 2
+        d = _TWO_R * asin(min(1.0, sqrt(a)))
+        if d <= radius_m:
+            kept.append((d, pos.driver_id, pos))
+    return kept
 
 
 # Metres per degree of a great circle, on haversine_m's sphere.

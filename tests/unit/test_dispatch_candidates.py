@@ -211,6 +211,7 @@ def test_a_ride_ignores_ready_at() -> None:
         {"delivery_early_slack_s": -1.0},
         {"early_arrival_weight": -1.0},
         {"partition_resolution": 16},
+        {"tree_from_orders": 0},
     ],
 )
 def test_match_config_rejects_nonsense(kwargs: dict[str, float]) -> None:

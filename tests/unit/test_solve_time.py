@@ -13,7 +13,7 @@ def test_a_small_city_is_solved_and_reported() -> None:
     doc = measure(opts)
     assert 100 < doc["available"] < 300  # about half of 400 busy
     assert 0 < doc["assigned_per_batch"] <= 30
-    for figure in ("solve_ms", "candidate_search_ms"):
+    for figure in ("solve_ms", "candidate_search_ms", "tree_search_ms"):
         q = doc[figure]
         assert 0 <= q["p10"] <= q["p50"] <= q["p90"]
     assert "assign_batch p10 / p50 / p90" in render(opts, doc)

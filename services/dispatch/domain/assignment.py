@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from polder.common.geoindex import LocationIndex
+from polder.common.geoindex import LocationIndex, Nearby
 from polder.dispatch.domain.assignment_solver import Pairing, Row, solve_exact
-from polder.dispatch.domain.candidates import candidates
+from polder.dispatch.domain.candidates import candidates, candidates_found
 from polder.dispatch.domain.decisions import (
     Decision,
     Outcome,
@@ -28,6 +28,7 @@ from polder.dispatch.domain.match_types import (
     OpenOrder,
     Worker,
 )
+from polder.dispatch.domain.nearest import WorkerTree
 from polder.dispatch.domain.partitioned_solver import solve_partitioned
 from polder.dispatch.domain.widening import RowSearch, widen
 
@@ -71,11 +72,7 @@ def assign_batch(
     batch is solved again (see ``widening``); the fallback skips this to keep its time bounded.
     """
     _check_unique(orders)
-
-    def search(order: OpenOrder, k: int) -> Row:
-        return _row(order, workers, index, now, replace(config, k_nearest=k), eta)
-
-    rows = {o.order_id: search(o, config.k_nearest) for o in orders}
+    rows, search = _searched(orders, workers, index, now, config, eta)
     matchable = [r for r in rows.values() if _matchable(r, config)]
     if len(matchable) > config.max_exact_orders:
         max_rows = config.max_exact_orders
@@ -83,6 +80,39 @@ def assign_batch(
         return _result(list(rows.values()), pairing, now, config, "partitioned")
     pairing = _solve_widening(matchable, rows, search, config.widening_rounds)
     return _result(list(rows.values()), pairing, now, config, "exact")
+
+
+def _searched(
+    orders: Sequence[OpenOrder],
+    workers: Mapping[str, Worker],
+    index: LocationIndex,
+    now: float,
+    config: MatchConfig,
+    eta: EtaProvider,
+) -> tuple[dict[str, Row], RowSearch]:
+    """Every order's row with its ``k_nearest`` candidates, and the search that gives an order
+    a longer list (for ``widening``). From ``config.tree_from_orders`` orders on, the batch's
+    workers go into a k-d tree first (see ``nearest``): the same lists, sooner."""
+    if len(orders) < config.tree_from_orders:
+
+        def search(order: OpenOrder, k: int) -> Row:
+            return _row(order, workers, index, now, replace(config, k_nearest=k), eta)
+
+        return {o.order_id: search(o, config.k_nearest) for o in orders}, search
+
+    tree = WorkerTree.of(workers, index, now)
+    radius = config.max_radius_m
+
+    def row(order: OpenOrder, hits: Sequence[Nearby]) -> Row:
+        return _row_of(order, candidates_found(order, hits, workers, now, config, eta), config)
+
+    def search_tree(order: OpenOrder, k: int) -> Row:
+        hits = tree.nearest(order.pickup_lat, order.pickup_lng, radius, k, order.excluded)
+        return row(order, hits)
+
+    queries = [(o.pickup_lat, o.pickup_lng, o.excluded) for o in orders]
+    first = tree.nearest_each(queries, radius, config.k_nearest)
+    return {o.order_id: row(o, hits) for o, hits in zip(orders, first, strict=True)}, search_tree
 
 
 def _solve_widening(
@@ -148,7 +178,10 @@ def _row(
     config: MatchConfig,
     eta: EtaProvider,
 ) -> Row:
-    found = candidates(order, workers, index, now, config, eta)
+    return _row_of(order, candidates(order, workers, index, now, config, eta), config)
+
+
+def _row_of(order: OpenOrder, found: Sequence[Candidate], config: MatchConfig) -> Row:
     return Row(order, tuple(found), tuple(assignment_costs(found, config)))
 
 

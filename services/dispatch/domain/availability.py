@@ -126,9 +126,23 @@ class FreshIdle(Mapping[str, Worker]):
         ``now``: over this view's own index and clock, whether they are idle, without looking
         their position up again (the candidate search asks this of every fresh driver in the
         cells it searches); otherwise ``in`` itself."""
-        if index is self._positions and now == self._now:
+        if self.indexed_by(index, now):
             return self._idle.__contains__
         return self.__contains__
+
+    def indexed_by(self, index: LocationIndex, now: float) -> bool:
+        """Whether this view is over ``index`` at ``now`` (its members are then exactly the
+        idle drivers that index holds fresh at that time)."""
+        return index is self._positions and now == self._now
+
+    def positions(self) -> list[Position]:
+        """The position of each of these workers (one walk over the idle ones)."""
+        get, ttl, now = self._positions.get, self._positions.ttl_s, self._now
+        return [
+            pos
+            for driver_id in self._idle
+            if (pos := get(driver_id)) is not None and now - pos.seen_at < ttl
+        ]
 
     def __iter__(self) -> Iterator[str]:
         return (driver_id for driver_id, _ in self._fresh())
@@ -151,8 +165,4 @@ class FreshIdle(Mapping[str, Worker]):
         return cells
 
     def _fresh(self) -> Iterator[tuple[str, int]]:
-        get, ttl, now = self._positions.get, self._positions.ttl_s, self._now
-        for driver_id in self._idle:
-            pos = get(driver_id)
-            if pos is not None and now - pos.seen_at < ttl:
-                yield driver_id, pos.cell
+        return ((pos.driver_id, pos.cell) for pos in self.positions())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from polder.common.geoindex import LocationIndex, Nearby
 from polder.dispatch.domain.availability import FreshIdle
@@ -48,6 +48,20 @@ def candidates(
         hits = _nearest_eligible(order, workers, index, now, radius, config.k_nearest)
         if len(hits) >= config.k_nearest:
             break
+    return candidates_found(order, hits, workers, now, config, eta)
+
+
+def candidates_found(
+    order: OpenOrder,
+    hits: Sequence[Nearby],
+    workers: Mapping[str, Worker],
+    now: float,
+    config: MatchConfig = DEFAULT_CONFIG,
+    eta: EtaProvider = GREAT_CIRCLE,
+) -> list[Candidate]:
+    """The candidates of an order from the workers a search found for it (``hits``: the k
+    nearest eligible, as ``candidates`` finds them, or a batch's ``WorkerTree``), cheapest
+    first."""
     since = _waiting_since(workers)
     leg = _leg(order, eta)
     found = [_candidate(order, h, leg(h), since(h.position.driver_id), now, config) for h in hits]
@@ -99,11 +113,12 @@ def _candidate(
     order: OpenOrder, hit: Nearby, leg: Leg, waiting_since: float, now: float, config: MatchConfig
 ) -> Candidate:
     early_s = early_arrival_s(order, leg.eta_s, now)
+    # Positional: keywords cost a named tuple twice as much, thousands of times a batch.
     return Candidate(
-        driver_id=hit.position.driver_id,
-        distance_m=leg.distance_m,
-        eta_s=leg.eta_s,
-        waiting_s=max(0.0, now - waiting_since),
-        cost=pickup_cost(leg.eta_s, early_s, config),
-        early_s=early_s,
+        hit.position.driver_id,  # driver_id
+        leg.distance_m,  # distance_m
+        leg.eta_s,  # eta_s
+        max(0.0, now - waiting_since),  # waiting_s
+        pickup_cost(leg.eta_s, early_s, config),  # cost
+        early_s,  # early_s
     )

@@ -7,13 +7,14 @@ the straight-line estimate without touching the matcher.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from polder.common.geoindex import haversine_m
 
 
-@dataclass(frozen=True, slots=True)
-class Leg:
+class Leg(NamedTuple):
+    """A named tuple, not a frozen dataclass: a batch measures thousands (as ``Candidate``)."""
+
     distance_m: float
     eta_s: float
 

@@ -45,7 +45,9 @@ class MatchConfig:
     - Search: rings widen from ``initial_radius_m``, doubling, up to ``max_radius_m`` until
       ``k_nearest`` candidates are found; only the ``k_nearest`` are kept. Lists that the
       solve's prices show may be too short double, for up to ``widening_rounds`` re-solves
-      (see ``widening``).
+      (see ``widening``). A batch of ``tree_from_orders`` orders or more searches a k-d tree
+      of its workers instead of the index's rings: the same lists, found faster when many
+      orders ask (see ``nearest``); below, building the tree would cost more than it saves.
     - Fairness: candidates within ``fairness_tolerance_s`` of their order's best cost are
       near-equal; among them, ``fairness_weight`` (0..1) is how much the wait counts against
       the cost (0 disables fairness; 1: the longest wait wins). See ``fairness``.
@@ -67,6 +69,7 @@ class MatchConfig:
     early_arrival_weight: float = 2.0
     partition_resolution: int = 6
     widening_rounds: int = 4
+    tree_from_orders: int = 32
 
     def __post_init__(self) -> None:
         if not 0 < self.initial_radius_m <= self.max_radius_m:
@@ -79,6 +82,8 @@ class MatchConfig:
             raise ValueError("fairness_tolerance_s and delivery_early_slack_s cannot be negative")
         if self.early_arrival_weight < 0:
             raise ValueError("early_arrival_weight cannot be negative")
+        if self.tree_from_orders < 1:
+            raise ValueError("tree_from_orders must be at least 1")
         if self.widening_rounds < 0:
             raise ValueError("widening_rounds cannot be negative")
         if not 0 <= self.partition_resolution <= 15:

@@ -17,7 +17,7 @@ from polder.dispatch.domain.assignment import (
     assign_batch,
     sequential_greedy,
 )
-from polder.dispatch.domain.candidates import candidates, search_radii
+from polder.dispatch.domain.candidates import candidates, candidates_found, search_radii
 from polder.dispatch.domain.decisions import Considered, Decision, Outcome, Solver
 from polder.dispatch.domain.delivery_timing import deferral_early_s, early_arrival_s, pickup_cost
 from polder.dispatch.domain.eta import GREAT_CIRCLE, EtaProvider, GreatCircleEta, Leg
@@ -51,6 +51,7 @@ __all__ = [
     "assign_batch",
     "assignment_costs",
     "candidates",
+    "candidates_found",
     "deferral_early_s",
     "early_arrival_s",
     "pickup_cost",

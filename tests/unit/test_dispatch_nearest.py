@@ -1,0 +1,191 @@
+"""The batch's k-d tree of workers gives each order the list the index's ring search gives, to the
+bit (ties, crowds, excluded workers, stale positions, far corners of the globe). Pure."""
+
+import math
+import random
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from polder.common.geoindex import LocationIndex, Nearby, haversine_m
+from polder.dispatch.domain.availability import Availability, FreshIdle
+from polder.dispatch.domain.matching import MatchConfig, OpenOrder, assign_batch
+from polder.dispatch.domain.nearest import WorkerTree, chord_bound
+
+NOW = 1_000_000.0
+CENTRE = (52.37, 4.89)
+
+
+def city(
+    rng: random.Random, n: int, spread_deg: float = 0.05, centre: tuple[float, float] = CENTRE
+) -> tuple[LocationIndex, FreshIdle]:
+    """``n`` drivers around ``centre``: a third busy, every 7th stale, some on one spot."""
+    index, availability, rows = LocationIndex(resolution=9, ttl_s=60), Availability(), []
+    spot = (centre[0] + spread_deg / 3, centre[1] - spread_deg / 3)
+    for i in range(n):
+        d = f"w{i:04d}"
+        if i % 11 == 0:
+            lat, lng = spot  # several drivers at exactly the same place: ties
+        else:
+            lat = centre[0] + rng.uniform(-spread_deg, spread_deg)
+            lng = ((centre[1] + rng.uniform(-spread_deg, spread_deg) * 1.6) + 180) % 360 - 180
+        seen = NOW - (120 if i % 7 == 0 else rng.uniform(0, 30))
+        index.upsert(d, lat, lng, seen, seen)
+        rows.append((d, 1, "on_trip" if i % 3 == 0 else "idle", NOW - rng.uniform(0, 600)))
+    availability.load(rows)
+    return index, FreshIdle(availability.idle, index, NOW)
+
+
+def ring_search(
+    index: LocationIndex,
+    workers: FreshIdle,
+    lat: float,
+    lng: float,
+    radius_m: float,
+    limit: int,
+    excluded: frozenset[str],
+) -> list[Nearby]:
+    """The reference: the index's ring search, asked for the available, not excluded ones."""
+    return index.nearby(
+        lat, lng, radius_m, limit, NOW, lambda d: d in workers and d not in excluded
+    )
+
+
+def brute_force(
+    workers: FreshIdle,
+    lat: float,
+    lng: float,
+    radius_m: float,
+    limit: int,
+    excluded: frozenset[str],
+) -> list[tuple[float, str]]:
+    found = sorted(
+        (haversine_m(lat, lng, w.lat, w.lng), d) for d, w in workers.items() if d not in excluded
+    )
+    return [f for f in found if f[0] <= radius_m][:limit]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    ("radius_m", "limit"), [(500.0, 3), (2_000.0, 8), (5_000.0, 16), (20_000.0, 40), (300.0, 1)]
+)
+def test_the_tree_gives_the_ring_searchs_list(seed: int, radius_m: float, limit: int) -> None:
+    rng = random.Random(seed)
+    index, workers = city(rng, 600)
+    tree = WorkerTree.of(workers, index, NOW)
+    assert len(tree) == len(workers)
+    queries = []
+    for q in range(40):
+        lat, lng = CENTRE[0] + rng.uniform(-0.06, 0.06), CENTRE[1] + rng.uniform(-0.1, 0.1)
+        if q % 5 == 0:
+            lat, lng = CENTRE[0] + 0.05 / 3, CENTRE[1] - 0.05 / 3  # right on the crowded spot
+        some = rng.sample(sorted(workers), rng.choice([0, 0, 1, 3, 12]))
+        queries.append((lat, lng, frozenset(some)))
+    answers = tree.nearest_each(queries, radius_m, limit)
+    for (lat, lng, excluded), got in zip(queries, answers, strict=True):
+        expected = ring_search(index, workers, lat, lng, radius_m, limit, excluded)
+        assert got == expected
+        assert [(h.distance_m, h.position.driver_id) for h in got] == brute_force(
+            workers, lat, lng, radius_m, limit, excluded
+        )
+        assert tree.nearest(lat, lng, radius_m, limit, excluded) == expected
+
+
+def test_a_crowd_on_one_spot_is_cut_by_driver_id_as_a_full_sort_would() -> None:
+    """Twenty workers at the same place, three wanted: the tree returns some four of them in
+    whatever order its rounding gives; the answer must be the three smallest ids of all
+    twenty (a check that asks again for everything up to that distance)."""
+    index, availability = LocationIndex(resolution=9, ttl_s=60), Availability()
+    ids = [f"w{i:02d}" for i in range(20)]
+    rng = random.Random(3)
+    for d in rng.sample(ids, len(ids)):  # inserted in random order
+        index.upsert(d, *CENTRE, NOW, NOW)
+    availability.load((d, 1, "idle", NOW) for d in ids)
+    workers = FreshIdle(availability.idle, index, NOW)
+    tree = WorkerTree.of(workers, index, NOW)
+    got = tree.nearest(CENTRE[0] + 0.001, CENTRE[1], 1_000.0, 3)
+    assert [h.position.driver_id for h in got] == ["w00", "w01", "w02"]
+    excluded = frozenset({"w00", "w02", "w05"})
+    got = tree.nearest(CENTRE[0] + 0.001, CENTRE[1], 1_000.0, 3, excluded)
+    assert [h.position.driver_id for h in got] == ["w01", "w03", "w04"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    centre=st.sampled_from([(52.37, 4.89), (0.0, 179.99), (-33.9, -179.995), (89.95, 10.0)]),
+    seed=st.integers(0, 10_000),
+    radius_m=st.floats(1.0, 50_000.0),
+    limit=st.integers(1, 30),
+)
+def test_the_tree_is_exact_across_the_antimeridian_and_near_the_pole(
+    centre: tuple[float, float], seed: int, radius_m: float, limit: int
+) -> None:
+    rng = random.Random(seed)
+    index, workers = city(rng, 150, spread_deg=0.08, centre=centre)
+    tree = WorkerTree.of(workers, index, NOW)
+    lat = max(-90.0, min(90.0, centre[0] + rng.uniform(-0.05, 0.05)))
+    lng = ((centre[1] + rng.uniform(-0.05, 0.05)) + 180) % 360 - 180
+    got = tree.nearest(lat, lng, radius_m, limit)
+    assert got == ring_search(index, workers, lat, lng, radius_m, limit, frozenset())
+
+
+def test_only_the_views_workers_with_fresh_positions_are_in_the_tree() -> None:
+    index, workers = city(random.Random(1), 300)
+    tree = WorkerTree.of(workers, index, NOW)
+    found = {h.position.driver_id for h in tree.nearest(*CENTRE, 50_000.0, 1_000)}
+    assert found == set(workers)
+    # A plain mapping of workers gives the same tree (positions from the index, fresh ones).
+    plain = {d: workers[d] for d in workers}
+    everyone = {**plain, "ghost": next(iter(plain.values()))}  # not in the index: left out
+    other = WorkerTree.of(everyone, index, NOW)
+    assert other.nearest(*CENTRE, 50_000.0, 1_000) == tree.nearest(*CENTRE, 50_000.0, 1_000)
+    # The same view asked about a later time: drivers gone stale since are left out.
+    later = WorkerTree.of(workers, index, NOW + 45)
+    assert len(later) == sum(1 for d in workers if index.is_fresh(index.get(d), NOW + 45))
+    assert 0 < len(later) < len(tree)
+
+
+def test_nothing_to_find_gives_empty_lists() -> None:
+    empty = WorkerTree([])
+    assert empty.nearest(*CENTRE, 5_000.0, 8) == []
+    assert empty.nearest_each([], 5_000.0, 8) == []
+    index, workers = city(random.Random(2), 50)
+    tree = WorkerTree.of(workers, index, NOW)
+    assert tree.nearest(*CENTRE, 5_000.0, 0) == []
+    assert tree.nearest(*CENTRE, 0.0, 5) == []
+    assert tree.nearest(-CENTRE[0], CENTRE[1] - 180, 5_000.0, 5) == []  # the antipode
+
+
+@given(st.floats(0.0, 2e7), st.floats(0.0, 1.0))
+def test_the_chord_bound_covers_every_pair_within_the_distance(d: float, share: float) -> None:
+    """Two points ``share * d`` apart along a meridian are no farther apart as a chord (in
+    floating point, as the tree computes it) than ``chord_bound(d)``; the bound grows with d."""
+    phi1 = math.radians(10.0)
+    phi2 = phi1 + share * d / 6_371_008.8
+    chord = math.dist((math.cos(phi1), 0.0, math.sin(phi1)), (math.cos(phi2), 0.0, math.sin(phi2)))
+    assert chord <= chord_bound(d)
+    assert chord_bound(d) <= chord_bound(d * 1.001 + 1.0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_batch_matches_the_same_with_the_tree_as_with_the_rings(seed: int) -> None:
+    """``tree_from_orders`` only changes how the lists are found: with widening, fairness,
+    deliveries and declined workers, the batch's assignments and decisions are the same."""
+    rng = random.Random(seed)
+    index, workers = city(rng, 400, spread_deg=0.03)
+    orders = []
+    for i in range(rng.randint(20, 60)):
+        lat, lng = CENTRE[0] + rng.uniform(-0.03, 0.03), CENTRE[1] + rng.uniform(-0.05, 0.05)
+        excluded = frozenset(rng.sample(sorted(workers), rng.choice([0, 0, 2])))
+        if i % 4 == 0:
+            ready = NOW + rng.uniform(0, 900)
+            orders.append(OpenOrder(f"o{i}", "delivery", lat, lng, NOW, ready, excluded))
+        else:
+            orders.append(OpenOrder(f"o{i}", "ride", lat, lng, NOW - i, None, excluded))
+    config = MatchConfig(k_nearest=rng.choice([2, 4, 8]), max_radius_m=4_000.0)
+    rings = assign_batch(orders, workers, index, NOW, replace(config, tree_from_orders=10**9))
+    tree = assign_batch(orders, workers, index, NOW, replace(config, tree_from_orders=1))
+    assert tree == rings
+    assert rings.assignments  # the comparison is about something
