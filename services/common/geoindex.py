@@ -262,6 +262,8 @@ class LocationIndex:
             level.fine_share = 7.0 ** (level.resolution - resolution)
         # Insertion order = order of last sighting, so expiry pops from the front.
         self._drivers: OrderedDict[str, Position] = OrderedDict()
+        # Told every position the index takes (dispatch keeps its workers' as arrays).
+        self.on_upsert: Callable[[Position], None] | None = None
 
     def __len__(self) -> int:
         return len(self._drivers)
@@ -271,6 +273,10 @@ class LocationIndex:
 
     def get(self, driver_id: str) -> Position | None:
         return self._drivers.get(driver_id)
+
+    def __getitem__(self, driver_id: str) -> Position:
+        """The driver's position; KeyError if the index has none."""
+        return self._drivers[driver_id]
 
     def upsert(
         self, driver_id: str, lat: float, lng: float, recorded_at: float, seen_at: float
@@ -317,6 +323,8 @@ class LocationIndex:
         a = half_dphi * half_dphi + box.cos_phi * pos._cos_phi * half_dlng * half_dlng
         if a > box.reach_a:
             box.widen(a)
+        if self.on_upsert is not None:
+            self.on_upsert(pos)
         return True
 
     def _open(self, cell: int) -> _Cell:

@@ -35,6 +35,7 @@ from polder.dispatch.domain.matching import (
     OpenOrder,
     assign_batch,
 )
+from polder.dispatch.domain.nearest import WorkerPoints
 from polder.dispatch.domain.states import (
     Cause,
     OrderStatus,
@@ -91,6 +92,8 @@ class Matcher:
         self.on_supply: Callable[[dict[int, int], float], None] | None = None
         self.handlers = handlers
         self.positions = positions
+        # The idle workers' positions as arrays, for each batch's tree (see WorkerPoints).
+        self.points = WorkerPoints.following(positions, availability)
         self.eta = eta
         self.settings = settings
         self.config = match_config(settings)
@@ -123,7 +126,7 @@ class Matcher:
             now + timedelta(seconds=self.settings.schedule_lead_s),
         )
         ts = now.timestamp()
-        workers = FreshIdle(self.availability.idle, self.positions, ts)
+        workers = FreshIdle(self.availability.idle, self.positions, ts, self.points)
         self.metrics.open_orders.set(len(open_rows))
         orders = [_open_order(r) for r in open_rows]
         started = time.perf_counter()

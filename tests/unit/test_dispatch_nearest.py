@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from polder.common.geoindex import LocationIndex, Nearby, haversine_m
 from polder.dispatch.domain.availability import Availability, FreshIdle
 from polder.dispatch.domain.matching import MatchConfig, OpenOrder, assign_batch
-from polder.dispatch.domain.nearest import WorkerTree, chord_bound
+from polder.dispatch.domain.nearest import WorkerPoints, WorkerTree, chord_bound
 
 NOW = 1_000_000.0
 CENTRE = (52.37, 4.89)
@@ -148,7 +148,7 @@ def test_only_the_views_workers_with_fresh_positions_are_in_the_tree() -> None:
 
 
 def test_nothing_to_find_gives_empty_lists() -> None:
-    empty = WorkerTree([])
+    empty = WorkerTree.of_positions([], LocationIndex())
     assert empty.nearest(*CENTRE, 5_000.0, 8) == []
     assert empty.nearest_each([], 5_000.0, 8) == []
     index, workers = city(random.Random(2), 50)
@@ -189,3 +189,47 @@ def test_a_batch_matches_the_same_with_the_tree_as_with_the_rings(seed: int) -> 
     tree = assign_batch(orders, workers, index, NOW, replace(config, tree_from_orders=1))
     assert tree == rings
     assert rings.assignments  # the comparison is about something
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_points_kept_as_positions_and_states_change_give_the_walks_tree(seed: int) -> None:
+    """WorkerPoints follows the index and the availability through moves, workers going busy
+    and idle again, positions going stale and fresh, drivers never seen before (in either
+    order: state first or position first) and a row array that grows; at any moment the tree
+    it gives answers as the one built by walking the idle workers does."""
+    rng = random.Random(seed)
+    index, availability = LocationIndex(resolution=9, ttl_s=60), Availability()
+    # Some state before the points start following: they take it over.
+    for i in range(30):
+        index.upsert(f"w{i:03d}", *spot(rng), NOW - 50, NOW - 50)
+    availability.load((f"w{i:03d}", 1, "idle", NOW - 100) for i in range(0, 40, 2))
+    points = WorkerPoints.following(index, availability)
+    seqs: dict[str, int] = {}
+    now = NOW
+    for step in range(1_500):
+        now += rng.uniform(0.0, 0.2)
+        d = f"w{rng.randrange(300):03d}"
+        if rng.random() < 0.6:
+            # Sometimes an old ping (not taken), sometimes a fresh one, sometimes one already
+            # stale when it arrives.
+            seen = now - rng.choice([0.0, 0.0, 30.0, 90.0])
+            index.upsert(d, *spot(rng), seen - rng.uniform(-5, 5), seen)
+        else:
+            seqs[d] = seqs.get(d, 1) + 1
+            status = rng.choice(["idle", "idle", "on_trip", "offline", "offered"])
+            data = {"driver_id": d, "seq": seqs[d], "to": status, "cause": "went_online"}
+            availability.apply_event(data, now)
+        if step % 100 == 99:
+            walked = FreshIdle(availability.idle, index, now)
+            kept = FreshIdle(availability.idle, index, now, points)
+            by_walk, by_points = WorkerTree.of(walked, index, now), WorkerTree.of(kept, index, now)
+            assert len(by_points) == len(by_walk) == len(walked)
+            queries = [(*spot(rng), frozenset()) for _ in range(20)]
+            assert by_points.nearest_each(queries, 3_000.0, 6) == by_walk.nearest_each(
+                queries, 3_000.0, 6
+            )
+            assert by_points.nearest(*CENTRE, 1e7, 10_000) == by_walk.nearest(*CENTRE, 1e7, 10_000)
+
+
+def spot(rng: random.Random) -> tuple[float, float]:
+    return CENTRE[0] + rng.uniform(-0.03, 0.03), CENTRE[1] + rng.uniform(-0.05, 0.05)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polder.common.geoindex import LocationIndex, Position
 from polder.dispatch.domain.match_types import Worker
 from polder.dispatch.domain.states import NEW_WAIT_AFTER, Cause, WorkerStatus
+
+if TYPE_CHECKING:
+    from polder.dispatch.domain.nearest import WorkerPoints
 
 _WAITING = frozenset({WorkerStatus.IDLE, WorkerStatus.OFFERED})
 
@@ -32,6 +35,8 @@ class Availability:
     def __init__(self) -> None:
         self._states: dict[str, WorkerState] = {}
         self._idle: dict[str, float | None] = {}  # driver_id -> waiting_since; idle ones only
+        # Told (driver_id, idle) at every state taken, e.g. WorkerPoints.idle_changed.
+        self.on_idle: Callable[[str, bool], None] | None = None
 
     def __len__(self) -> int:
         return len(self._idle)
@@ -77,10 +82,13 @@ class Availability:
         if known is not None and state.seq < known.seq:
             return
         self._states[driver_id] = state
-        if state.status is WorkerStatus.IDLE:
+        idle = state.status is WorkerStatus.IDLE
+        if idle:
             self._idle[driver_id] = state.waiting_since
         else:
             self._idle.pop(driver_id, None)
+        if self.on_idle is not None:
+            self.on_idle(driver_id, idle)
 
 
 class FreshIdle(Mapping[str, Worker]):
@@ -92,12 +100,21 @@ class FreshIdle(Mapping[str, Worker]):
     positions come from the index, as the candidate search sees them.
     """
 
-    __slots__ = ("_idle", "_positions", "_now")
+    __slots__ = ("_idle", "_positions", "_now", "points")
 
-    def __init__(self, idle: Mapping[str, float | None], positions: LocationIndex, now: float):
+    def __init__(
+        self,
+        idle: Mapping[str, float | None],
+        positions: LocationIndex,
+        now: float,
+        points: WorkerPoints | None = None,
+    ):
+        """``points``: the same idle workers' positions kept as arrays (see
+        ``nearest.WorkerPoints``), for a batch's tree; without, it walks them."""
         self._idle = idle
         self._positions = positions
         self._now = now
+        self.points = points
 
     def __contains__(self, driver_id: object) -> bool:
         return isinstance(driver_id, str) and self._position(driver_id) is not None

@@ -13,6 +13,10 @@ measured with ``haversine_m`` (the index's own distance, operation for operation
 by (distance, driver_id). The tree's chord distances round differently, so each query checks
 that nothing it did not return could come within rounding of the last driver kept, and asks
 again for everything up to that distance if it could (ties, workers piled on one spot).
+
+In the matcher the idle workers' positions are kept as arrays (``WorkerPoints``), updated as
+pings and state changes arrive, so a batch builds its tree from a few array operations rather
+than by walking thousands of objects.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from polder.common.geoindex import LocationIndex, Nearby, Position, measured_within
-from polder.dispatch.domain.availability import FreshIdle
+from polder.dispatch.domain.availability import Availability, FreshIdle
 from polder.dispatch.domain.match_types import Worker
 
 _R = 6_371_008.8  # metres, haversine_m's sphere
@@ -60,26 +64,37 @@ class WorkerTree:
     where ``accept`` takes these workers but not the excluded ones: the same list.
     """
 
-    __slots__ = ("_positions", "_tree")
+    __slots__ = ("_ids", "_get", "_tree")
 
-    def __init__(self, positions: Sequence[Position]) -> None:
-        self._positions = list(positions)
-        n = len(self._positions)
-        lat = np.fromiter((p.lat for p in self._positions), float, n)
-        lng = np.fromiter((p.lng for p in self._positions), float, n)
-        self._tree = cKDTree(_unit_vectors(lat, lng).reshape(n, 3))
+    def __init__(self, points: np.ndarray, ids: Sequence[str], index: LocationIndex) -> None:
+        """``points``: each worker's position as a unit vector (one row per id, in ``ids``'s
+        order); ``index`` has every one of them, at that position."""
+        self._ids = ids
+        self._get = index.__getitem__
+        self._tree = cKDTree(points.reshape(len(ids), 3))
 
     @classmethod
     def of(cls, workers: Mapping[str, Worker], index: LocationIndex, now: float) -> WorkerTree:
         """The workers in ``workers`` with a fresh position in ``index`` at ``now``, at that
         position (as the ring search over ``index`` sees them)."""
         if isinstance(workers, FreshIdle) and workers.indexed_by(index, now):
-            return cls(workers.positions())
+            points = workers.points
+            if points is not None and points.index is index:
+                return points.tree(now)
+            return cls.of_positions(workers.positions(), index)
         get = index.get
-        return cls([p for d in workers if (p := get(d)) is not None and index.is_fresh(p, now)])
+        fresh = [p for d in workers if (p := get(d)) is not None and index.is_fresh(p, now)]
+        return cls.of_positions(fresh, index)
+
+    @classmethod
+    def of_positions(cls, positions: Sequence[Position], index: LocationIndex) -> WorkerTree:
+        n = len(positions)
+        lat = np.fromiter((p.lat for p in positions), float, n)
+        lng = np.fromiter((p.lng for p in positions), float, n)
+        return cls(_unit_vectors(lat, lng), [p.driver_id for p in positions], index)
 
     def __len__(self) -> int:
-        return len(self._positions)
+        return len(self._ids)
 
     def nearest(
         self,
@@ -99,9 +114,9 @@ class WorkerTree:
         """``nearest`` for each query, the tree asked once for them all."""
         if not queries:
             return []
-        if limit <= 0 or radius_m <= 0 or not self._positions:
+        if limit <= 0 or radius_m <= 0 or not self._ids:
             return [[] for _ in queries]
-        ask = min(len(self._positions), limit + _EXTRA + max(len(q[2]) for q in queries))
+        ask = min(len(self._ids), limit + _EXTRA + max(len(q[2]) for q in queries))
         points = _unit_vectors(
             np.fromiter((q[0] for q in queries), float, len(queries)),
             np.fromiter((q[1] for q in queries), float, len(queries)),
@@ -124,7 +139,7 @@ class WorkerTree:
         point: np.ndarray,
     ) -> list[Nearby]:
         """The tree's proposals for one query, measured, sorted and checked complete."""
-        n = len(self._positions)
+        n = len(self._ids)
         kept = self._measured(query, radius_m, (j for j in row if j < n))
         asked_all = row[-1] >= n  # fewer came back than were asked: all within the bound did
         if not asked_all and len(kept) >= limit:
@@ -145,11 +160,81 @@ class WorkerTree:
         self, query: Query, radius_m: float, indices: Iterable[int]
     ) -> list[tuple[float, str, Position]]:
         lat, lng, excluded = query
-        positions = self._positions
-        if excluded:
-            found = [positions[j] for j in indices if positions[j].driver_id not in excluded]
-        else:
-            found = [positions[j] for j in indices]
+        ids, get = self._ids, self._get
+        found = [get(ids[j]) for j in indices if not excluded or ids[j] not in excluded]
         kept = measured_within(lat, lng, found, radius_m)
         kept.sort()
         return kept
+
+
+class WorkerPoints:
+    """Where the idle workers are, as arrays kept up to date as positions and states change, so
+    that a batch builds its tree without walking every idle worker's Python objects.
+
+    That walk (the idle workers, each one's position, its coordinates) reads thousands of
+    objects scattered over the heap, in a running matcher ~1-2 µs each: 10-30 ms of every
+    batch with 8 000 idle workers. Here a batch takes the rows that are idle and fresh with a
+    few array operations.
+
+    Told of every change (see ``following``): ``moved`` when the index takes a position (the
+    matcher's index never drops a driver: stale positions stay, and freshness is checked at
+    each batch), ``idle_changed`` when a worker's state is set. A driver's row stays theirs
+    for good, as their position in the index does.
+    """
+
+    __slots__ = ("index", "_rows", "_ids", "_xyz", "_seen", "_idle")
+
+    def __init__(self, index: LocationIndex, capacity: int = 1024) -> None:
+        self.index = index
+        self._rows: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._xyz = np.zeros((capacity, 3))
+        self._seen = np.full(capacity, -np.inf)  # no position yet: never fresh
+        self._idle = np.zeros(capacity, dtype=bool)
+
+    @classmethod
+    def following(cls, index: LocationIndex, availability: Availability) -> WorkerPoints:
+        """Points that follow this index and these workers' states from now on, starting from
+        what they hold now (the index's and the availability's only listener)."""
+        points = cls(index)
+        for pos in index:
+            points.moved(pos)
+        for driver_id in availability.idle:
+            points.idle_changed(driver_id, True)
+        index.on_upsert = points.moved
+        availability.on_idle = points.idle_changed
+        return points
+
+    def moved(self, pos: Position) -> None:
+        """The index took this position."""
+        row = self._row(pos.driver_id)
+        phi, lam = math.radians(pos.lat), math.radians(pos.lng)
+        cos_phi = math.cos(phi)
+        self._xyz[row] = (cos_phi * math.cos(lam), cos_phi * math.sin(lam), math.sin(phi))
+        self._seen[row] = pos.seen_at
+
+    def idle_changed(self, driver_id: str, idle: bool) -> None:
+        if idle:
+            self._idle[self._row(driver_id)] = True
+        elif (row := self._rows.get(driver_id)) is not None:
+            self._idle[row] = False
+
+    def tree(self, now: float) -> WorkerTree:
+        """The idle workers with a position fresh at ``now`` (by the index's TTL)."""
+        n = len(self._ids)
+        live = np.flatnonzero(self._idle[:n] & (now - self._seen[:n] < self.index.ttl_s))
+        ids = self._ids
+        return WorkerTree(self._xyz[live], [ids[row] for row in live.tolist()], self.index)
+
+    def _row(self, driver_id: str) -> int:
+        row = self._rows.get(driver_id)
+        if row is not None:
+            return row
+        row = self._rows[driver_id] = len(self._ids)
+        self._ids.append(driver_id)
+        if row == len(self._seen):
+            grow = len(self._seen)
+            self._xyz = np.concatenate((self._xyz, np.zeros((grow, 3))))
+            self._seen = np.concatenate((self._seen, np.full(grow, -np.inf)))
+            self._idle = np.concatenate((self._idle, np.zeros(grow, dtype=bool)))
+        return row
