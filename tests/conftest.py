@@ -15,6 +15,7 @@ import pytest
 
 from polder.common.bus import create_topics
 from polder.common.db import Pool, create_pool, migrate
+from polder.common.logging import configure_logging
 from polder.common.settings import Settings
 from polder.runtime.infra import EmbeddedBroker, EmbeddedPostgres, ensure_database, free_port
 
@@ -25,6 +26,16 @@ T = TypeVar("T")
 class Infra:
     database_url: str
     kafka_bootstrap: str
+
+
+@pytest.fixture(scope="session", autouse=True)
+def service_logging() -> None:
+    """Log as the services do when started by ``polder`` (readable lines, plain tracebacks),
+    whatever test runs first. Left to structlog's defaults, an exception logged by a service
+    running in the test's event loop (a relay retrying while Postgres is down) renders a rich
+    traceback with every frame's locals: a second or two of the loop each time on a slow
+    host, enough to starve the requests a test makes meanwhile."""
+    configure_logging("INFO", json=False)
 
 
 @pytest.fixture(scope="session")
