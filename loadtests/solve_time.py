@@ -13,7 +13,8 @@ rings the index keeps are as warm as in a running matcher.
 Per batch: the process time of ``assign_batch`` (the figure), then, on the same batch, of the
 candidate search alone, both ways: every order's ``candidates`` through the index's H3 rings
 (now warm), and as a batch of ``tree_from_orders`` or more does it, a k-d tree of the available
-workers built and asked for every order at once (``nearest.WorkerTree``). Process time, not
+workers (kept as arrays, ``nearest.WorkerPoints``, as in the matcher) built and asked for
+every order at once (``nearest.WorkerTree``). Process time, not
 wall time: the host's other tenants move wall time by half. Writes
 ``loadtests/results/solve_time.json``.
 """
@@ -32,7 +33,7 @@ from loadtests._dispatch_load import DRIVERS_NEAR_HOTSPOTS, city_point, trip_fro
 from loadtests._report import write_result
 from loadtests._stats import percentile
 from polder.common.geoindex import LocationIndex
-from polder.dispatch.domain.availability import FreshIdle
+from polder.dispatch.domain.availability import Availability, FreshIdle
 from polder.dispatch.domain.matching import (
     MatchConfig,
     OpenOrder,
@@ -40,7 +41,7 @@ from polder.dispatch.domain.matching import (
     candidates,
     candidates_found,
 )
-from polder.dispatch.domain.nearest import WorkerTree
+from polder.dispatch.domain.nearest import WorkerPoints, WorkerTree
 
 NOW = 1_750_000_000.0
 WARM_UP_BATCHES = 5
@@ -80,7 +81,11 @@ def measure(opts: Options) -> dict[str, Any]:
         index.upsert(driver_id, *city_point(rng, DRIVERS_NEAR_HOTSPOTS), NOW - 1, NOW - 1)
         if rng.random() >= opts.busy:
             idle[driver_id] = NOW - rng.uniform(0.0, 600.0)
-    workers = FreshIdle(idle, index, NOW)
+    # As in the matcher: the idle workers' positions followed as arrays for the batch's tree.
+    availability = Availability()
+    availability.load((driver_id, 1, "idle", since) for driver_id, since in idle.items())
+    points = WorkerPoints.following(index, availability)
+    workers = FreshIdle(availability.idle, index, NOW, points)
     config = MatchConfig()
     solve_s: list[float] = []
     search_s: list[float] = []

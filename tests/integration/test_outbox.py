@@ -335,3 +335,138 @@ async def test_handed_over_gives_up_as_soon_as_the_relay_stops_leading(
 
 async def _leading(relay: OutboxRelay) -> bool:
     return relay.leading
+
+
+class HeldAcks:
+    """Wraps ``bus.send_many``: logs each round's handing over (by seq) and holds back the
+    return of the rounds named in ``hold`` (their acks, so their marking) until released."""
+
+    def __init__(self, bus: Bus, hold: set[int]) -> None:
+        self.bus, self.hold = bus, hold
+        self.original = bus.send_many
+        self.log: list[tuple[str, list[int]]] = []
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+        self.fail_first = False
+
+    async def __call__(self, records, handed=None):  # type: ignore[no-untyped-def]
+        seqs = [orjson.loads(value)["data"]["seq"] for _, _, value in records]
+
+        def mark() -> None:
+            self.log.append(("handed", seqs))
+            if handed is not None:
+                handed()
+
+        await self.original(records, handed=mark)
+        if self.hold & set(seqs):
+            self.holding.set()
+            await self.release.wait()
+            self.log.append(("acked", seqs))
+        if self.fail_first:
+            self.fail_first = False
+            raise ConnectionResetError("the broker went away before the acks")
+
+    def __enter__(self) -> HeldAcks:
+        self.bus.send_many = self  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release.set()
+        self.bus.send_many = self.original  # type: ignore[method-assign]
+
+
+async def test_rows_committed_while_a_round_awaits_its_acks_go_out_before_those_acks(
+    settings: Settings, outbox_env: tuple[Pool, Bus]
+) -> None:
+    """The relay does not wait for a round's acks before the next read: a row committed
+    meanwhile is handed to the producer at once, the rows still on their way are not read
+    again, and the topic has every event once, in order."""
+    pool, bus = outbox_env
+
+    async def commit(seq: int) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, bus, [state_event(bus, "d-pipe", seq)])
+
+    relay = OutboxRelay(pool, bus, idle_poll_s=3600)
+    stop = asyncio.Event()
+    with HeldAcks(bus, hold={1}) as sends:
+        await commit(1)
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await asyncio.wait_for(sends.holding.wait(), 20)
+            await commit(2)
+            relay.notify()
+            assert await relay.handed_over(20.0)
+            assert sends.log == [("handed", [1]), ("handed", [2])]  # round 1 not acked yet
+            # Round 2 goes all the way (acked, marked) while round 1 still waits.
+            await eventually(lambda: _published(relay), until=lambda n: n == 1, within=20)
+            assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
+            sends.release.set()
+            await eventually(lambda: _published(relay), until=lambda n: n == 2, within=20)
+            assert sends.log[-1] == ("acked", [1])
+        finally:
+            stop.set()
+            relay.notify()
+            sends.release.set()
+            await task
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+    seen = await read_all(settings, 2)
+    assert [r.event.data["seq"] for r in seen] == [1, 2]
+
+
+async def test_rows_on_their_way_stay_below_a_batch(
+    settings: Settings, outbox_env: tuple[Pool, Bus]
+) -> None:
+    """A backlog goes out a batch at a time: with a batch's worth of rows awaiting acks, the
+    relay reads nothing more until they are acked."""
+    pool, bus = outbox_env
+    async with pool.acquire() as conn, conn.transaction():
+        await add_to_outbox(conn, bus, [state_event(bus, "d-cap", s) for s in range(1, 6)])
+    relay = OutboxRelay(pool, bus, batch=2, idle_poll_s=3600)
+    stop = asyncio.Event()
+    with HeldAcks(bus, hold={1}) as sends:
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await asyncio.wait_for(sends.holding.wait(), 20)
+            await asyncio.sleep(0.3)
+            assert sends.log == [("handed", [1, 2])]
+            sends.release.set()
+            await eventually(lambda: _published(relay), until=lambda n: n == 5, within=20)
+            assert [seqs for what, seqs in sends.log if what == "handed"] == [
+                [1, 2],
+                [3, 4],
+                [5],
+            ]
+        finally:
+            stop.set()
+            relay.notify()
+            sends.release.set()
+            await task
+    seen = await read_all(settings, 5)
+    assert [r.event.data["seq"] for r in seen] == [1, 2, 3, 4, 5]
+
+
+async def test_a_round_whose_acks_fail_is_sent_again_by_the_next_session(
+    settings: Settings, outbox_env: tuple[Pool, Bus]
+) -> None:
+    """Acks lost after the rows were handed over: the rows stay unsent, the relay ends its
+    session and the next one sends them again (the same event ids: consumers dedupe)."""
+    pool, bus = outbox_env
+    async with pool.acquire() as conn, conn.transaction():
+        await add_to_outbox(conn, bus, [state_event(bus, "d-lost", 1)])
+    relay = OutboxRelay(pool, bus, idle_poll_s=0.05)
+    stop = asyncio.Event()
+    with HeldAcks(bus, hold=set()) as sends:
+        sends.fail_first = True
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await eventually(lambda: _published(relay), until=lambda n: n == 1, within=20)
+            assert sends.log == [("handed", [1]), ("handed", [1])]
+        finally:
+            stop.set()
+            relay.notify()
+            await task
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+    seen = await read_all(settings, 2)
+    assert [r.event.data["seq"] for r in seen] == [1, 1]
+    assert seen[0].event.id == seen[1].event.id
