@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 import structlog
 
@@ -30,8 +29,6 @@ from polder.common.topics import Topic
 log = structlog.get_logger(__name__)
 
 Outgoing = tuple[Topic, str, Event]
-# Rounds whose rows are on their way to the broker (each delivery task, and its row ids).
-Flying = dict[asyncio.Task[None], list[int]]
 
 
 def outbox_insert(bus: Bus, events: Sequence[Outgoing]) -> tuple[str, list[Any]]:
@@ -166,62 +163,12 @@ class OutboxRelay:
                     await pruning
 
     async def _rounds(self, conn: Connection, stop: asyncio.Event) -> None:
-        """Rounds while leading. A round reads the unsent rows not already on their way, hands
-        them to the producer and is done: the next one may read at once, while the broker's
-        acks for the rows before come back and those rows are marked sent beside it
-        (``_deliver``, on a connection of its own). So rows committed while a round is out go
-        out after one read, not after that round's acks and marking (~10-20 ms at 200 orders/s,
-        more in a slow spell). The producer keeps the order of the sends, so a key's events
-        still reach their partition in id order. Rows on their way stay below ``batch``:
-        beyond, a round waits for acks first (a backlog goes out a batch at a time). A round
-        whose send or marking failed ends the session; the next one reads every unsent row
-        again (sent again, consumers dedupe)."""
-        flying: Flying = {}
-        try:
-            while not stop.is_set():
-                _raise_failure(flying)
-                while sum(map(len, flying.values())) >= self.batch:
-                    await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
-                    _raise_failure(flying)
-                # Cleared before the round reads, so a commit that wakes it during the round
-                # (after its read) makes the wait below return at once instead of being lost.
-                self.wake.clear()
-                if await self._send_round(conn, flying) < self.batch:
-                    await wait_for_event(self.wake, self.idle_poll_s)
-        except asyncio.CancelledError:
-            for delivery in flying:  # the rows stay unsent: sent again by the next session
-                delivery.cancel()
-            raise
-        finally:
-            # Their acks come back (or fail) before the lock goes: no other session sends
-            # those rows again meanwhile.
-            await asyncio.gather(*flying, return_exceptions=True)
-
-    async def _send_round(self, conn: Connection, flying: Flying) -> int:
-        """Read the oldest unsent rows not in ``flying`` and hand them to the producer; add
-        the round delivering them to ``flying`` (it leaves once delivered). How many rows."""
-        self._begun += 1
-        round_no = self._begun
-        on_the_way = [i for ids in flying.values() for i in ids]
-        rows = await self._read(conn, on_the_way)
-        if not rows:
-            self._hand_over(round_no)
-            return 0
-        handed = asyncio.get_running_loop().create_future()
-
-        def hand_over() -> None:
-            self._hand_over(round_no)
-            handed.set_result(None)
-
-        ids = [r["id"] for r in rows]
-        delivery = asyncio.create_task(self._deliver(rows, hand_over, self.pool))
-        flying[delivery] = ids
-        delivery.add_done_callback(lambda t: _land(flying, t))
-        await asyncio.wait((handed, delivery), return_when=asyncio.FIRST_COMPLETED)
-        if not handed.done():
-            handed.cancel()
-        _raise_failure(flying)  # it failed before handing anything over
-        return len(rows)
+        while not stop.is_set():
+            # Cleared before the round reads, so a commit that wakes it during the round (after
+            # its read) makes the wait below return at once instead of being forgotten.
+            self.wake.clear()
+            if await self._round(conn) < self.batch:
+                await wait_for_event(self.wake, self.idle_poll_s)
 
     async def _prune(self, stop: asyncio.Event) -> None:
         """``prune_once`` at start, then every ``prune_every_s`` until stopped."""
@@ -281,50 +228,23 @@ class OutboxRelay:
     async def _round(self, conn: Connection) -> int:
         """Publish the oldest unsent rows (up to ``batch``), wait for every ack, mark them."""
         self._begun += 1
-        rows = await self._read(conn, [])
-        if rows:
-            await self._deliver(rows, functools.partial(self._hand_over, self._begun), conn)
-        else:
-            self._hand_over(self._begun)
-        return len(rows)
-
-    async def _read(self, conn: Connection, leave_out: list[int]) -> list[asyncpg.Record]:
-        """The oldest unsent rows but those in ``leave_out``, up to ``batch``."""
+        round_no = self._begun
         # the event as stored text: no decoding to a dict and encoding it back
-        return await conn.fetch(
+        rows = await conn.fetch(
             "SELECT id, topic, key, event::text AS event FROM outbox "
-            "WHERE sent_at IS NULL AND id <> ALL($2::bigint[]) ORDER BY id LIMIT $1",
+            "WHERE sent_at IS NULL ORDER BY id LIMIT $1",
             self.batch,
-            leave_out,
         )
-
-    async def _deliver(
-        self, rows: Sequence[asyncpg.Record], handed: Callable[[], None], db: Connection | Pool
-    ) -> None:
-        """Send the rows in order (``handed`` once they are all with the producer), wait for
-        every ack, mark them sent."""
-        await self.bus.send_many(
-            [(r["topic"], r["key"].encode(), r["event"].encode()) for r in rows], handed=handed
-        )
-        await db.execute(
-            "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-            [r["id"] for r in rows],
-        )
+        if rows:
+            await self.bus.send_many(
+                [(r["topic"], r["key"].encode(), r["event"].encode()) for r in rows],
+                handed=functools.partial(self._hand_over, round_no),
+            )
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                [r["id"] for r in rows],
+            )
+        else:
+            self._hand_over(round_no)
         self.published += len(rows)
-
-
-def _land(flying: Flying, delivery: asyncio.Task[None]) -> None:
-    """A delivery is done: it leaves ``flying``, unless it failed (``_raise_failure`` tells)."""
-    if not delivery.cancelled() and delivery.exception() is None:
-        flying.pop(delivery, None)
-
-
-def _raise_failure(flying: Flying) -> None:
-    """Raise what a delivery in ``flying`` failed with, if one did."""
-    for delivery in flying:
-        if delivery.done():
-            if delivery.cancelled():
-                raise RuntimeError("an outbox delivery was cancelled")
-            error = delivery.exception()
-            if error is not None:
-                raise error
+        return len(rows)

@@ -375,50 +375,11 @@ class HeldAcks:
         self.bus.send_many = self.original  # type: ignore[method-assign]
 
 
-async def test_rows_committed_while_a_round_awaits_its_acks_go_out_before_those_acks(
+async def test_a_backlog_goes_out_a_batch_at_a_time(
     settings: Settings, outbox_env: tuple[Pool, Bus]
 ) -> None:
-    """The relay does not wait for a round's acks before the next read: a row committed
-    meanwhile is handed to the producer at once, the rows still on their way are not read
-    again, and the topic has every event once, in order."""
-    pool, bus = outbox_env
-
-    async def commit(seq: int) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            await add_to_outbox(conn, bus, [state_event(bus, "d-pipe", seq)])
-
-    relay = OutboxRelay(pool, bus, idle_poll_s=3600)
-    stop = asyncio.Event()
-    with HeldAcks(bus, hold={1}) as sends:
-        await commit(1)
-        task = asyncio.create_task(relay.run(stop))
-        try:
-            await asyncio.wait_for(sends.holding.wait(), 20)
-            await commit(2)
-            relay.notify()
-            assert await relay.handed_over(20.0)
-            assert sends.log == [("handed", [1]), ("handed", [2])]  # round 1 not acked yet
-            # Round 2 goes all the way (acked, marked) while round 1 still waits.
-            await eventually(lambda: _published(relay), until=lambda n: n == 1, within=20)
-            assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
-            sends.release.set()
-            await eventually(lambda: _published(relay), until=lambda n: n == 2, within=20)
-            assert sends.log[-1] == ("acked", [1])
-        finally:
-            stop.set()
-            relay.notify()
-            sends.release.set()
-            await task
-    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
-    seen = await read_all(settings, 2)
-    assert [r.event.data["seq"] for r in seen] == [1, 2]
-
-
-async def test_rows_on_their_way_stay_below_a_batch(
-    settings: Settings, outbox_env: tuple[Pool, Bus]
-) -> None:
-    """A backlog goes out a batch at a time: with a batch's worth of rows awaiting acks, the
-    relay reads nothing more until they are acked."""
+    """With a batch's worth of rows awaiting acks, the relay reads nothing more until they are
+    acked; then the rest, in order."""
     pool, bus = outbox_env
     async with pool.acquire() as conn, conn.transaction():
         await add_to_outbox(conn, bus, [state_event(bus, "d-cap", s) for s in range(1, 6)])
