@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from polder.common.geoindex import LocationIndex, Nearby, haversine_m
 from polder.dispatch.domain.availability import Availability, FreshIdle
 from polder.dispatch.domain.matching import MatchConfig, OpenOrder, assign_batch
-from polder.dispatch.domain.nearest import WorkerPoints, WorkerTree, chord_bound
+from polder.dispatch.domain.nearest import Query, WorkerPoints, WorkerTree, chord_bound
 
 NOW = 1_000_000.0
 CENTRE = (52.37, 4.89)
@@ -39,28 +39,20 @@ def city(
 
 
 def ring_search(
-    index: LocationIndex,
-    workers: FreshIdle,
-    lat: float,
-    lng: float,
-    radius_m: float,
-    limit: int,
-    excluded: frozenset[str],
+    index: LocationIndex, workers: FreshIdle, query: Query, radius_m: float, limit: int
 ) -> list[Nearby]:
     """The reference: the index's ring search, asked for the available, not excluded ones."""
+    lat, lng, excluded = query
     return index.nearby(
         lat, lng, radius_m, limit, NOW, lambda d: d in workers and d not in excluded
     )
 
 
 def brute_force(
-    workers: FreshIdle,
-    lat: float,
-    lng: float,
-    radius_m: float,
-    limit: int,
-    excluded: frozenset[str],
+    workers: FreshIdle, query: Query, radius_m: float, limit: int
 ) -> list[tuple[float, str]]:
+    """Every available worker measured and sorted by (distance, driver_id)."""
+    lat, lng, excluded = query
     found = sorted(
         (haversine_m(lat, lng, w.lat, w.lng), d) for d, w in workers.items() if d not in excluded
     )
@@ -84,13 +76,13 @@ def test_the_tree_gives_the_ring_searchs_list(seed: int, radius_m: float, limit:
         some = rng.sample(sorted(workers), rng.choice([0, 0, 1, 3, 12]))
         queries.append((lat, lng, frozenset(some)))
     answers = tree.nearest_each(queries, radius_m, limit)
-    for (lat, lng, excluded), got in zip(queries, answers, strict=True):
-        expected = ring_search(index, workers, lat, lng, radius_m, limit, excluded)
+    for query, got in zip(queries, answers, strict=True):
+        expected = ring_search(index, workers, query, radius_m, limit)
         assert got == expected
         assert [(h.distance_m, h.position.driver_id) for h in got] == brute_force(
-            workers, lat, lng, radius_m, limit, excluded
+            workers, query, radius_m, limit
         )
-        assert tree.nearest(lat, lng, radius_m, limit, excluded) == expected
+        assert tree.nearest(*query[:2], radius_m, limit, query[2]) == expected
 
 
 def test_a_crowd_on_one_spot_is_cut_by_driver_id_as_a_full_sort_would() -> None:
@@ -128,7 +120,7 @@ def test_the_tree_is_exact_across_the_antimeridian_and_near_the_pole(
     lat = max(-90.0, min(90.0, centre[0] + rng.uniform(-0.05, 0.05)))
     lng = ((centre[1] + rng.uniform(-0.05, 0.05)) + 180) % 360 - 180
     got = tree.nearest(lat, lng, radius_m, limit)
-    assert got == ring_search(index, workers, lat, lng, radius_m, limit, frozenset())
+    assert got == ring_search(index, workers, (lat, lng, frozenset()), radius_m, limit)
 
 
 def test_only_the_views_workers_with_fresh_positions_are_in_the_tree() -> None:
