@@ -15,16 +15,22 @@ TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkMSJ9.c2lnbmF0dXJl"
 
 @pytest.fixture
 def written() -> Iterator[io.StringIO]:
+    """The services' JSON logging, written to a buffer; the suite's own logging (conftest)
+    restored afterwards, so later tests log as before (structlog's defaults would render a
+    rich traceback with locals for every exception a service logs: seconds of an event loop)."""
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     configure_logging("INFO", json=True)
     out = io.StringIO()
-    [handler] = logging.getLogger().handlers
+    [handler] = root.handlers
     assert isinstance(handler, logging.StreamHandler)
-    previous = handler.setStream(out)
+    handler.setStream(out)
     try:
         yield out
     finally:
-        handler.setStream(previous)
-        structlog.reset_defaults()
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def test_uvicorn_websocket_lines_lose_their_token(written: io.StringIO) -> None:
