@@ -262,8 +262,10 @@ class LocationIndex:
             level.fine_share = 7.0 ** (level.resolution - resolution)
         # Insertion order = order of last sighting, so expiry pops from the front.
         self._drivers: OrderedDict[str, Position] = OrderedDict()
-        # Told every position the index takes (dispatch keeps its workers' as arrays).
+        # Told every position the index takes, and every driver it drops (dispatch keeps its
+        # workers' positions as arrays).
         self.on_upsert: Callable[[Position], None] | None = None
+        self.on_remove: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._drivers)
@@ -357,6 +359,8 @@ class LocationIndex:
         if pos is None:
             return False
         self._leave(pos.cell, driver_id)
+        if self.on_remove is not None:
+            self.on_remove(driver_id)
         return True
 
     def expire(self, now: float) -> int:
@@ -370,6 +374,8 @@ class LocationIndex:
                 break
             del drivers[pos.driver_id]
             self._leave(pos.cell, pos.driver_id)
+            if self.on_remove is not None:
+                self.on_remove(pos.driver_id)
             gone += 1
         return gone
 

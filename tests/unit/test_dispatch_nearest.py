@@ -186,9 +186,9 @@ def test_a_batch_matches_the_same_with_the_tree_as_with_the_rings(seed: int) -> 
 @pytest.mark.parametrize("seed", range(5))
 def test_points_kept_as_positions_and_states_change_give_the_walks_tree(seed: int) -> None:
     """WorkerPoints follows the index and the availability through moves, workers going busy
-    and idle again, positions going stale and fresh, drivers never seen before (in either
-    order: state first or position first) and a row array that grows; at any moment the tree
-    it gives answers as the one built by walking the idle workers does."""
+    and idle again, positions going stale and fresh or dropped, drivers never seen before (in
+    either order: state first or position first) and a row array that grows; at any moment the
+    tree it gives answers as the one built by walking the idle workers does."""
     rng = random.Random(seed)
     index, availability = LocationIndex(resolution=9, ttl_s=60), Availability()
     # Some state before the points start following: they take it over.
@@ -201,7 +201,12 @@ def test_points_kept_as_positions_and_states_change_give_the_walks_tree(seed: in
     for step in range(1_500):
         now += rng.uniform(0.0, 0.2)
         d = f"w{rng.randrange(300):03d}"
-        if rng.random() < 0.6:
+        roll = rng.random()
+        if roll < 0.01:
+            index.expire(now)  # the matcher's index never does; the points follow anyway
+        elif roll < 0.03:
+            index.remove(d)
+        elif roll < 0.6:
             # Sometimes an old ping (not taken), sometimes a fresh one, sometimes one already
             # stale when it arrives.
             seen = now - rng.choice([0.0, 0.0, 30.0, 90.0])
@@ -225,3 +230,20 @@ def test_points_kept_as_positions_and_states_change_give_the_walks_tree(seed: in
 
 def spot(rng: random.Random) -> tuple[float, float]:
     return CENTRE[0] + rng.uniform(-0.03, 0.03), CENTRE[1] + rng.uniform(-0.05, 0.05)
+
+
+def test_points_refuse_to_be_a_second_listener_or_to_serve_another_view() -> None:
+    """One listener per index and availability (a second would leave the first behind, its
+    tree proposing workers long gone), and a view only takes the points of its own index and
+    idle workers."""
+    index, availability = LocationIndex(resolution=9, ttl_s=60), Availability()
+    points = WorkerPoints.following(index, availability)
+    with pytest.raises(ValueError, match="index already has a listener"):
+        WorkerPoints.following(index, Availability())
+    with pytest.raises(ValueError, match="availability already has a listener"):
+        WorkerPoints.following(LocationIndex(), availability)
+    with pytest.raises(ValueError, match="another index or other workers"):
+        FreshIdle(Availability().idle, index, NOW, points)
+    with pytest.raises(ValueError, match="another index or other workers"):
+        FreshIdle(availability.idle, LocationIndex(), NOW, points)
+    assert FreshIdle(availability.idle, index, NOW, points).points is points

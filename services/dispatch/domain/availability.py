@@ -111,6 +111,8 @@ class FreshIdle(Mapping[str, Worker]):
     ):
         """``points``: the same idle workers' positions kept as arrays (see
         ``nearest.WorkerPoints``), for a batch's tree; without, it walks them."""
+        if points is not None and not points.follows(positions, idle):
+            raise ValueError("the points follow another index or other workers")
         self._idle = idle
         self._positions = positions
         self._now = now

@@ -78,9 +78,8 @@ class WorkerTree:
         """The workers in ``workers`` with a fresh position in ``index`` at ``now``, at that
         position (as the ring search over ``index`` sees them)."""
         if isinstance(workers, FreshIdle) and workers.indexed_by(index, now):
-            points = workers.points
-            if points is not None and points.index is index:
-                return points.tree(now)
+            if workers.points is not None:
+                return workers.points.tree(now)
             return cls.of_positions(workers.positions(), index)
         get = index.get
         fresh = [p for d in workers if (p := get(d)) is not None and index.is_fresh(p, now)]
@@ -111,11 +110,20 @@ class WorkerTree:
     def nearest_each(
         self, queries: Sequence[Query], radius_m: float, limit: int
     ) -> list[list[Nearby]]:
-        """``nearest`` for each query, the tree asked once for them all."""
-        if not queries:
-            return []
+        """``nearest`` for each query: those that exclude no one asked of the tree at once, the
+        others each on its own (they ask for more, as many more as they exclude)."""
         if limit <= 0 or radius_m <= 0 or not self._ids:
             return [[] for _ in queries]
+        answers: list[list[Nearby]] = [[] for _ in queries]
+        plain = [i for i, q in enumerate(queries) if not q[2]]
+        for group in [plain, *([i] for i, q in enumerate(queries) if q[2])]:
+            if group:
+                asked = [queries[i] for i in group]
+                for i, found in zip(group, self._ask(asked, radius_m, limit), strict=True):
+                    answers[i] = found
+        return answers
+
+    def _ask(self, queries: Sequence[Query], radius_m: float, limit: int) -> list[list[Nearby]]:
         ask = min(len(self._ids), limit + _EXTRA + max(len(q[2]) for q in queries))
         points = _unit_vectors(
             np.fromiter((q[0] for q in queries), float, len(queries)),
@@ -176,16 +184,20 @@ class WorkerPoints:
     batch with 8 000 idle workers. Here a batch takes the rows that are idle and fresh with a
     few array operations.
 
-    Told of every change (see ``following``): ``moved`` when the index takes a position (the
-    matcher's index never drops a driver: stale positions stay, and freshness is checked at
-    each batch), ``idle_changed`` when a worker's state is set. A driver's row stays theirs
-    for good, as their position in the index does.
+    Told of every change (see ``following``): ``moved`` when the index takes a position,
+    ``removed`` when it drops one (the matcher's index does not: stale positions stay, and
+    freshness is checked at each batch), ``idle_changed`` when a worker's state is set. A
+    driver's row stays theirs for good.
     """
 
-    __slots__ = ("index", "_rows", "_ids", "_xyz", "_seen", "_idle")
+    __slots__ = ("index", "idle", "_rows", "_ids", "_xyz", "_seen", "_idle")
 
-    def __init__(self, index: LocationIndex, capacity: int = 1024) -> None:
+    def __init__(
+        self, index: LocationIndex, idle: Mapping[str, float | None], capacity: int = 1024
+    ) -> None:
+        """Empty points; ``following`` makes them follow an index and an availability."""
         self.index = index
+        self.idle = idle  # the availability's idle workers, whose states these follow
         self._rows: dict[str, int] = {}
         self._ids: list[str] = []
         self._xyz = np.zeros((capacity, 3))
@@ -195,15 +207,24 @@ class WorkerPoints:
     @classmethod
     def following(cls, index: LocationIndex, availability: Availability) -> WorkerPoints:
         """Points that follow this index and these workers' states from now on, starting from
-        what they hold now (the index's and the availability's only listener)."""
-        points = cls(index)
+        what they hold now. Each has one listener: a second would leave the first behind,
+        unseen, so it is refused."""
+        if index.on_upsert is not None or index.on_remove is not None:
+            raise ValueError("this index already has a listener")
+        if availability.on_idle is not None:
+            raise ValueError("this availability already has a listener")
+        points = cls(index, availability.idle)
         for pos in index:
             points.moved(pos)
         for driver_id in availability.idle:
             points.idle_changed(driver_id, True)
-        index.on_upsert = points.moved
+        index.on_upsert, index.on_remove = points.moved, points.removed
         availability.on_idle = points.idle_changed
         return points
+
+    def follows(self, index: LocationIndex, idle: Mapping[str, float | None]) -> bool:
+        """Whether these are the points of this index's positions and these idle workers."""
+        return index is self.index and idle is self.idle
 
     def moved(self, pos: Position) -> None:
         """The index took this position."""
@@ -212,6 +233,12 @@ class WorkerPoints:
         cos_phi = math.cos(phi)
         self._xyz[row] = (cos_phi * math.cos(lam), cos_phi * math.sin(lam), math.sin(phi))
         self._seen[row] = pos.seen_at
+
+    def removed(self, driver_id: str) -> None:
+        """The index dropped this driver's position."""
+        row = self._rows.get(driver_id)
+        if row is not None:
+            self._seen[row] = -np.inf
 
     def idle_changed(self, driver_id: str, idle: bool) -> None:
         if idle:
