@@ -62,6 +62,21 @@ class BatchOutcome:
 # part: a round in flight when the part commits must finish first (its acks: 8-16 ms p50 / p90
 # at 150 orders/s, up to ~75 ms seen), then the next one reads them.
 HAND_OVER_WAIT_S = 0.05
+# A part's orders and workers, offered: (keys, offer ids, times) per statement. ``= ANY``
+# beside the join lets Postgres find the rows by key (see transitions.lock_many) rather than
+# read the whole table to join it to unnest.
+OFFER_ORDERS = (
+    "UPDATE orders o SET status = 'offered', updated_at = u.at, "
+    "offer_id = u.offer_id, first_offer_at = COALESCE(o.first_offer_at, u.at) "
+    "FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u(order_id, offer_id, at) "
+    "WHERE o.order_id = u.order_id AND o.order_id = ANY($1)"
+)
+OFFER_WORKERS = (
+    "UPDATE workers w SET status = 'offered', status_since = u.at, "
+    "offer_id = u.offer_id, seq = w.seq + 1 "
+    "FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) AS u(driver_id, offer_id, at) "
+    "WHERE w.driver_id = u.driver_id AND w.driver_id = ANY($1)"
+)
 
 
 def match_config(settings: Settings) -> MatchConfig:
@@ -257,22 +272,8 @@ class Matcher:
         # outbox rows (common.deferred): row by row, a 200-order batch spent most of a
         # second in round trips. They carry no row keys: nothing else in this transaction
         # writes these rows (a move_* call added here would need a flush first).
-        conn.defer(
-            "UPDATE orders o SET status = 'offered', updated_at = u.at, "
-            "offer_id = u.offer_id, first_offer_at = COALESCE(o.first_offer_at, u.at) "
-            "FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) "
-            "AS u(order_id, offer_id, at) "
-            "WHERE o.order_id = u.order_id",
-            *_columns(order_updates, 3),
-        )
-        conn.defer(
-            "UPDATE workers w SET status = 'offered', status_since = u.at, "
-            "offer_id = u.offer_id, seq = w.seq + 1 "
-            "FROM unnest($1::text[], $2::uuid[], $3::timestamptz[]) "
-            "AS u(driver_id, offer_id, at) "
-            "WHERE w.driver_id = u.driver_id",
-            *_columns(worker_updates, 3),
-        )
+        conn.defer(OFFER_ORDERS, *_columns(order_updates, 3))
+        conn.defer(OFFER_WORKERS, *_columns(worker_updates, 3))
         conn.defer(
             "INSERT INTO offers (offer_id, order_id, driver_id, status, created_at, "
             "expires_at, pickup_eta_s, pickup_distance_m, estimated_pay) "

@@ -175,10 +175,14 @@ async def lock_many(conn: Conn, *tables: Rows) -> list[dict[Any, Row]]:
         checks.append(
             f"(SELECT count(*) FROM (SELECT 1 FROM {t.table} t "  # noqa: S608 (checked names)
             f"JOIN unnest(${n + 1}::{t.key_type}[], ${n + 2}::xid[]) AS v(k, x) "
-            f"ON t.{t.key} = v.k AND t.xmin = v.x ORDER BY t.{t.key} FOR UPDATE OF t) "
+            f"ON t.{t.key} = v.k AND t.xmin = v.x WHERE t.{t.key} = ANY(${n + 1}) "
+            f"ORDER BY t.{t.key} FOR UPDATE OF t) "
             f"AS locked{i}) = ${n + 3}"
         )
         args += [[r[t.key] for r in rows], [r[_XMIN] for r in rows], len(rows)]
+    # ``= ANY`` beside the join: with it Postgres finds the rows through the key's index (a
+    # bitmap scan, 0.7 ms for 64 of 10 000 workers); joined to unnest alone it estimated the
+    # whole table cheaper and read all of it (3.8 ms), inside the batch's critical statement.
     # Nested CASEs, not AND (whose terms Postgres may take in any order): the tables lock in
     # the order given, and none after the first whose rows changed.
     unchanged = "true"
