@@ -469,6 +469,37 @@ def test_a_decision_records_every_candidate_with_its_figures_and_is_json() -> No
         }
 
 
+def test_a_decision_keeps_its_figures_to_the_millimetre_and_stays_small() -> None:
+    """Stored in the statement that writes a batch's offers: a decision of eight candidates
+    (the usual number; an order whose candidates all went to others has more) is small
+    enough, under ~2 000 bytes with its row, that Postgres stores it as it is rather than
+    compress it."""
+    orders, (workers, index) = random_world(random.Random(3), 60, 40, 4_000.0, max_wait_s=600)
+    result = assign_batch(orders, workers, index, NOW, MatchConfig(k_nearest=8))
+    sizes = []
+    for decision in result.decisions.values():
+        full = decision.candidates
+        doc = decision.to_dict()
+        assert len(doc["candidates"]) == len(full)
+        for c, kept in zip(full, doc["candidates"], strict=True):
+            assert kept["eta_s"] == pytest.approx(c.candidate.eta_s, abs=5e-4)
+            assert kept["distance_m"] == pytest.approx(c.candidate.distance_m, abs=5e-4)
+            assert kept["assignment_cost"] == pytest.approx(c.assignment_cost, abs=5e-4)
+            assert kept["distance_m"] == round(kept["distance_m"], 3)
+        # as the service stores it: a uuid order id, an id of ten characters per driver
+        named = {
+            **doc,
+            "order_id": "2f1c7a9e-3d4b-4c6a-9b8e-7f6a5d4c3b2a",
+            "candidates": [
+                {**c, "driver_id": f"drv-{i:06d}"} for i, c in enumerate(doc["candidates"])
+            ],
+        }
+        if len(full) == 8:
+            sizes.append(len(json.dumps(named, separators=(",", ":"))))
+    assert len(sizes) > 10
+    assert max(sizes) < 1_700, max(sizes)
+
+
 def test_the_reason_names_the_order_that_took_the_best_candidate() -> None:
     orders, (workers, index) = crossing_case()
     result = assign_batch(orders, workers, index, NOW, PLAIN)
