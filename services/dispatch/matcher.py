@@ -141,6 +141,9 @@ class Matcher:
             now + timedelta(seconds=self.settings.schedule_lead_s),
         )
         ts = now.timestamp()
+        # Positions not renewed for the TTL leave the index (and the points' view), as in the
+        # location service: no batch could use them, and the ring search would walk past them.
+        self.positions.expire(ts)
         workers = FreshIdle(self.availability.idle, self.positions, ts, self.points)
         self.metrics.open_orders.set(len(open_rows))
         orders = [_open_order(r) for r in open_rows]

@@ -801,6 +801,23 @@ async def test_a_batch_finds_its_rows_by_key_among_many(d: Dispatch) -> None:
             )
 
 
+async def test_the_matcher_forgets_a_position_gone_stale(d: Dispatch) -> None:
+    """A worker whose position is older than the TTL leaves the matcher's index at the next
+    batch (its memory does not grow with every driver ever seen) and gets no offer; a new
+    ping brings them back."""
+    await d.online("drv-stale", *CENTRE)
+    order_id = (await d.order("cust-stale"))["order_id"]
+    positions = d.rt.matcher.positions
+    assert positions.get("drv-stale") is not None
+    later = datetime.now(UTC) + timedelta(seconds=d.settings.location_ttl_s + 1)
+    assert (await d.rt.matcher.run_once(later)).offered == 0
+    assert positions.get("drv-stale") is None and len(positions) == 0
+    await d.position("drv-stale", *CENTRE)
+    assert (await d.batch()).offered == 1
+    [offer] = await d.offers("drv-stale")
+    assert offer["order_id"] == order_id
+
+
 async def test_operators_see_every_round_and_why(d: Dispatch) -> None:
     created = await d.order("cust-f")
     await d.batch()  # nobody around
