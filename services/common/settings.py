@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SIGNING_KEY = "polder-development-signing-key-not-for-production"
+# The smallest POLDER_DB_POOL_SIZE a service process can run with (see ``Settings.db_pool_size``).
+MIN_DB_POOL_SIZE = 4
 
 
 class Settings(BaseSettings):
@@ -49,6 +51,8 @@ class Settings(BaseSettings):
     # more latency (measurements in loadtests/README.md, "7 Dec").
     kafka_ping_linger_ms: int = Field(default=50, ge=0, le=1000)
     # Connections per service process; 0 takes the service's own default (dispatch 20, else 10).
+    # At least MIN_DB_POOL_SIZE: a process keeps some for good (dispatch's matcher three: its
+    # lock, the outbox relay's and the retention job's) and must have one left to work with.
     db_pool_size: int = Field(default=0, ge=0)
     # Isolation: appended to topic names (".ns") and Postgres schemas ("_ns"), so tests and
     # parallel deployments on one broker/database never see each other's data.
@@ -116,6 +120,16 @@ class Settings(BaseSettings):
     billing_silence_timeout_s: float = 900.0
     billing_ping_spacing_s: float = 5.0
     default_policy: str = "nl_hourly"
+
+    @model_validator(mode="after")
+    def _pool_has_room_to_work(self) -> Settings:
+        if 0 < self.db_pool_size < MIN_DB_POOL_SIZE:
+            raise ValueError(
+                f"POLDER_DB_POOL_SIZE must be 0 (each service's default) or at least "
+                f"{MIN_DB_POOL_SIZE}: dispatch's matcher keeps three connections for good "
+                "and needs one more for its batches"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_needs_a_real_key(self) -> Settings:

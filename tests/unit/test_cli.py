@@ -19,6 +19,20 @@ def test_token_in_production_without_a_key_is_an_error(monkeypatch: pytest.Monke
         main(["token", "--role", "operator", "--sub", "ops"])
 
 
+@pytest.mark.parametrize("size", ["1", "3"])
+def test_a_pool_too_small_to_work_is_refused(monkeypatch: pytest.MonkeyPatch, size: str) -> None:
+    """The matcher holds three connections for good: fewer than four would hang it."""
+    monkeypatch.setenv("POLDER_DB_POOL_SIZE", size)
+    with pytest.raises(SystemExit, match="POLDER_DB_POOL_SIZE must be 0 .* or at least 4"):
+        main(["up"])
+
+
+@pytest.mark.parametrize("size", ["0", "4"])
+def test_a_pool_of_the_default_or_four_is_taken(monkeypatch: pytest.MonkeyPatch, size: str) -> None:
+    monkeypatch.setenv("POLDER_DB_POOL_SIZE", size)
+    assert Settings().db_pool_size == int(size)
+
+
 def test_unknown_role_is_refused() -> None:
     with pytest.raises(SystemExit):
         main(["token", "--role", "admin", "--sub", "x"])
