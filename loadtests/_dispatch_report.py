@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from loadtests._dispatch_load import CustomerReport, DriverReport, Offer
-from loadtests._report import fmt, table
+from loadtests._report import fmt, host_row, table
 from loadtests._stats import Scrape, bucket_delta, bucket_quantile, percentile
 
 if TYPE_CHECKING:
@@ -350,6 +350,11 @@ def render(doc: dict[str, Any]) -> str:
                     for k in ("service", "matcher", "loadgen", "broker", "postgres"))),
         ("CPU cores: harness / whole box / anything else",
          " / ".join(fmt(cpu.get(k, math.nan), "", 2) for k in ("harness", "box", "other"))),
+        ("CPU ms per order placed: API / matcher / loadgen / broker / postgres",
+         " / ".join(fmt(1000 * cpu.get(k, math.nan) / o["placed_per_s"], "", 1)
+                    if o["placed_per_s"] else "n/a"
+                    for k in ("service", "matcher", "loadgen", "broker", "postgres"))),
+        *([host_row(doc["host_loop_s"])] if "host_loop_s" in doc else []),
         (f"target: beyond-window p99 ≤ {TARGET_BEYOND_P99_MS:.0f} ms",
          ("PASS" if doc["target"]["met"] else "FAIL")
          + f" ({fmt(pub['beyond_window_p99_ms'], ' ms', 0)})"),

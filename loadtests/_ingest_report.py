@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadtests._loadgen import PHASES, Mode, Phase, Tally, Window
-from loadtests._report import fmt, table
+from loadtests._report import fmt, host_row, table
 from loadtests._stats import Scrape, bucket_delta, bucket_quantile, percentile
 
 TARGET_PINGS_PER_S = 50_000.0
@@ -186,6 +186,7 @@ def render(doc: dict[str, Any]) -> str:
          f"{cpu['broker']:.2f} / {cpu['postgres']:.2f} / {cpu['harness']:.2f}"),
         ("CPU cores busy: whole box / anything else",
          f"{cpu['box']:.2f} of {os.cpu_count()} / {cpu['other']:.2f}"),
+        *([host_row(doc["host_loop_s"])] if "host_loop_s" in doc else []),
     ]
     offered = f"{o['rate']:,.0f} pings/s offered" if o["rate"] else "unpaced (closed loop)"
     title = (

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,35 @@ def table(title: str, rows: list[tuple[str, str]]) -> str:
     rule = "-" * (width + vwidth + 5)
     lines = [title, rule, *(f"  {k:<{width}}   {v}" for k, v in rows), rule]
     return "\n".join(lines)
+
+
+# What a fast day of this machine took for ``host_loop_s`` (7 Dec 2026): the host's speed drifts
+# by two between days, and every figure of a saturated benchmark with it.
+FAST_HOST_LOOP_S = 0.44
+
+
+# The loop as the sessions' notes time it (``python3 -c``): at module level, where each name is
+# a dictionary lookup (inside a function the same loop runs about four times as fast).
+_LOOP = compile("s = 0\nfor i in range(5_000_000):\n    s += i\n", "<host-loop>", "exec")
+
+
+def host_loop_s(repeat: int = 3) -> float:
+    """The fastest of ``repeat`` pure-Python loops of 5 million additions, in CPU seconds: how
+    fast this host is today (``FAST_HOST_LOOP_S`` on a fast day). Run it on a quiet box."""
+    best = math.inf
+    for _ in range(repeat):
+        started = time.process_time()
+        exec(_LOOP, {})  # noqa: S102 (our own constant code)
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def host_row(seconds: float) -> tuple[str, str]:
+    """A report row: the host's speed after the run."""
+    return (
+        "host: 5 M-addition loop after the run",
+        f"{seconds:.2f} s ({seconds / FAST_HOST_LOOP_S:.1f} × a fast day's {FAST_HOST_LOOP_S} s)",
+    )
 
 
 def machine() -> dict[str, Any]:

@@ -43,7 +43,7 @@ from loadtests._dispatch_load import (
 )
 from loadtests._dispatch_report import render, summarise
 from loadtests._loadgen import Window, wait_for
-from loadtests._report import write_result
+from loadtests._report import host_loop_s, write_result
 from loadtests._stats import Scrape, cpu_snapshot, pids_matching, process_table
 from loadtests._system import (
     RunningService,
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
               f"broker {svc.settings.kafka_bootstrap}", flush=True)
         run = asyncio.run(_run(svc, opts))
     doc = summarise(run)
+    doc["host_loop_s"] = host_loop_s()
     print("\n" + render(doc) + "\n", flush=True)
     print(f"wrote {write_result(opts.out, command.strip(), doc)}", flush=True)
     return 0 if not doc["errors"]["total"] and not doc["checks"]["failed"] else 1

@@ -27,7 +27,7 @@ import httpx
 
 from loadtests._ingest_report import Run, render, summarise
 from loadtests._loadgen import Mode, Plan, Window, WorkerReport, wait_for, worker_entry
-from loadtests._report import write_result
+from loadtests._report import host_loop_s, write_result
 from loadtests._stats import Scrape, cpu_snapshot, pids_matching, process_table
 from loadtests._system import (
     RunningService,
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
               f"broker {svc.settings.kafka_bootstrap}", flush=True)
         for mode in opts.modes:
             doc = summarise(run_mode(svc, mode, opts))
+            doc["host_loop_s"] = host_loop_s()
             print("\n" + render(doc) + "\n", flush=True)
             print(f"wrote {write_result(f'{opts.out}-{mode}', command.strip(), doc)}", flush=True)
             clean &= not doc["client"]["all_phases"]["errors"]

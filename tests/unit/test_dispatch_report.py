@@ -6,6 +6,7 @@ import pytest
 
 from loadtests._dispatch_load import Offer
 from loadtests._dispatch_report import _first_part_waits
+from loadtests._report import FAST_HOST_LOOP_S, host_loop_s, host_row
 
 
 def _offer(n: int, batch: str, at: float, published: float) -> Offer:
@@ -24,3 +25,10 @@ def test_only_the_offers_of_each_batchs_earliest_written_part_count() -> None:
 
 def test_no_offers_no_waits() -> None:
     assert _first_part_waits([]) == []
+
+
+def test_the_host_row_says_how_slow_the_host_was_against_a_fast_day() -> None:
+    label, text = host_row(2 * FAST_HOST_LOOP_S)
+    assert "5 M-addition loop" in label
+    assert text == f"{2 * FAST_HOST_LOOP_S:.2f} s (2.0 × a fast day's {FAST_HOST_LOOP_S} s)"
+    assert 0 < host_loop_s(repeat=1) < 60
