@@ -125,12 +125,9 @@ def service(
 ) -> Iterator[RunningService]:
     """Start Postgres, the broker, topics, and service ``name`` (which applies its migrations)
     with ``env`` added to its environment; stop them all."""
-    tmp = Path(tempfile.mkdtemp(prefix="polder-bench-"))
-    ports = {"broker_port": free_port(HOST), f"{name}_port": free_port(HOST)}
-    system = System(Settings(data_dir=tmp, host=HOST, **ports))
-    log_path = tmp / f"{name}.log"
-    try:
-        settings = _start_infrastructure(system)
+    with _infrastructure(**{f"{name}_port": free_port(HOST)}) as (system, settings):
+        tmp = settings.data_dir
+        log_path = tmp / f"{name}.log"
         port = settings.port_of(name)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -150,6 +147,22 @@ def service(
         if proc.poll() is not None:
             print(f"{name} service exited early with code {proc.returncode}; its log:\n"
                   f"{_log_tail(log_path)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def infrastructure() -> Iterator[Settings]:
+    """Postgres and the broker with the topics, in a directory of their own, on free ports, for
+    a benchmark that runs a service's app in its own process; stopped and removed after."""
+    with _infrastructure() as (_, settings):
+        yield settings
+
+
+@contextlib.contextmanager
+def _infrastructure(**ports: int) -> Iterator[tuple[System, Settings]]:
+    tmp = Path(tempfile.mkdtemp(prefix="polder-bench-"))
+    system = System(Settings(data_dir=tmp, host=HOST, broker_port=free_port(HOST), **ports))
+    try:
+        yield system, _start_infrastructure(system)
     finally:
         system.stop()
         shutil.rmtree(tmp, ignore_errors=True)
