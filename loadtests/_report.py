@@ -32,8 +32,8 @@ def table(title: str, rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-# What a fast day of this machine took for ``host_loop_s`` (7 Dec 2026): the host's speed drifts
-# by two between days, and every figure of a saturated benchmark with it.
+# What ``host_loop_s`` took on a fast day of this machine, as the sessions' notes recorded it:
+# the host's speed drifts by two between days, and every figure of a saturated benchmark with it.
 FAST_HOST_LOOP_S = 0.44
 
 
