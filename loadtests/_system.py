@@ -160,11 +160,13 @@ def infrastructure() -> Iterator[Settings]:
 @contextlib.contextmanager
 def _infrastructure(**ports: int) -> Iterator[tuple[System, Settings]]:
     tmp = Path(tempfile.mkdtemp(prefix="polder-bench-"))
-    system = System(Settings(data_dir=tmp, host=HOST, broker_port=free_port(HOST), **ports))
     try:
-        yield system, _start_infrastructure(system)
+        system = System(Settings(data_dir=tmp, host=HOST, broker_port=free_port(HOST), **ports))
+        try:
+            yield system, _start_infrastructure(system)
+        finally:
+            system.stop()
     finally:
-        system.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -43,7 +43,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from loadtests._report import host_loop_s, host_row, table, write_result
-from loadtests._system import infrastructure
+from loadtests._system import infrastructure, stop_on_sigterm
 from polder.common.auth import CurrentPrincipal, issue_token
 from polder.common.logging import configure_logging
 from polder.common.settings import Settings
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     command = "python -m loadtests.api_cost " + shlex.join(sys.argv[1:] if argv is None else argv)
     configure_logging("WARNING", json=False)
+    stop_on_sigterm()  # the infrastructure is stopped and its directory removed then too
     with infrastructure() as settings:
         doc = uvloop.run(measure(settings.model_copy(update={"log_level": "WARNING"}), opts))
     doc["host_loop_s"] = host_loop_s()

@@ -8,6 +8,8 @@ import pytest
 from loadtests.api_cost import MODES, measure, parse_args, render
 from polder.common.settings import Settings
 
+pytestmark = pytest.mark.integration
+
 
 async def test_every_mode_is_measured_on_the_real_app(settings: Settings) -> None:
     opts = parse_args(["--rounds", "2", "--per-round", "5"])

@@ -803,8 +803,8 @@ async def test_a_batch_finds_its_rows_by_key_among_many(d: Dispatch) -> None:
 
 async def test_the_matcher_forgets_a_position_gone_stale(d: Dispatch) -> None:
     """A worker whose position is older than the TTL leaves the matcher's index at the next
-    batch (its memory does not grow with every driver ever seen) and gets no offer; a new
-    ping brings them back."""
+    batch (its cells do not keep every driver ever seen) and gets no offer; a new ping brings
+    them back."""
     await d.online("drv-stale", *CENTRE)
     order_id = (await d.order("cust-stale"))["order_id"]
     positions = d.rt.matcher.positions

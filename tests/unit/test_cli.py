@@ -24,7 +24,7 @@ def test_a_pool_too_small_to_work_is_refused(monkeypatch: pytest.MonkeyPatch, si
     """The matcher holds three connections for good: fewer than four would hang it."""
     monkeypatch.setenv("POLDER_DB_POOL_SIZE", size)
     with pytest.raises(SystemExit, match="POLDER_DB_POOL_SIZE must be 0 .* or at least 4"):
-        main(["up"])
+        main(["token", "--role", "operator", "--sub", "ops"])  # reads the settings first
 
 
 @pytest.mark.parametrize("size", ["0", "4"])

@@ -203,7 +203,7 @@ def test_points_kept_as_positions_and_states_change_give_the_walks_tree(seed: in
         d = f"w{rng.randrange(300):03d}"
         roll = rng.random()
         if roll < 0.01:
-            index.expire(now)  # the matcher's index never does; the points follow anyway
+            index.expire(now)  # as the matcher's index does at each batch
         elif roll < 0.03:
             index.remove(d)
         elif roll < 0.6:

@@ -185,8 +185,8 @@ class WorkerPoints:
     few array operations.
 
     Told of every change (see ``following``): ``moved`` when the index takes a position,
-    ``removed`` when it drops one (the matcher's index does not: stale positions stay, and
-    freshness is checked at each batch), ``idle_changed`` when a worker's state is set. A
+    ``removed`` when it drops one (the matcher's index expires stale positions at each batch;
+    freshness is checked at each batch too), ``idle_changed`` when a worker's state is set. A
     driver's row stays theirs for good.
     """
 
