@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     batch_window_s: float = 1.0
     # A batch writes the offers of its oldest orders first, this many in a transaction of their
     # own, then the rest: those orders have waited a whole window already (0: one transaction).
-    batch_first_offers: int = Field(default=64, ge=0)
+    batch_first_offers: int = Field(default=32, ge=0)
     offer_ttl_s: float = 15.0
     search_timeout_s: float = 300.0
     schedule_lead_s: float = 600.0  # a scheduled order is matched from this long before its time

@@ -188,7 +188,9 @@ class Matcher:
         made = 0
         try:
             parts = _parts(result, rows, self.settings.batch_first_offers)
-            for i, (assignments, decided) in enumerate(parts):
+            for i, (assignments, order_ids) in enumerate(parts):
+                # built now, part by part (see assignment.Decisions)
+                decided = [result.decisions[order_id] for order_id in order_ids]
                 # Offers are stamped when they are written, not when the batch started: a
                 # driver's 15 s to answer must not shrink by the time the batch took to solve.
                 now = max(batch_at, datetime.fromtimestamp(self.clock(), UTC))
@@ -380,9 +382,9 @@ def _open_order(r: Any) -> OpenOrder:
 
 def _parts(
     result: BatchResult, rows: Mapping[str, Any], first: int
-) -> list[tuple[list[Assignment], list[Decision]]]:
+) -> list[tuple[list[Assignment], list[str]]]:
     """The batch's writes in parts, each all or nothing (see ``_apply_part``): (assignments,
-    the decisions that go along).
+    the orders whose decisions go along).
 
     An order that arrived just after the previous batch read its orders has waited a whole
     window when this batch starts, so only such orders can wait for a first offer beyond the
@@ -392,15 +394,15 @@ def _parts(
     part stamps its offers and decisions when it is written, so one ``batch_id`` may carry two
     ``decided_at``. ``first`` 0: one part.
     """
-    decided = [d for order_id, d in result.decisions.items() if order_id in rows]
+    decided = [order_id for order_id in result.decisions if order_id in rows]
     if not 0 < first < len(result.assignments):
         return [(result.assignments, decided)]
     ranked = sorted(result.assignments, key=lambda a: _first_offer_wait(rows[a.order_id]))
     head, tail = ranked[:first], ranked[first:]
     in_head = {a.order_id for a in head}
     return [
-        (head, [d for d in decided if d.order_id in in_head]),
-        (tail, [d for d in decided if d.order_id not in in_head]),
+        (head, [order_id for order_id in decided if order_id in in_head]),
+        (tail, [order_id for order_id in decided if order_id not in in_head]),
     ]
 
 

@@ -192,6 +192,25 @@ def test_no_worker_gets_two_orders_and_every_order_is_accounted_for() -> None:
     assert set(result.decisions) == {o.order_id for o in orders}
 
 
+def test_decisions_are_built_when_read_and_kept() -> None:
+    # The matcher reads the oldest orders' decisions first and the rest after their offers are
+    # out: each is built on first read, in the batch's order, and the same object thereafter.
+    orders, (workers, index) = random_world(random.Random(5), 30, 20, 3_000.0, max_wait_s=900)
+    result = assign_batch(orders, workers, index, NOW)
+    assert list(result.decisions) == [o.order_id for o in orders]
+    assert len(result.decisions) == len(orders)
+    first = result.decisions[orders[0].order_id]
+    assert result.decisions[orders[0].order_id] is first
+    assert first.order_id == orders[0].order_id
+    with pytest.raises(KeyError):
+        result.decisions["not-in-this-batch"]
+    outcomes = {o: d.outcome for o, d in result.decisions.items()}
+    assert {o for o, outcome in outcomes.items() if outcome == "assigned"} == {
+        a.order_id for a in result.assignments
+    }
+    assert [o for o, outcome in outcomes.items() if outcome == "unmatched"] == result.unmatched
+
+
 def test_more_orders_than_workers_leaves_the_rest_unmatched_with_a_reason() -> None:
     workers, index = world([worker("w1", 100.0)])
     result = assign_batch([ride("o1"), ride("o2", 500.0)], workers, index, NOW)
