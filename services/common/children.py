@@ -51,17 +51,48 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def share_folder(prefix: str, wanted: bool = True) -> Iterator[Path | None]:
+def share_folder(
+    prefix: str, wanted: bool = True, parent: Path | None = None
+) -> Iterator[Path | None]:
     """A folder a helper process leaves its metrics in for its parent (None when there is no
-    helper), removed afterwards."""
+    helper), removed afterwards; in ``parent`` (the system's temporary folder by default).
+
+    Its name carries this process's pid, so that a process killed before it could remove its
+    folder (SIGKILL, the OOM killer) leaves one the next start recognises as orphaned: folders
+    of this prefix whose process is gone are removed first."""
     if not wanted:
         yield None
         return
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    where = Path(tempfile.gettempdir()) if parent is None else parent
+    remove_orphans(where, prefix)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=where))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_orphans(parent: Path, prefix: str) -> list[Path]:
+    """Remove ``parent``'s folders named ``<prefix><pid>-...`` whose process no longer exists;
+    returns them. Others (a live pid, a name without one) are left alone."""
+    removed = []
+    for path in parent.glob(f"{prefix}*"):
+        pid, dash, _ = path.name.removeprefix(prefix).partition("-")
+        if not (dash and pid.isdigit() and path.is_dir()) or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class ChildProcess:

@@ -21,6 +21,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import httpx
 import pytest
 
 from polder.common.auth import issue_token
-from polder.common.children import settings_env
+from polder.common.children import remove_orphans, settings_env
 from polder.common.envelope import format_time
 from polder.common.settings import Settings
 from polder.common.topics import DRIVER_EVENTS
@@ -63,6 +64,10 @@ class Instance:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+        # It could not remove its helper's share folder; the next start of one would, as this
+        # does now (the folder carries the killed pid), so the suite leaves none behind.
+        for prefix in ("polder-matcher-", "polder-traces-"):
+            remove_orphans(Path(tempfile.gettempdir()), prefix)
 
 
 def _env(settings: Settings) -> dict[str, str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from polder.common.children import MergedRegistry, settings_env
+from polder.common.children import MergedRegistry, settings_env, share_folder
 from polder.common.settings import Settings
 from polder.dispatch.metrics import DispatchMetrics
 
@@ -62,3 +65,36 @@ def test_a_counters_created_sample_is_named_once(tmp_path: Path) -> None:
     assert text.count("# HELP polder_dispatch_offers_created ") == 1
     assert 'polder_dispatch_offers_total{outcome="made"} 3.0' in text
     assert 'polder_dispatch_offers_created{outcome="expired"}' in text
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_share_folder_of_a_killed_process_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    # A process SIGKILLed before its folder's removal leaves it behind; the next start of a
+    # helper with the same prefix removes it, and only it.
+    orphan = tmp_path / f"polder-matcher-{_dead_pid()}-abc"
+    (orphan / "sub").mkdir(parents=True)
+    (orphan / "metrics.prom").write_text("x")
+    live = tmp_path / f"polder-matcher-{os.getpid()}-def"  # a running process's own
+    live.mkdir()
+    unnamed = tmp_path / "polder-matcher-xyz"  # no pid in its name (made before they had one)
+    unnamed.mkdir()
+    other = tmp_path / f"polder-traces-{_dead_pid()}-ghi"  # another helper's: its start, not ours
+    other.mkdir()
+    with share_folder("polder-matcher-", parent=tmp_path) as share:
+        assert share is not None and share.is_dir()
+        assert share.name.startswith(f"polder-matcher-{os.getpid()}-")
+        assert not orphan.exists()
+        assert live.is_dir() and unnamed.is_dir() and other.is_dir()
+    assert not share.exists()
+    assert live.is_dir() and unnamed.is_dir() and other.is_dir()
+
+
+def test_no_helper_no_share_folder(tmp_path: Path) -> None:
+    with share_folder("polder-matcher-", wanted=False, parent=tmp_path) as share:
+        assert share is None
+    assert list(tmp_path.iterdir()) == []
