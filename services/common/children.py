@@ -57,15 +57,15 @@ def share_folder(
     """A folder a helper process leaves its metrics in for its parent (None when there is no
     helper), removed afterwards; in ``parent`` (the system's temporary folder by default).
 
-    Its name carries this process's pid, so that a process killed before it could remove its
-    folder (SIGKILL, the OOM killer) leaves one the next start recognises as orphaned: folders
-    of this prefix whose process is gone are removed first."""
+    Its name carries this process's pid and pid namespace, so that a process killed before it
+    could remove its folder (SIGKILL, the OOM killer) leaves one the next start recognises as
+    orphaned: folders of this prefix whose process is gone are removed first."""
     if not wanted:
         yield None
         return
     where = Path(tempfile.gettempdir()) if parent is None else parent
     remove_orphans(where, prefix)
-    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=where))
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{_pid_namespace()}-", dir=where))
     try:
         yield path
     finally:
@@ -73,26 +73,44 @@ def share_folder(
 
 
 def remove_orphans(parent: Path, prefix: str) -> list[Path]:
-    """Remove ``parent``'s folders named ``<prefix><pid>-...`` whose process no longer exists;
-    returns them. Others (a live pid, a name without one) are left alone."""
+    """Remove ``parent``'s folders named ``<prefix><pid>-<namespace>-...`` whose process, in
+    this process's pid namespace, no longer exists; returns those removed. Anything else is
+    left alone: a live pid, another namespace's folder (a container sharing the folder: its
+    pids are not ours to test), a name without a pid, a symlink."""
     removed = []
+    here = _pid_namespace()
     for path in parent.glob(f"{prefix}*"):
-        pid, dash, _ = path.name.removeprefix(prefix).partition("-")
-        if not (dash and pid.isdigit() and path.is_dir()) or _alive(int(pid)):
+        pid, namespace, _ = (path.name.removeprefix(prefix).split("-", 2) + ["", ""])[:3]
+        if namespace != here or not _orphaned(pid) or path.is_symlink() or not path.is_dir():
             continue
         shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
+        if not path.exists():
+            removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _pid_namespace() -> str:
+    """The id of this process's pid namespace (Linux), else "0"."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return "0"
+    digits = "".join(c for c in link if c in "0123456789")
+    return digits or "0"
+
+
+def _orphaned(pid: str) -> bool:
+    """Whether ``pid`` (as named) is a process that no longer exists; a name that is not a
+    plain positive pid is never orphaned."""
+    if not (pid.isascii() and pid.isdigit() and 0 < len(pid) <= 10):
         return False
-    except PermissionError:  # someone else's process
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
         return True
-    return True
+    except (PermissionError, OverflowError, ValueError):  # someone else's; out of range
+        return False
+    return False
 
 
 class ChildProcess:

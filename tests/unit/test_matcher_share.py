@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from polder.common.children import MergedRegistry, settings_env, share_folder
+from polder.common.children import MergedRegistry, _pid_namespace, settings_env, share_folder
 from polder.common.settings import Settings
 from polder.dispatch.metrics import DispatchMetrics
 
@@ -76,22 +76,34 @@ def _dead_pid() -> int:
 def test_a_share_folder_of_a_killed_process_is_removed_at_the_next_start(tmp_path: Path) -> None:
     # A process SIGKILLed before its folder's removal leaves it behind; the next start of a
     # helper with the same prefix removes it, and only it.
-    orphan = tmp_path / f"polder-matcher-{_dead_pid()}-abc"
+    ns = _pid_namespace()
+    orphan = tmp_path / f"polder-matcher-{_dead_pid()}-{ns}-abc"
     (orphan / "sub").mkdir(parents=True)
     (orphan / "metrics.prom").write_text("x")
-    live = tmp_path / f"polder-matcher-{os.getpid()}-def"  # a running process's own
-    live.mkdir()
-    unnamed = tmp_path / "polder-matcher-xyz"  # no pid in its name (made before they had one)
-    unnamed.mkdir()
-    other = tmp_path / f"polder-traces-{_dead_pid()}-ghi"  # another helper's: its start, not ours
-    other.mkdir()
+    kept = [
+        tmp_path / f"polder-matcher-{os.getpid()}-{ns}-def",  # a running process's own
+        tmp_path / f"polder-matcher-{_dead_pid()}-1-ghi",  # another pid namespace's (container)
+        tmp_path / "polder-matcher-xyz",  # no pid in its name
+        tmp_path / f"polder-matcher-{_dead_pid()}-abc",  # no namespace (made before they had one)
+        tmp_path / f"polder-traces-{_dead_pid()}-{ns}-jkl",  # another helper's: its start, not ours
+        tmp_path / f"polder-matcher-\u00b2-{ns}-x",  # a digit int() refuses
+        tmp_path / f"polder-matcher-{'9' * 20}-{ns}-x",  # beyond any pid
+        tmp_path / f"polder-matcher-0-{ns}-x",
+    ]
+    for path in kept:
+        path.mkdir()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / f"polder-matcher-{_dead_pid()}-{ns}-link"
+    link.symlink_to(target, target_is_directory=True)
     with share_folder("polder-matcher-", parent=tmp_path) as share:
         assert share is not None and share.is_dir()
-        assert share.name.startswith(f"polder-matcher-{os.getpid()}-")
+        assert share.name.startswith(f"polder-matcher-{os.getpid()}-{ns}-")
         assert not orphan.exists()
-        assert live.is_dir() and unnamed.is_dir() and other.is_dir()
+        assert all(path.is_dir() for path in kept)
+        assert link.is_symlink() and target.is_dir()
     assert not share.exists()
-    assert live.is_dir() and unnamed.is_dir() and other.is_dir()
+    assert all(path.is_dir() for path in kept)
 
 
 def test_no_helper_no_share_folder(tmp_path: Path) -> None:
