@@ -72,21 +72,16 @@ def share_folder(
         shutil.rmtree(path, ignore_errors=True)
 
 
-def remove_orphans(parent: Path, prefix: str) -> list[Path]:
+def remove_orphans(parent: Path, prefix: str) -> None:
     """Remove ``parent``'s folders named ``<prefix><pid>-<namespace>-...`` whose process, in
-    this process's pid namespace, no longer exists; returns those removed. Anything else is
-    left alone: a live pid, another namespace's folder (a container sharing the folder: its
-    pids are not ours to test), a name without a pid, a symlink."""
-    removed = []
+    this process's pid namespace, no longer exists. Anything else is left alone: a live pid,
+    another namespace's folder (a container sharing the folder: its pids are not ours to
+    test), a name without a pid, a symlink."""
     here = _pid_namespace()
     for path in parent.glob(f"{prefix}*"):
         pid, namespace, _ = (path.name.removeprefix(prefix).split("-", 2) + ["", ""])[:3]
-        if namespace != here or not _orphaned(pid) or path.is_symlink() or not path.is_dir():
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            removed.append(path)
-    return removed
+        if namespace == here and _orphaned(pid) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _pid_namespace() -> str:
