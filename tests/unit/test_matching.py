@@ -11,6 +11,8 @@ import pytest
 
 from polder.common.geoindex import LocationIndex
 from polder.dispatch.domain.assignment_solver import Row
+from polder.dispatch.domain.candidates import _candidate, candidates_found
+from polder.dispatch.domain.eta import GREAT_CIRCLE, GreatCircleEta
 from polder.dispatch.domain.matching import (
     BatchResult,
     Candidate,
@@ -534,3 +536,48 @@ def test_every_order_of_a_batch_gets_a_decision_with_a_reason() -> None:
     assert set(result.decisions) == {o.order_id for o in orders}
     assert all(d.reason for d in result.decisions.values())
     json.dumps([d.to_dict() for d in result.decisions.values()])
+
+
+@pytest.mark.parametrize("eta", [GREAT_CIRCLE, GreatCircleEta(1.7, 6.1)])
+def test_candidates_found_are_each_candidates_own_to_the_bit(eta: GreatCircleEta) -> None:
+    """``candidates_found`` works out an order's constants once for all its candidates; each
+    must be what ``_candidate`` builds from the same hit (waits of every sign, rides, and
+    deliveries early, late and without a ready time), in the same order."""
+    rng = random.Random(3)
+    staff = [
+        worker(
+            f"w{i:02d}",
+            rng.uniform(-3000, 3000),
+            rng.uniform(-3000, 3000),
+            rng.choice([-5.0, 0.0, rng.uniform(0, 900)]),
+        )
+        for i in range(40)
+    ]
+    staff += [worker("w-half", 700.0, 10.0, 0.5), worker("w-soon", -700.0, 0.0, -0.5)]
+    twin = staff[0]  # a second worker on the same spot: ties broken by driver_id
+    staff.append(Worker("w-twin", twin.lat, twin.lng, waiting_since=twin.waiting_since))
+    workers, index = world(staff)
+    orders = [
+        ride("r", 120.0, -40.0),
+        delivery("early", 900.0, 300.0),
+        delivery("late", -60.0, -200.0),
+        OpenOrder("no-ready", "delivery", *at(50.0), created_at=NOW),
+    ]
+    for order in orders:
+        hits = index.nearby(order.pickup_lat, order.pickup_lng, 10_000.0, 43, NOW)
+        found = candidates_found(order, hits, workers, NOW, MatchConfig(), eta)
+        one_by_one = [
+            _candidate(
+                order,
+                h,
+                eta.along_arc(h.distance_m),
+                workers[h.position.driver_id].waiting_since,
+                NOW,
+                MatchConfig(),
+            )
+            for h in hits
+        ]
+        one_by_one.sort(key=lambda c: (c.cost, c.distance_m, c.driver_id))
+        assert len(found) == 43
+        assert [tuple(c) for c in found] == [tuple(c) for c in one_by_one]
+        assert [c.cost for c in found] == sorted(c.cost for c in found)

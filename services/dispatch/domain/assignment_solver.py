@@ -31,19 +31,22 @@ class Row:
 def solve_exact(rows: Sequence[Row], taken: Set[str] = frozenset()) -> Pairing:
     """The assignment with the most orders served and, among those, the least total cost."""
     columns: dict[str, int] = {}
-    entries: list[tuple[int, int, float]] = []
+    at_row: list[int] = []
+    at_column: list[int] = []
+    costs: list[float] = []
     for i, row in enumerate(rows):
         for candidate, cost in zip(row.candidates, row.costs, strict=True):
             if candidate.driver_id not in taken:
-                j = columns.setdefault(candidate.driver_id, len(columns))
-                entries.append((i, j, cost))
-    if not entries:
+                at_row.append(i)
+                at_column.append(columns.setdefault(candidate.driver_id, len(columns)))
+                costs.append(cost)
+    if not costs:
         return {}
     # Costs are never negative, so this exceeds the total of any assignment of real pairs.
-    infeasible = (max(cost for _, _, cost in entries) + 1.0) * (min(len(rows), len(columns)) + 1)
+    infeasible = (max(costs) + 1.0) * (min(len(rows), len(columns)) + 1)
     matrix = np.full((len(rows), len(columns)), infeasible)
-    for i, j, cost in entries:
-        matrix[i, j] = cost
+    # In one go: each pair is listed once (an order's candidates are distinct workers).
+    matrix[at_row, at_column] = costs
     row_ind, col_ind = linear_sum_assignment(matrix)
     drivers = list(columns)
     return {

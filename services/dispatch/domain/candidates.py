@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from polder.common.geoindex import LocationIndex, Nearby
@@ -61,11 +62,43 @@ def candidates_found(
 ) -> list[Candidate]:
     """The candidates of an order from the workers a search found for it (``hits``: the k
     nearest eligible, as ``candidates`` finds them, or a batch's ``WorkerTree``), cheapest
-    first."""
+    first.
+
+    A batch builds thousands (every order's k nearest, again for longer lists), so what is
+    the same for all of an order's candidates is worked out once, outside the loop; each
+    candidate is ``_candidate``'s, to the bit (the unit tests compare them)."""
     since = _waiting_since(workers)
-    leg = _leg(order, eta)
-    found = [_candidate(order, h, leg(h), since(h.position.driver_id), now, config) for h in hits]
-    return sorted(found, key=lambda c: (c.cost, c.distance_m, c.driver_id))
+    found: list[Candidate] = []
+    if type(eta) is GreatCircleEta and (order.kind != "delivery" or order.ready_at is None):
+        # The great-circle leg over the distance the search measured (``along_arc``), and no
+        # early arrival: a ride, or a delivery without a ready time, costs its pickup ETA.
+        factor, speed = eta.road_factor, eta.speed_mps
+        for hit in hits:
+            driver_id = hit.position.driver_id
+            distance_m = hit.distance_m * factor
+            eta_s = distance_m / speed
+            waited = now - since(driver_id)
+            found.append(
+                Candidate(
+                    driver_id,
+                    distance_m,
+                    eta_s,
+                    waited if waited > 0.0 else 0.0,  # max(0.0, waited)
+                    eta_s,  # pickup_cost(eta_s, 0.0, config): the ETA
+                    0.0,
+                )
+            )
+    else:
+        leg = _leg(order, eta)
+        found = [
+            _candidate(order, h, leg(h), since(h.position.driver_id), now, config) for h in hits
+        ]
+    found.sort(key=_CHEAPEST_FIRST)
+    return found
+
+
+# (cost, distance_m, driver_id): cheapest first, then nearest, then by id
+_CHEAPEST_FIRST = operator.itemgetter(4, 1, 0)
 
 
 def _waiting_since(workers: Mapping[str, Worker]) -> Callable[[str], float]:

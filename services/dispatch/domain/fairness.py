@@ -36,15 +36,13 @@ def is_near_best(candidate: Candidate, best: float, config: MatchConfig) -> bool
 
 def assignment_costs(candidates: Sequence[Candidate], config: MatchConfig) -> list[float]:
     """What the solver minimises for each candidate of one order, fairness included."""
+    costs = [c.cost for c in candidates]
     if not candidates or config.fairness_weight == 0.0:
-        return [c.cost for c in candidates]
-    best = min(c.cost for c in candidates)
-    near = [is_near_best(c, best, config) for c in candidates]
-    longest = max(c.waiting_s for c, is_near in zip(candidates, near, strict=True) if is_near)
-    return [
-        _fair_cost(c, best, longest, config) if is_near else c.cost
-        for c, is_near in zip(candidates, near, strict=True)
-    ]
+        return costs
+    best = min(costs)
+    bound = best + config.fairness_tolerance_s  # is_near_best: cost <= bound
+    longest = max(c.waiting_s for c in candidates if c.cost <= bound)
+    return [_fair_cost(c, best, longest, config) if c.cost <= bound else c.cost for c in candidates]
 
 
 def _fair_cost(candidate: Candidate, best: float, longest: float, config: MatchConfig) -> float:

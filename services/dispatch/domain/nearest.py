@@ -190,7 +190,7 @@ class WorkerPoints:
     driver's row stays theirs for good.
     """
 
-    __slots__ = ("index", "idle", "_rows", "_ids", "_xyz", "_seen", "_idle")
+    __slots__ = ("index", "idle", "_rows", "_ids", "_names", "_xyz", "_seen", "_idle")
 
     def __init__(
         self, index: LocationIndex, idle: Mapping[str, float | None], capacity: int = 1024
@@ -200,6 +200,8 @@ class WorkerPoints:
         self.idle = idle  # the availability's idle workers, whose states these follow
         self._rows: dict[str, int] = {}
         self._ids: list[str] = []
+        # the ids again, as an array: a batch takes its workers' ids in one indexing
+        self._names = np.empty(capacity, dtype=object)
         self._xyz = np.zeros((capacity, 3))
         self._seen = np.full(capacity, -np.inf)  # no position yet: never fresh
         self._idle = np.zeros(capacity, dtype=bool)
@@ -250,8 +252,7 @@ class WorkerPoints:
         """The idle workers with a position fresh at ``now`` (by the index's TTL)."""
         n = len(self._ids)
         live = np.flatnonzero(self._idle[:n] & (now - self._seen[:n] < self.index.ttl_s))
-        ids = self._ids
-        return WorkerTree(self._xyz[live], [ids[row] for row in live.tolist()], self.index)
+        return WorkerTree(self._xyz[live], self._names[live].tolist(), self.index)
 
     def _row(self, driver_id: str) -> int:
         row = self._rows.get(driver_id)
@@ -261,7 +262,9 @@ class WorkerPoints:
         self._ids.append(driver_id)
         if row == len(self._seen):
             grow = len(self._seen)
+            self._names = np.concatenate((self._names, np.empty(grow, dtype=object)))
             self._xyz = np.concatenate((self._xyz, np.zeros((grow, 3))))
             self._seen = np.concatenate((self._seen, np.full(grow, -np.inf)))
             self._idle = np.concatenate((self._idle, np.zeros(grow, dtype=bool)))
+        self._names[row] = driver_id
         return row
