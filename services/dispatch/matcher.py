@@ -388,22 +388,33 @@ def _parts(
 
     An order that arrived just after the previous batch read its orders has waited a whole
     window when this batch starts, so only such orders can wait for a first offer beyond the
-    window, by as long as this batch takes. The ``first`` assignments of the orders waiting
-    longest for their first offer (oldest first, see ``_first_offer_wait``) go first, in a
-    part of their own, published while the rest are written, with every other decision. Each
-    part stamps its offers and decisions when it is written, so one ``batch_id`` may carry two
-    ``decided_at``. ``first`` 0: one part.
+    window, by as long as this batch takes; an order that arrived later has that much more
+    time. So the assignments go oldest first (by how long each order has waited for a first
+    offer, see ``_first_offer_wait``): the ``first`` of them in a part of their own, then
+    parts each twice the size of the one before, each published while the next is written.
+    A part's write takes time in proportion to its size, and the orders of the next one
+    arrived later by as much again (at 200 orders/s, 32 orders are 0.16 s of arrivals): in
+    one part after the first, the younger orders' offers waited for all the rest, and on a
+    busy box that wait went past their window. Every other decision (orders deferred or left
+    unmatched) goes with the last part. Each part stamps its offers and decisions when it is
+    written, so one ``batch_id`` may carry several ``decided_at``. ``first`` 0: one part.
     """
     decided = [order_id for order_id in result.decisions if order_id in rows]
     if not 0 < first < len(result.assignments):
         return [(result.assignments, decided)]
     ranked = sorted(result.assignments, key=lambda a: _first_offer_wait(rows[a.order_id]))
-    head, tail = ranked[:first], ranked[first:]
-    in_head = {a.order_id for a in head}
-    return [
-        (head, [order_id for order_id in decided if order_id in in_head]),
-        (tail, [order_id for order_id in decided if order_id not in in_head]),
-    ]
+    chunks: list[list[Assignment]] = []
+    size = first
+    while ranked:
+        chunks.append(ranked[:size])
+        ranked = ranked[size:]
+        size *= 2
+    part_of = {a.order_id: i for i, chunk in enumerate(chunks) for a in chunk}
+    last = len(chunks) - 1
+    decisions: list[list[str]] = [[] for _ in chunks]
+    for order_id in decided:
+        decisions[part_of.get(order_id, last)].append(order_id)
+    return list(zip(chunks, decisions, strict=True))
 
 
 def _first_offer_wait(row: Any) -> tuple[bool, datetime, str]:
