@@ -3,6 +3,7 @@ figures from its histograms, the load generators' tallies, CPU; the printed tabl
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -106,7 +107,45 @@ def _latencies(run: Run) -> dict[str, Any]:
         # the offer's envelope time is when its part began writing (the key's name is older)
         "batch_start_to_published": dist([o.published - o.at for o in in_window]),
         "first_part_to_published": dist(_first_part_waits(in_window)),
+        "late_orders": late_orders(placed, first, reader.offers, window_s),
         "published_to_feed": dist(relay),
+    }
+
+
+LATE_S = 0.1  # the target: beyond the window by more than this is late
+
+
+def late_orders(
+    placed: dict[str, float], first: dict[str, Offer], offers: list[Offer], window_s: float
+) -> dict[str, Any]:
+    """The orders whose first offer was published more than ``LATE_S`` beyond the window, by
+    why: how many batches began writing after the order was placed without offering it
+    (``batches_missed``: 0, it was in the first batch after it and its part came late; 1 or
+    more, the order was not in that batch: committed after the batch read its orders, or not
+    matched there) and which part of its batch carried it (0: the oldest orders'). Batches
+    are told apart by ``batch_id`` and begin when their first part is stamped, which is a
+    solve after they read the orders: an order placed in between counts a batch missed that
+    it could not be in (it is late only if it then waits long for the next one)."""
+    parts: dict[str, list[float]] = {}
+    for o in offers:
+        parts.setdefault(o.batch_id, []).append(o.at)
+    begun = sorted((min(ats), batch) for batch, ats in parts.items())
+    starts = [t for t, _ in begun]
+    rank = {batch: i for i, (_, batch) in enumerate(begun)}
+    by_missed: Counter[int] = Counter()
+    by_part: Counter[int] = Counter()
+    for order_id, t in placed.items():
+        offer = first.get(order_id)
+        if offer is None or offer.published - t - window_s <= LATE_S:
+            continue
+        missed = rank[offer.batch_id] - bisect.bisect_right(starts, t)
+        part = sorted(set(parts[offer.batch_id])).index(offer.at)
+        by_missed[missed] += 1
+        by_part[part] += 1
+    return {
+        "n": by_missed.total(),
+        "by_batches_missed": dict(sorted(by_missed.items())),
+        "by_part": dict(sorted(by_part.items())),
     }
 
 
@@ -288,6 +327,14 @@ def _s_ms(h: Mapping[str, float]) -> str:
     return f"{fmt(h['p50'] * 1e3, '', 1)} / {fmt(h['p99'] * 1e3, '', 1)} ms"
 
 
+def _late(late: dict[str, Any]) -> str:
+    if not late["n"]:
+        return "none"
+    missed = ", ".join(f"{k}: {v}" for k, v in late["by_batches_missed"].items())
+    part = ", ".join(f"{k}: {v}" for k, v in late["by_part"].items())
+    return f"{late['n']:,} · by batches missed {missed} · by part {part}"
+
+
 def render(doc: dict[str, Any]) -> str:
     o, opts = doc["orders"], doc["options"]
     lat, svc, cl, cpu = doc["order_to_first_offer"], doc["service"], doc["client"], doc["cpu_cores"]
@@ -317,6 +364,8 @@ def render(doc: dict[str, Any]) -> str:
          _ms(doc["batch_start_to_published"], "p50_ms", "p99_ms")),
         ("  of each batch's first part (oldest orders): p50 / p99",
          _ms(doc["first_part_to_published"], "p50_ms", "p99_ms")),
+        (f"late orders (first offer > {LATE_S * 1e3:.0f} ms beyond the window)",
+         _late(doc["late_orders"])),
         ("offer published→on the feed (topic fan-out): p50 / p99",
          _ms(doc["published_to_feed"], "p50_ms", "p99_ms")),
         ("batches with offers · interval p50 / p99 / max",
