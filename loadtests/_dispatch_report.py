@@ -119,13 +119,14 @@ def late_orders(
     placed: dict[str, float], first: dict[str, Offer], offers: list[Offer], window_s: float
 ) -> dict[str, Any]:
     """The orders whose first offer was published more than ``LATE_S`` beyond the window, by
-    why: how many batches began writing after the order was placed without offering it
-    (``batches_missed``: 0, it was in the first batch after it and its part came late; 1 or
-    more, the order was not in that batch: committed after the batch read its orders, or not
-    matched there) and which part of its batch carried it (0: the oldest orders'). Batches
-    are told apart by ``batch_id`` and begin when their first part is stamped, which is a
-    solve after they read the orders: an order placed in between counts a batch missed that
-    it could not be in (it is late only if it then waits long for the next one)."""
+    why: how many matching rounds (batches, and the matcher's catch-ups between them) began
+    writing after the order was placed without offering it (``batches_missed``: 0, it was in
+    the first round after it and its part came late; 1 or more, the order was not in that
+    round: committed after it read the orders, or not matched there) and which part of its
+    round carried it (0: the oldest orders'). Rounds are told apart by ``batch_id`` and begin
+    when their first part is stamped, which is a solve after they read the orders: an order
+    placed in between counts a round missed that it could not be in (it is late only if it
+    then waits long for the next one)."""
     parts: dict[str, list[float]] = {}
     for o in offers:
         parts.setdefault(o.batch_id, []).append(o.at)
@@ -330,9 +331,12 @@ def _s_ms(h: Mapping[str, float]) -> str:
 def _late(late: dict[str, Any]) -> str:
     if not late["n"]:
         return "none"
-    missed = ", ".join(f"{k}: {v}" for k, v in late["by_batches_missed"].items())
+    missed = sorted(late["by_batches_missed"].items())
+    shown = ", ".join(f"{k}: {v}" for k, v in missed[:4])
+    if len(missed) > 4:
+        shown += f", {missed[4][0]}+: {sum(v for _, v in missed[4:])}"
     part = ", ".join(f"{k}: {v}" for k, v in late["by_part"].items())
-    return f"{late['n']:,} · by batches missed {missed} · by part {part}"
+    return f"{late['n']:,} · by rounds missed {shown} · by part {part}"
 
 
 def render(doc: dict[str, Any]) -> str:

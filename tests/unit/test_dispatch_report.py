@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from loadtests._dispatch_load import Offer
-from loadtests._dispatch_report import _first_part_waits, late_orders
+from loadtests._dispatch_report import _first_part_waits, _late, late_orders
 from loadtests._report import FAST_HOST_LOOP_S, host_loop_s, host_row
 
 
@@ -49,3 +49,9 @@ def test_late_orders_are_told_by_batches_missed_and_part() -> None:
     late = late_orders(placed, first, offers, 1.0)
     assert late == {"n": 4, "by_batches_missed": {0: 2, 1: 1, 2: 1}, "by_part": {0: 3, 1: 1}}
     assert late_orders({}, {}, [], 1.0) == {"n": 0, "by_batches_missed": {}, "by_part": {}}
+
+
+def test_the_late_row_folds_long_tails_of_rounds_missed() -> None:
+    late = {"n": 30, "by_batches_missed": {0: 2, 1: 10, 2: 3, 3: 5, 5: 6, 9: 4}, "by_part": {0: 30}}
+    assert _late(late) == "30 · by rounds missed 0: 2, 1: 10, 2: 3, 3: 5, 5+: 10 · by part 0: 30"
+    assert _late({"n": 0, "by_batches_missed": {}, "by_part": {}}) == "none"
