@@ -247,3 +247,17 @@ def test_points_refuse_to_be_a_second_listener_or_to_serve_another_view() -> Non
     with pytest.raises(ValueError, match="another index or other workers"):
         FreshIdle(availability.idle, LocationIndex(), NOW, points)
     assert FreshIdle(availability.idle, index, NOW, points).points is points
+
+
+def test_a_worker_first_seen_idle_as_the_rows_grow_is_kept_idle() -> None:
+    """A worker whose state arrives before any position, just as the arrays are full, gets a
+    row in the grown arrays, marked idle (the mark once went to the array being replaced)."""
+    index = LocationIndex(resolution=9, ttl_s=60)
+    points = WorkerPoints(index, {}, capacity=2)
+    ids = [f"g{i}" for i in range(5)]
+    for i, driver_id in enumerate(ids):
+        points.idle_changed(driver_id, True)  # rows 0..4: the arrays grow at 2 and at 4
+        index.upsert(driver_id, CENTRE[0] + 0.001 * i, CENTRE[1], NOW - 1, NOW - 1)
+        points.moved(index[driver_id])
+    found = points.tree(NOW).nearest(*CENTRE, 10_000.0, 10)
+    assert sorted(n.position.driver_id for n in found) == ids

@@ -244,7 +244,8 @@ class WorkerPoints:
 
     def idle_changed(self, driver_id: str, idle: bool) -> None:
         if idle:
-            self._idle[self._row(driver_id)] = True
+            row = self._row(driver_id)  # first: it may grow the arrays
+            self._idle[row] = True
         elif (row := self._rows.get(driver_id)) is not None:
             self._idle[row] = False
 
