@@ -119,14 +119,16 @@ def late_orders(
     placed: dict[str, float], first: dict[str, Offer], offers: list[Offer], window_s: float
 ) -> dict[str, Any]:
     """The orders whose first offer was published more than ``LATE_S`` beyond the window, by
-    why: how many matching rounds (batches, and the matcher's catch-ups between them) began
-    writing after the order was placed without offering it (``batches_missed``: 0, it was in
-    the first round after it and its part came late; 1 or more, the order was not in that
-    round: committed after it read the orders, or not matched there) and which part of its
-    round carried it (0: the oldest orders'). Rounds are told apart by ``batch_id`` and begin
-    when their first part is stamped, which is a solve after they read the orders: an order
-    placed in between counts a round missed that it could not be in (it is late only if it
-    then waits long for the next one)."""
+    why: how many batches began writing after the order was placed without offering it
+    (``batches_missed``: 0, it was in the first batch after it and its part came late; 1 or
+    more, the order was not in that batch: committed after it read the orders, or not
+    matched there) and which part of its batch carried it (0: the oldest orders'). Batches
+    are told apart by ``batch_id`` and begin when their first part is stamped, which is a
+    solve after they read the orders: an order placed in between counts a batch missed that
+    it could not be in (it is late only if it then waits long for the next one). A batch
+    that made no offer is not seen, and a part is told by its offers' stamp, which an offer
+    whose order or worker changed after the part began carries later (see
+    ``_first_part_waits``): a count, not an exact ledger."""
     parts: dict[str, list[float]] = {}
     for o in offers:
         parts.setdefault(o.batch_id, []).append(o.at)
@@ -336,7 +338,7 @@ def _late(late: dict[str, Any]) -> str:
     if len(missed) > 4:
         shown += f", {missed[4][0]}+: {sum(v for _, v in missed[4:])}"
     part = ", ".join(f"{k}: {v}" for k, v in late["by_part"].items())
-    return f"{late['n']:,} · by rounds missed {shown} · by part {part}"
+    return f"{late['n']:,} · by batches missed {shown} · by part {part}"
 
 
 def render(doc: dict[str, Any]) -> str:

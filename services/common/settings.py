@@ -102,9 +102,6 @@ class Settings(BaseSettings):
     # A batch writes the offers of its oldest orders first, this many in a transaction of their
     # own, then the rest: those orders have waited a whole window already (0: one transaction).
     batch_first_offers: int = Field(default=32, ge=0)
-    # Between batches, this often, orders placed before the last batch began that it could not
-    # see (committed after its read) are matched on their own (0: they wait for the next).
-    batch_catch_up_s: float = Field(default=0.1, ge=0)
     offer_ttl_s: float = 15.0
     search_timeout_s: float = 300.0
     schedule_lead_s: float = 600.0  # a scheduled order is matched from this long before its time

@@ -56,7 +56,6 @@ class BatchOutcome:
     considered: int
     offered: int
     result: BatchResult
-    read: set[str]  # the ids of the open orders it read
 
 
 # How long a batch waits for the relay to take its first part's offers before writing the next
@@ -118,15 +117,11 @@ class Matcher:
         self.clock = clock
 
     async def run(self, stop: asyncio.Event) -> None:
-        """One batch per window; a failed batch is logged and the next window tries again.
-        Between batches, every ``batch_catch_up_s``, the orders a batch could not see are
-        matched on their own (see ``catch_up``)."""
+        """One batch per window; a failed batch is logged and the next window tries again."""
         while not stop.is_set():
             started = self.clock()
-            seen: set[str] = set()
             try:
-                outcome = await self.run_once(datetime.fromtimestamp(started, UTC))
-                seen = outcome.read
+                await self.run_once(datetime.fromtimestamp(started, UTC))
                 await self.handlers.expire_offers(datetime.fromtimestamp(self.clock(), UTC))
                 expired = await self.handlers.expire_orders(
                     datetime.fromtimestamp(self.clock(), UTC)
@@ -134,65 +129,28 @@ class Matcher:
                 self.metrics.orders_expired.inc(expired)
             except Exception:
                 log.exception("matching batch failed")
-            next_at = started + self.settings.batch_window_s
-            every = self.settings.batch_catch_up_s
-            while every > 0 and self.clock() + every < next_at and not stop.is_set():
-                await wait_for_event(stop, every)
-                try:
-                    await self.catch_up(datetime.fromtimestamp(started, UTC), seen)
-                except Exception:
-                    log.exception("matching catch-up failed")
-            await wait_for_event(stop, max(0.0, next_at - self.clock()))
+            wait = max(0.0, self.settings.batch_window_s - (self.clock() - started))
+            await wait_for_event(stop, wait)
 
     async def run_once(self, now: datetime) -> BatchOutcome:
-        open_rows = await self.handlers.pool.fetch(
+        pool = self.handlers.pool
+        open_rows = await pool.fetch(
             "SELECT order_id, kind, pickup_lat, pickup_lng, created_at, ready_at, excluded, "
             "scheduled_for, first_offer_at FROM orders WHERE status = 'searching' "
             "AND (scheduled_for IS NULL OR scheduled_for <= $1) ORDER BY created_at LIMIT 5000",
             now + timedelta(seconds=self.settings.schedule_lead_s),
         )
-        return await self._match(open_rows, now, census=True)
-
-    async def catch_up(self, batch_at: datetime, seen: set[str]) -> BatchOutcome | None:
-        """Match the orders placed before the last batch began that it did not read: their
-        request committed after the batch read the open orders (an API busy for a moment), so
-        they have waited a whole window already and would wait another. Only orders waiting
-        for a first offer, not read by that batch (``seen``, to which these are added: an
-        order none could take waits for the next batch, as it would have in this one).
-        None if there were none."""
-        rows = await self.handlers.pool.fetch(
-            "SELECT order_id, kind, pickup_lat, pickup_lng, created_at, ready_at, excluded, "
-            "scheduled_for, first_offer_at FROM orders WHERE status = 'searching' "
-            "AND created_at < $1 AND first_offer_at IS NULL AND scheduled_for IS NULL "
-            "AND NOT order_id = ANY($2::uuid[]) ORDER BY created_at LIMIT 5000",
-            batch_at,
-            list(seen),
-        )
-        if not rows:
-            return None
-        outcome = await self._match(rows, datetime.fromtimestamp(self.clock(), UTC))
-        seen |= outcome.read
-        self.metrics.caught_up.inc(outcome.offered)
-        return outcome
-
-    async def _match(
-        self, open_rows: list[Any], now: datetime, census: bool = False
-    ) -> BatchOutcome:
-        """Solve these open orders against the available workers and write the offers; with
-        ``census``, the batch's supply census (a whole batch's, not a catch-up's)."""
         ts = now.timestamp()
         # Positions not renewed for the TTL leave the index (and the points' view), as in the
         # location service: no batch could use them, and the ring search would walk past them.
         self.positions.expire(ts)
         workers = FreshIdle(self.availability.idle, self.positions, ts, self.points)
-        if census:
-            self.metrics.open_orders.set(len(open_rows))
+        self.metrics.open_orders.set(len(open_rows))
         orders = [_open_order(r) for r in open_rows]
         started = time.perf_counter()
         result = assign_batch(orders, workers, self.positions, ts, self.config, self.eta)
-        if census:
-            self.metrics.solve_time.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(orders))
+        self.metrics.solve_time.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(orders))
         try:
             offered = (
                 await self._apply(result, {str(r["order_id"]): r for r in open_rows}, now)
@@ -202,9 +160,8 @@ class Matcher:
         finally:
             # The supply census walks every available worker: after the offers are out, so it
             # is no part of any order's wait (see FreshIdle.cells); also when they failed.
-            if census:
-                self._take_census(workers, result, ts)
-        return BatchOutcome(len(orders), offered, result, {o.order_id for o in orders})
+            self._take_census(workers, result, ts)
+        return BatchOutcome(len(orders), offered, result)
 
     def _take_census(self, workers: FreshIdle, result: BatchResult, ts: float) -> None:
         cells = workers.cells({a.driver_id for a in result.assignments})

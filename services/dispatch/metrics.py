@@ -89,12 +89,6 @@ class DispatchMetrics(CommonMetrics):
             "Orders that found no worker before the search timeout",
             registry=registry,
         )
-        self.caught_up = Counter(
-            "polder_dispatch_caught_up_offers_total",
-            "Offers made between batches to orders a batch could not see (committed after it "
-            "read the open orders)",
-            registry=registry,
-        )
         self.decisions_pruned = Counter(
             "polder_dispatch_decisions_pruned_total",
             "Matching decisions deleted past POLDER_DECISIONS_KEEP_H",

@@ -897,38 +897,6 @@ async def test_a_batch_writes_its_oldest_orders_offers_first(
             assert sorted(published) == sorted([again, *placed])
 
 
-async def test_orders_a_batch_could_not_see_are_caught_up_before_the_next_batch(
-    d: Dispatch,
-) -> None:
-    """An order placed before a batch began whose request committed after the batch read the
-    open orders is matched between batches, on its own; one the batch read (and left
-    unmatched) or one placed after the batch began waits for the next batch."""
-    matcher = d.rt.matcher
-    for i in range(3):
-        await d.online(f"drv-cu-{i}", CENTRE[0] + 0.001 * i, CENTRE[1])
-    unseen = (await d.order("cust-cu-0"))["order_id"]
-    read = (await d.order("cust-cu-1", dlat=0.001))["order_id"]
-    batch_at = datetime.now(UTC)
-    await asyncio.sleep(0.01)
-    after = (await d.order("cust-cu-2", dlat=0.002))["order_id"]
-    seen = {read}
-    outcome = await matcher.catch_up(batch_at, seen)
-    assert outcome is not None and outcome.offered == 1
-    assert [a.order_id for a in outcome.result.assignments] == [unseen]
-    assert seen == {read, unseen}
-    assert await matcher.catch_up(batch_at, seen) is None  # nothing left it may take
-    statuses = {
-        str(r["order_id"]): r["status"]
-        for r in await d.rt.handlers.pool.fetch("SELECT order_id, status FROM orders")
-    }
-    assert statuses == {unseen: "offered", read: "searching", after: "searching"}
-    # Each catch-up is a matching round of its own, recorded as such.
-    r = await d.call("GET", f"/v1/orders/{unseen}/decisions", "operator", "ops")
-    [decision] = r.json()["decisions"]
-    assert decision["decision"]["outcome"] == "assigned"
-    assert (await d.batch()).offered == 2  # the next batch takes the other two
-
-
 async def test_the_first_parts_offers_are_with_the_producer_before_the_next_part_is_written(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

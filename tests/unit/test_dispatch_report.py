@@ -53,5 +53,5 @@ def test_late_orders_are_told_by_batches_missed_and_part() -> None:
 
 def test_the_late_row_folds_long_tails_of_rounds_missed() -> None:
     late = {"n": 30, "by_batches_missed": {0: 2, 1: 10, 2: 3, 3: 5, 5: 6, 9: 4}, "by_part": {0: 30}}
-    assert _late(late) == "30 · by rounds missed 0: 2, 1: 10, 2: 3, 3: 5, 5+: 10 · by part 0: 30"
+    assert _late(late) == "30 · by batches missed 0: 2, 1: 10, 2: 3, 3: 5, 5+: 10 · by part 0: 30"
     assert _late({"n": 0, "by_batches_missed": {}, "by_part": {}}) == "none"
