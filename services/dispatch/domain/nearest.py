@@ -244,8 +244,8 @@ class WorkerPoints:
 
     def idle_changed(self, driver_id: str, idle: bool) -> None:
         if idle:
-            row = self._row(driver_id)  # first: it may grow the arrays
-            self._idle[row] = True
+            new = self._row(driver_id)  # first: it may grow the arrays
+            self._idle[new] = True
         elif (row := self._rows.get(driver_id)) is not None:
             self._idle[row] = False
 
