@@ -210,6 +210,8 @@ def test_a_ride_ignores_ready_at() -> None:
         {"fairness_tolerance_s": -1.0},
         {"delivery_early_slack_s": -1.0},
         {"early_arrival_weight": -1.0},
+        {"early_arrival_weight": float("inf")},
+        {"early_arrival_weight": float("nan")},
         {"partition_resolution": 16},
         {"tree_from_orders": 0},
     ],

@@ -5,6 +5,7 @@ All times are epoch seconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -80,8 +81,8 @@ class MatchConfig:
             raise ValueError("fairness_weight must be between 0 and 1")
         if self.fairness_tolerance_s < 0 or self.delivery_early_slack_s < 0:
             raise ValueError("fairness_tolerance_s and delivery_early_slack_s cannot be negative")
-        if self.early_arrival_weight < 0:
-            raise ValueError("early_arrival_weight cannot be negative")
+        if not 0 <= self.early_arrival_weight < math.inf:  # NaN fails too
+            raise ValueError("early_arrival_weight must be finite and not negative")
         if self.tree_from_orders < 1:
             raise ValueError("tree_from_orders must be at least 1")
         if self.widening_rounds < 0:
