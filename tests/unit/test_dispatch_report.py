@@ -43,11 +43,13 @@ def test_late_orders_are_told_by_batches_missed_and_part() -> None:
         _offer(4, "b2", at=11.05, published=11.08),  # placed 9.95: missed b1, 130 ms beyond
         _offer(5, "b3", at=12.06, published=12.08),  # placed 9.99: missed b1 and b2
         _offer(6, "b2", at=11.05, published=11.07),  # placed 10.06, after b1 began: on time
+        _offer(7, "b3", at=12.06, published=12.20),  # placed as b2 began: b3 is its first
     ]
     placed = {"o1": 9.00, "o2": 8.90, "o3": 9.10, "o4": 9.95, "o5": 9.99, "o6": 10.06}
+    placed["o7"] = 11.05
     first = {o.order_id: o for o in offers}
     late = late_orders(placed, first, offers, 1.0)
-    assert late == {"n": 4, "by_batches_missed": {0: 2, 1: 1, 2: 1}, "by_part": {0: 3, 1: 1}}
+    assert late == {"n": 5, "by_batches_missed": {0: 3, 1: 1, 2: 1}, "by_part": {0: 4, 1: 1}}
     assert late_orders({}, {}, [], 1.0) == {"n": 0, "by_batches_missed": {}, "by_part": {}}
 
 

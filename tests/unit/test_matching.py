@@ -12,7 +12,7 @@ import pytest
 from polder.common.geoindex import LocationIndex
 from polder.dispatch.domain.assignment_solver import Row
 from polder.dispatch.domain.candidates import _candidate, candidates_found
-from polder.dispatch.domain.eta import GREAT_CIRCLE, GreatCircleEta
+from polder.dispatch.domain.eta import GREAT_CIRCLE, GreatCircleEta, Leg
 from polder.dispatch.domain.matching import (
     BatchResult,
     Candidate,
@@ -538,7 +538,17 @@ def test_every_order_of_a_batch_gets_a_decision_with_a_reason() -> None:
     json.dumps([d.to_dict() for d in result.decisions.values()])
 
 
-@pytest.mark.parametrize("eta", [GREAT_CIRCLE, GreatCircleEta(1.7, 6.1)])
+class _MeasuringOtherwise(GreatCircleEta):
+    """A provider derived from the great-circle one, measuring its own way: asked per hit."""
+
+    def pickup(self, from_lat: float, from_lng: float, to_lat: float, to_lng: float) -> Leg:
+        return Leg(1000.0 + abs(from_lat - to_lat) * 1e5, 100.0 + abs(from_lng - to_lng) * 1e4)
+
+    def along_arc(self, arc_m: float) -> Leg:
+        raise AssertionError("a subclass may measure otherwise: it is asked, not given the arc")
+
+
+@pytest.mark.parametrize("eta", [GREAT_CIRCLE, GreatCircleEta(1.7, 6.1), _MeasuringOtherwise()])
 def test_candidates_found_are_each_candidates_own_to_the_bit(eta: GreatCircleEta) -> None:
     """``candidates_found`` works out an order's constants once for all its candidates; each
     must be what ``_candidate`` builds from the same hit (waits of every sign, rides, and
@@ -570,7 +580,9 @@ def test_candidates_found_are_each_candidates_own_to_the_bit(eta: GreatCircleEta
             _candidate(
                 order,
                 h,
-                eta.along_arc(h.distance_m),
+                eta.along_arc(h.distance_m)
+                if type(eta) is GreatCircleEta
+                else eta.pickup(h.position.lat, h.position.lng, order.pickup_lat, order.pickup_lng),
                 workers[h.position.driver_id].waiting_since,
                 NOW,
                 MatchConfig(),

@@ -30,8 +30,13 @@ from polder.dispatch.domain.match_types import Candidate, MatchConfig
 _TIE_BREAK = 1e-6
 
 
+def near_bound(best: float, config: MatchConfig) -> float:
+    """The highest cost still near-equal to the best one."""
+    return best + config.fairness_tolerance_s
+
+
 def is_near_best(candidate: Candidate, best: float, config: MatchConfig) -> bool:
-    return candidate.cost <= best + config.fairness_tolerance_s
+    return candidate.cost <= near_bound(best, config)
 
 
 def assignment_costs(candidates: Sequence[Candidate], config: MatchConfig) -> list[float]:
@@ -40,7 +45,7 @@ def assignment_costs(candidates: Sequence[Candidate], config: MatchConfig) -> li
     if not candidates or config.fairness_weight == 0.0:
         return costs
     best = min(costs)
-    bound = best + config.fairness_tolerance_s  # is_near_best: cost <= bound
+    bound = near_bound(best, config)  # as is_near_best, read once
     longest = max(c.waiting_s for c in candidates if c.cost <= bound)
     return [_fair_cost(c, best, longest, config) if c.cost <= bound else c.cost for c in candidates]
 
