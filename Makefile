@@ -36,6 +36,7 @@ unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests loadtests deploy
+	$(BIN)/ruff format --check services tests
 
 # mypy cannot follow setuptools' editable import hook, so it reads the tree through a link.
 typecheck: $(STAMP)

@@ -25,4 +25,3 @@ class DecisionRetention:
         deleted = await delete_before(self.pool, "decisions", "decided_at", cut)
         self.metrics.decisions_pruned.inc(deleted)
         return deleted
-

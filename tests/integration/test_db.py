@@ -27,9 +27,7 @@ async def test_migrations_apply_once_even_when_started_concurrently(settings: Se
         tables = await pools[0].fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
         )
-        assert {"pings", "trace_batches", "schema_migrations"} <= {
-            t["table_name"] for t in tables
-        }
+        assert {"pings", "trace_batches", "schema_migrations"} <= {t["table_name"] for t in tables}
     finally:
         for p in pools:
             await p.close()

@@ -144,8 +144,15 @@ async def test_a_trace_stored_a_row_per_ping_reads_the_same_after_migration_005(
             t0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
             old_rows = [
                 (
-                    driver, t0 + timedelta(seconds=i), t0 + timedelta(seconds=10 + i // 3),
-                    52.37 + i * 1e-4, 4.89, 0, 5.0 if i % 2 else None, 8.5, None,
+                    driver,
+                    t0 + timedelta(seconds=i),
+                    t0 + timedelta(seconds=10 + i // 3),
+                    52.37 + i * 1e-4,
+                    4.89,
+                    0,
+                    5.0 if i % 2 else None,
+                    8.5,
+                    None,
                     f"e-{driver}-{i // 3}",
                 )
                 for driver in ("d1", "d2")
@@ -154,8 +161,18 @@ async def test_a_trace_stored_a_row_per_ping_reads_the_same_after_migration_005(
             await conn.copy_records_to_table(
                 "pings",
                 records=old_rows,
-                columns=["driver_id", "recorded_at", "received_at", "lat", "lng", "cell",
-                         "accuracy_m", "speed_mps", "heading_deg", "event_id"],
+                columns=[
+                    "driver_id",
+                    "recorded_at",
+                    "received_at",
+                    "lat",
+                    "lng",
+                    "cell",
+                    "accuracy_m",
+                    "speed_mps",
+                    "heading_deg",
+                    "event_id",
+                ],
             )
         assert await migrate(pool, schema, "polder.location.migrations") == ["005_trace_batches"]
         assert await pool.fetchval("SELECT count(*) FROM trace_batches") == 6  # 3 events each

@@ -107,7 +107,8 @@ def test_fresh_idle_shows_idle_workers_with_a_fresh_position_only() -> None:
         with pytest.raises(KeyError):
             workers[absent]
     assert sorted(workers.cells()) == sorted(
-        index.get(d).cell for d in ("fresh", "unknown-wait")  # type: ignore[union-attr]
+        index.get(d).cell
+        for d in ("fresh", "unknown-wait")  # type: ignore[union-attr]
     )
     # Among drivers the view's own index answered (all fresh), membership is being idle.
     among = workers.membership_among(index, now)
