@@ -190,7 +190,7 @@ class WorkerPoints:
     driver's row stays theirs for good.
     """
 
-    __slots__ = ("index", "idle", "_rows", "_ids", "_names", "_xyz", "_seen", "_idle")
+    __slots__ = ("index", "idle", "_rows", "_names", "_xyz", "_seen", "_idle")
 
     def __init__(
         self, index: LocationIndex, idle: Mapping[str, float | None], capacity: int = 1024
@@ -198,9 +198,8 @@ class WorkerPoints:
         """Empty points; ``following`` makes them follow an index and an availability."""
         self.index = index
         self.idle = idle  # the availability's idle workers, whose states these follow
-        self._rows: dict[str, int] = {}
-        self._ids: list[str] = []
-        # the ids again, as an array: a batch takes its workers' ids in one indexing
+        self._rows: dict[str, int] = {}  # driver_id -> row
+        # each row's driver_id: a batch takes its workers' ids in one indexing
         self._names = np.empty(capacity, dtype=object)
         self._xyz = np.zeros((capacity, 3))
         self._seen = np.full(capacity, -np.inf)  # no position yet: never fresh
@@ -251,7 +250,7 @@ class WorkerPoints:
 
     def tree(self, now: float) -> WorkerTree:
         """The idle workers with a position fresh at ``now`` (by the index's TTL)."""
-        n = len(self._ids)
+        n = len(self._rows)
         live = np.flatnonzero(self._idle[:n] & (now - self._seen[:n] < self.index.ttl_s))
         return WorkerTree(self._xyz[live], self._names[live].tolist(), self.index)
 
@@ -259,8 +258,7 @@ class WorkerPoints:
         row = self._rows.get(driver_id)
         if row is not None:
             return row
-        row = self._rows[driver_id] = len(self._ids)
-        self._ids.append(driver_id)
+        row = self._rows[driver_id] = len(self._rows)
         if row == len(self._seen):
             grow = len(self._seen)
             self._names = np.concatenate((self._names, np.empty(grow, dtype=object)))
