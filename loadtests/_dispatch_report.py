@@ -129,10 +129,11 @@ def late_orders(
     that made no offer is not seen, and a part is told by its offers' stamp, which an offer
     whose order or worker changed after the part began carries later (see
     ``_first_part_waits``): a count, not an exact ledger."""
-    parts: dict[str, list[float]] = {}
+    stamps: dict[str, set[float]] = {}
     for o in offers:
-        parts.setdefault(o.batch_id, []).append(o.at)
-    begun = sorted((min(ats), batch) for batch, ats in parts.items())
+        stamps.setdefault(o.batch_id, set()).add(o.at)
+    parts = {batch: sorted(ats) for batch, ats in stamps.items()}  # each part's stamp, in order
+    begun = sorted((ats[0], batch) for batch, ats in parts.items())
     starts = [t for t, _ in begun]
     rank = {batch: i for i, (_, batch) in enumerate(begun)}
     by_missed: Counter[int] = Counter()
@@ -142,7 +143,7 @@ def late_orders(
         if offer is None or offer.published - t - window_s <= LATE_S:
             continue
         missed = rank[offer.batch_id] - bisect.bisect_right(starts, t)
-        part = sorted(set(parts[offer.batch_id])).index(offer.at)
+        part = parts[offer.batch_id].index(offer.at)
         by_missed[missed] += 1
         by_part[part] += 1
     return {
