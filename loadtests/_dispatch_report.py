@@ -21,6 +21,7 @@ SOLVE = "polder_dispatch_batch_solve_seconds"
 APPLY = "polder_dispatch_batch_apply_seconds"
 BATCH_ORDERS = "polder_dispatch_batch_orders"
 TO_OFFER = "polder_dispatch_order_to_offer_seconds"
+HTTP_LATENCY = "polder_http_request_duration_seconds"
 TO_ASSIGNMENT = "polder_dispatch_order_to_assignment_seconds"
 OFFERS = "polder_dispatch_offers_total"
 EXPIRED = "polder_dispatch_orders_expired_total"
@@ -43,10 +44,10 @@ def dist(samples: Sequence[float], window_s: float | None = None) -> dict[str, A
     return out
 
 
-def _hist(before: Scrape, after: Scrape, name: str) -> dict[str, float]:
-    b = bucket_delta(before.buckets(name), after.buckets(name))
+def _hist(before: Scrape, after: Scrape, name: str, **labels: str) -> dict[str, float]:
+    b = bucket_delta(before.buckets(name, **labels), after.buckets(name, **labels))
     return {
-        "count": after.total(f"{name}_count") - before.total(f"{name}_count"),
+        "count": after.total(f"{name}_count", **labels) - before.total(f"{name}_count", **labels),
         "p50": bucket_quantile(b, 0.50),
         "p99": bucket_quantile(b, 0.99),
     }
@@ -208,6 +209,13 @@ def _service(run: Run) -> dict[str, Any]:
         "batch_orders": _hist(before, after, BATCH_ORDERS),
         "order_to_offer_s": _hist(before, after, TO_OFFER),
         "order_to_assignment_s": _hist(before, after, TO_ASSIGNMENT),
+        # Inside the API's app (from its middleware in to the answer out): a request's time in
+        # the client's figure beyond this waited before the app saw it (the loop, the socket).
+        "in_app_s": {
+            name: _hist(before, after, HTTP_LATENCY, route=route)
+            for name, route in (("place_order", "/v1/orders"),
+                                ("accept", "/v1/offers/{offer_id}/accept"))
+        },
         "offers_total": offers,
         "orders_expired": after.total(EXPIRED) - before.total(EXPIRED),
         "available_workers_min": min(s.total(AVAILABLE) for s in series),
@@ -392,6 +400,10 @@ def render(doc: dict[str, Any]) -> str:
         ("POST /v1/orders p50 / p99", _ms(c.get("place_order", {"p50_ms": math.nan,
                                                                "p99_ms": math.nan}),
                                           "p50_ms", "p99_ms")),
+        ("  of it inside the API's app (service histogram): p50 / p99",
+         _s_ms(svc["in_app_s"]["place_order"])),
+        ("accept inside the API's app (service histogram): p50 / p99",
+         _s_ms(svc["in_app_s"]["accept"])),
         ("accept · trip step p99",
          " · ".join(fmt(c[r]["p99_ms"], " ms", 0) if r in c else "n/a"
                     for r in ("accept", "trip_step"))),
