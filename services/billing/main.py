@@ -79,7 +79,10 @@ def build_app(settings: Settings) -> FastAPI:
             yield
 
     app = service_app(
-        title="Polder billing service", settings=settings, lifespan=lifespan, metrics=metrics
+        title="Polder billing service",
+        settings=settings,
+        lifespan=lifespan,
+        metrics=metrics,
+        routers=[router],
     )
-    app.include_router(router)
     return app

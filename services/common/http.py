@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
 import orjson
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -91,14 +92,29 @@ def _validation_message(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+# FastAPI's native OpenTelemetry, off: services export Prometheus metrics, and with it on every
+# request asked whether a tracer, meter or logger provider was configured (environment reads).
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
 def service_app(
     *,
     title: str,
     settings: Settings,
     lifespan: Lifespan,
     metrics: CommonMetrics,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
-    app = FastAPI(title=title, lifespan=lifespan, default_response_class=ORJSONResponse)
+    """The service's ``routers`` come first: a request is matched against the routes in order,
+    and the service's own are the busy ones."""
+    app = FastAPI(
+        title=title,
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        telemetry=NO_TELEMETRY,
+    )
+    for router in routers:
+        app.include_router(router)
     app.state.settings = settings
     app.state.throttle = Throttle(settings, metrics.rate_limited)
 

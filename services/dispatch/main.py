@@ -151,7 +151,10 @@ def build_app(settings: Settings, *, matcher: MatcherMode = "process") -> FastAP
                 yield
 
     app = service_app(
-        title="Polder dispatch service", settings=settings, lifespan=lifespan, metrics=metrics
+        title="Polder dispatch service",
+        settings=settings,
+        lifespan=lifespan,
+        metrics=metrics,
+        routers=[router],
     )
-    app.include_router(router)
     return app

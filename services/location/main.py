@@ -133,8 +133,8 @@ def build_app(settings: Settings, *, traces: Literal["process", "inline"] = "pro
         settings=settings,
         lifespan=lifespan,
         metrics=metrics,
+        routers=[router],
     )
-    app.include_router(router)
     document_models(app, PingBatchIn)
 
     def supply_resolution(doc: dict[str, Any]) -> None:
