@@ -19,6 +19,11 @@ process (the app's CPU, not the matcher's, Postgres' or the broker's):
 * ``GET /v1/orders/{id}``: the customer reading an order of their own;
 * ``POST /v1/drivers/{id}/status``: a driver going online and offline in turn (the worker's
   row, its event).
+* ``POST /v1/offers/{id}/accept``: a driver accepting its offer (the order, the offer and the
+  worker read unlocked, then one guarded statement: the trip, three rows moved, three
+  events). Before each turn, untimed: as many drivers go online at a position near the
+  pickup, as many orders are placed, and the matcher offers them (its own process; with
+  ``matcher="none"`` this process runs the batches).
 
 The modes take turns in rounds, so a drift of the host's speed hits them alike; each figure
 is the median over the rounds of a round's CPU per request. Writes
@@ -28,6 +33,8 @@ is the median over the rounds of a round's CPU per request. Writes
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import shlex
 import statistics
 import sys
@@ -35,6 +42,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -45,8 +53,12 @@ from fastapi.responses import JSONResponse
 from loadtests._report import host_loop_s, host_row, table, write_result
 from loadtests._system import infrastructure, stop_on_sigterm
 from polder.common.auth import CurrentPrincipal, issue_token
+from polder.common.bus import Bus
+from polder.common.envelope import format_time
 from polder.common.logging import configure_logging
+from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
+from polder.common.topics import DRIVER_LOCATIONS
 from polder.dispatch.api import IdempotencyKey
 from polder.dispatch.main import MatcherMode, build_app
 from polder.dispatch.models import OrderIn
@@ -58,13 +70,16 @@ ORDER = {
     "dropoff": {"lat": CENTRE[0] + 0.03, "lng": CENTRE[1] + 0.02},
 }
 BARE, PROBE = "/bench/bare", "/bench/dependencies"
+ACCEPT = "POST /v1/offers/{id}/accept"
 MODES = (
     "bare",
     "dependencies",
     "POST /v1/orders",
     "GET /v1/orders/{id}",
     "POST /v1/drivers/{id}/status",
+    ACCEPT,
 )
+OFFERS_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +175,10 @@ async def measure(
     drivers = [(f"drv-{i}", issue_token(settings, "driver", f"drv-{i}")) for i in range(50)]
     placed: list[tuple[str, str]] = []  # (order id, its customer's token)
     online: dict[str, bool] = {}
+    offers: list[tuple[str, str, str]] = []  # pending: (offer id, its driver's token, order id)
+    accepted: list[str] = []  # trip ids
+    turns = itertools.count()
+    positions = Bus(settings, SchemaRegistry.load(), source="polder/location")
 
     async def expect(want: int, method: str, path: str, token: str, body: Any = None,
                      headers: dict[str, str] | None = None) -> bytes:
@@ -183,6 +202,13 @@ async def measure(
             answer = orjson.loads(await expect(200, "GET", f"/v1/orders/{order_id}", token))
             if answer["order_id"] != order_id:
                 raise RuntimeError(f"asked for {order_id}, got {answer['order_id']}")
+        elif mode == ACCEPT:
+            offer_id, token, order_id = offers.pop()
+            answer = orjson.loads(await expect(200, "POST", f"/v1/offers/{offer_id}/accept",
+                                               token))
+            if answer["order_id"] != order_id:
+                raise RuntimeError(f"accepted {offer_id} of {order_id}, got {answer}")
+            accepted.append(answer["trip_id"])
         else:
             driver_id, token = drivers[i % 50]
             status = "offline" if online.get(driver_id) else "online"
@@ -190,17 +216,64 @@ async def measure(
                          {"status": status})
             online[driver_id] = status == "online"
 
+    async def prepare(mode: str, n: int) -> None:
+        """Untimed, before a turn of ``mode``: for accepts, ``n`` new drivers online near the
+        pickup, ``n`` orders, and an offer for each of those drivers."""
+        if mode != ACCEPT:
+            return
+        turn = next(turns)
+        fresh = {f"acc-{turn}-{i}": issue_token(settings, "driver", f"acc-{turn}-{i}")
+                 for i in range(n)}
+        now = datetime.now(UTC)
+        # Each driver waits at its own order's pickup (spread over ~2 km), so that the orders'
+        # nearest drivers differ and one batch offers them all.
+        spots = [(CENTRE[0] + 0.001 * (i % 20), CENTRE[1] + 0.0015 * (i // 20)) for i in range(n)]
+        for (driver_id, token), (lat, lng) in zip(fresh.items(), spots, strict=True):
+            await expect(200, "POST", f"/v1/drivers/{driver_id}/status", token,
+                         {"status": "online"})
+            ping = {"lat": lat, "lng": lng, "recorded_at_ms": int(now.timestamp() * 1000)}
+            event = positions.event(
+                "polder.location.pings_recorded.v1", driver_id,
+                {"driver_id": driver_id, "received_at": format_time(now), "pings": [ping]}, now)
+            await positions.publish(DRIVER_LOCATIONS, driver_id, event)
+        for i, (lat, lng) in enumerate(spots):
+            await expect(201, "POST", "/v1/orders", customers[i % 50],
+                         {**ORDER, "pickup": {"lat": lat, "lng": lng}},
+                         {"Idempotency-Key": uuid.uuid4().hex})
+        rt = app.state.runtime
+        deadline = time.monotonic() + OFFERS_WAIT_S
+        while True:
+            if matcher == "none":  # no matcher process: this one runs the batches
+                await rt.matcher.run_once(datetime.now(UTC))
+            rows = await rt.handlers.pool.fetch(
+                "SELECT offer_id, driver_id, order_id FROM offers "
+                "WHERE status = 'pending' AND driver_id = ANY($1::text[])", list(fresh))
+            if len(rows) == n:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(rows)} of {n} drivers offered in {OFFERS_WAIT_S:.0f} s")
+            await asyncio.sleep(0.2)
+        offers[:] = [(str(r["offer_id"]), fresh[r["driver_id"]], str(r["order_id"]))
+                     for r in rows]
+
     per_round: dict[str, list[float]] = {mode: [] for mode in MODES}
     async with app.router.lifespan_context(app):
-        for mode in MODES:  # warm up (and give GET orders to read)
-            for i in range(max(20, opts.per_round // 4)):
-                await request(mode, i)
-        for _ in range(opts.rounds):
-            for mode in MODES:
-                started = time.process_time()
-                for i in range(opts.per_round):
+        await positions.start()
+        try:
+            for mode in MODES:  # warm up (and give GET orders to read)
+                warm_up = max(20, opts.per_round // 4)
+                await prepare(mode, warm_up)
+                for i in range(warm_up):
                     await request(mode, i)
-                per_round[mode].append((time.process_time() - started) / opts.per_round)
+            for _ in range(opts.rounds):
+                for mode in MODES:
+                    await prepare(mode, opts.per_round)
+                    started = time.process_time()
+                    for i in range(opts.per_round):
+                        await request(mode, i)
+                    per_round[mode].append((time.process_time() - started) / opts.per_round)
+        finally:
+            await positions.stop()
     return {
         "cpu_us_per_request": {
             mode: {
@@ -212,6 +285,7 @@ async def measure(
         },
         "requests": opts.rounds * opts.per_round * len(MODES),
         "orders_placed": len(placed),
+        "offers_accepted": len(accepted),
     }
 
 

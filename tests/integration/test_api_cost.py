@@ -20,6 +20,7 @@ async def test_every_mode_is_measured_on_the_real_app(settings: Settings) -> Non
         assert 0 <= q["min"] <= q["median"] <= q["max"]
     assert doc["requests"] == 2 * 5 * len(MODES)
     assert doc["orders_placed"] == 20 + 2 * 5  # the warm-up's and the rounds'
+    assert doc["offers_accepted"] == 20 + 2 * 5  # each a trip of its own (checked as made)
     assert "POST /v1/orders: median (min–max) of 2 rounds" in render(opts, doc)
 
 
