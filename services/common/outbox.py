@@ -35,10 +35,10 @@ def outbox_insert(bus: Bus, events: Sequence[Outgoing]) -> tuple[str, list[Any]]
     """The statement storing ``events`` (validated here) in the outbox, and its arguments."""
     topics, keys, docs = [], [], []
     for topic, key, event in events:
-        bus.registry.validate(event)
+        checked = bus.registry.validate(event)
         topics.append(bus.settings.topic(topic.name))
         keys.append(key)
-        docs.append(orjson.dumps(event.to_dict()).decode())
+        docs.append(orjson.dumps(checked).decode())
     # One statement whatever the number of events (executemany costs a bind per row), in the
     # order given: the relay publishes by id.
     return (

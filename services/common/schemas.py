@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
-from polder.common.envelope import DecodeError, Event, decode_dict, encode, from_dict
+from polder.common.envelope import DecodeError, Event, decode_dict, from_dict
 
 ENVELOPE_SCHEMA = "cloudevents.envelope"
 
@@ -71,15 +71,16 @@ class SchemaRegistry:
         if errors:
             raise SchemaError(f"{name}: " + "; ".join(errors[:5]))
 
-    def validate(self, event: Event) -> None:
-        """Check an outgoing event's envelope and data (producers call this before sending)."""
+    def validate(self, event: Event) -> dict[str, Any]:
+        """Check an outgoing event's envelope and data (producers call this before sending);
+        the envelope as checked, to be written as it is."""
         doc = event.to_dict()
         self.check(ENVELOPE_SCHEMA, doc)
         self.check(event.type, doc["data"])
+        return doc
 
     def encode(self, event: Event) -> bytes:
-        self.validate(event)
-        return encode(event)
+        return orjson.dumps(self.validate(event))
 
     def decode(self, raw: bytes) -> Event:
         """Parse and validate an incoming event; DecodeError or SchemaError say why not."""

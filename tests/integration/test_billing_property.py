@@ -195,11 +195,11 @@ class CrashingRegistry(SchemaRegistry):
         self.__dict__.update(inner.__dict__)
         self.failed: set[str] = set()
 
-    def validate(self, event: Event) -> None:
+    def validate(self, event: Event) -> dict[str, Any]:
         if event.type == "polder.billing.posted.v1" and event.data["tx_id"] not in self.failed:
             self.failed.add(event.data["tx_id"])
             raise RuntimeError("killed before commit")
-        super().validate(event)
+        return super().validate(event)
 
 
 async def test_a_consumer_killed_before_its_commit_posts_nothing_twice(settings: Settings) -> None:
