@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from polder.billing import export
 from polder.billing.domain.policies import PolicyName
@@ -21,6 +21,7 @@ from polder.common.auth import (
     require_self_or_operator,
 )
 from polder.common.errors import ApiError
+from polder.common.http import ORJSONResponse
 from polder.common.timerange import parse_range as parse_export_range
 
 router = APIRouter(prefix="/v1")
@@ -58,7 +59,7 @@ async def statement(
     rt.metrics.waiting_seconds.labels(chosen, "no").inc(result.unpaid_waiting_ms / 1000)
     if "text/csv" in request.headers.get("accept", ""):
         return Response(result.to_csv(), media_type="text/csv")
-    return JSONResponse(result.to_dict())
+    return ORJSONResponse(result.to_dict())
 
 
 EXPORT_RANGE_DOC = "RFC 3339 with a UTC offset; by default the current UTC day; at most 7 days"

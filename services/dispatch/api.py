@@ -23,6 +23,7 @@ from polder.common.auth import (
     verify_token,
 )
 from polder.common.errors import ApiError
+from polder.common.http import ORJSONResponse
 from polder.common.idempotency import check_key, request_hash, run_once
 from polder.common.outbox import Outgoing, add_to_outbox
 from polder.dispatch.handlers import Answer, NotFound, Step
@@ -84,7 +85,7 @@ async def _answer(
             principal.key, check_key(key), digest, step, optimistic=optimistic
         )
         status, response = outcome.status, outcome.body
-    return JSONResponse(response, status_code=status)
+    return ORJSONResponse(response, status_code=status)
 
 
 @router.post("/drivers/{driver_id}/status", response_model=StatusOut, responses=ERRORS)
@@ -261,7 +262,7 @@ async def place_order(
         rt.metrics.orders_placed.labels(body.kind).inc()
         if rt.handlers.relay is not None:
             rt.handlers.relay.notify()
-    return JSONResponse(outcome.body, status_code=outcome.status)
+    return ORJSONResponse(outcome.body, status_code=outcome.status)
 
 
 async def _order_for(request: Request, principal: Any, order_id: uuid.UUID) -> Any:
