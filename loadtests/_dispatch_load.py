@@ -46,7 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from loadtests._loadgen import FAILURES, Window, decode
 from polder.common.auth import issue_token
 from polder.common.bus import Bus
-from polder.common.envelope import format_time, parse_time
+from polder.common.envelope import Event, format_time, parse_time
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
 from polder.common.topics import DISPATCH, DRIVER_LOCATIONS, ORDERS
@@ -204,6 +204,22 @@ class Calls:
 # --- drivers ----------------------------------------------------------------------------------
 
 
+def position_event(
+    bus: Bus, driver_id: str, lat: float, lng: float, recorded_at_ms: int, when: datetime
+) -> Event:
+    """A driver's position as the location service publishes it: one ping, received ``when``."""
+    return bus.event(
+        "polder.location.pings_recorded.v1",
+        driver_id,
+        {
+            "driver_id": driver_id,
+            "received_at": format_time(when),
+            "pings": [{"lat": lat, "lng": lng, "recorded_at_ms": recorded_at_ms}],
+        },
+        when,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DriverPlan:
     worker: int
@@ -260,16 +276,7 @@ class DriverApp:
         self.last_ms[driver_id] = ms
         lat, lng = self.where[driver_id]
         when = datetime.fromtimestamp(now, UTC)
-        event = self.bus.event(
-            "polder.location.pings_recorded.v1",
-            driver_id,
-            {
-                "driver_id": driver_id,
-                "received_at": format_time(when),
-                "pings": [{"lat": round(lat, 7), "lng": round(lng, 7), "recorded_at_ms": ms}],
-            },
-            when,
-        )
+        event = position_event(self.bus, driver_id, round(lat, 7), round(lng, 7), ms, when)
         return self.bus.registry.encode(event)
 
     async def publish_positions(self, ids: Sequence[str]) -> None:

@@ -21,8 +21,8 @@ process (the app's CPU, not the matcher's, Postgres' or the broker's):
   row, its event).
 * ``POST /v1/offers/{id}/accept``: a driver accepting its offer (the order, the offer and the
   worker read unlocked, then one guarded statement: the trip, three rows moved, three
-  events). Before each turn, untimed: as many drivers go online at a position near the
-  pickup, as many orders are placed, and the matcher offers them (its own process; with
+  events). Before each turn, untimed: as many drivers go online, each at the pickup of an
+  order placed for it, and the matcher offers them (its own process; with
   ``matcher="none"`` this process runs the batches).
 
 The modes take turns in rounds, so a drift of the host's speed hits them alike; each figure
@@ -50,11 +50,11 @@ import uvloop
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from loadtests._dispatch_load import position_event
 from loadtests._report import host_loop_s, host_row, table, write_result
 from loadtests._system import infrastructure, stop_on_sigterm
 from polder.common.auth import CurrentPrincipal, issue_token
 from polder.common.bus import Bus
-from polder.common.envelope import format_time
 from polder.common.logging import configure_logging
 from polder.common.schemas import SchemaRegistry
 from polder.common.settings import Settings
@@ -217,8 +217,8 @@ async def measure(
             online[driver_id] = status == "online"
 
     async def prepare(mode: str, n: int) -> None:
-        """Untimed, before a turn of ``mode``: for accepts, ``n`` new drivers online near the
-        pickup, ``n`` orders, and an offer for each of those drivers."""
+        """Untimed, before a turn of ``mode``: for accepts, ``n`` new drivers online, an order
+        at each one's position, and an offer for each of those drivers."""
         if mode != ACCEPT:
             return
         turn = next(turns)
@@ -231,10 +231,7 @@ async def measure(
         for (driver_id, token), (lat, lng) in zip(fresh.items(), spots, strict=True):
             await expect(200, "POST", f"/v1/drivers/{driver_id}/status", token,
                          {"status": "online"})
-            ping = {"lat": lat, "lng": lng, "recorded_at_ms": int(now.timestamp() * 1000)}
-            event = positions.event(
-                "polder.location.pings_recorded.v1", driver_id,
-                {"driver_id": driver_id, "received_at": format_time(now), "pings": [ping]}, now)
+            event = position_event(positions, driver_id, lat, lng, int(now.timestamp() * 1000), now)
             await positions.publish(DRIVER_LOCATIONS, driver_id, event)
         for i, (lat, lng) in enumerate(spots):
             await expect(201, "POST", "/v1/orders", customers[i % 50],
