@@ -45,6 +45,15 @@ def bucket_quantile(buckets: Mapping[float, float], q: float) -> float:
     return math.inf
 
 
+def bucket_share_within(buckets: Mapping[float, float], le: float) -> float:
+    """Share of the observations at or below ``le``, which must be one of the histogram's bucket
+    bounds: exact, unlike a quantile interpolated inside a bucket. NaN when there are none."""
+    if le not in buckets:
+        raise ValueError(f"{le} is not a bucket bound of this histogram: {sorted(buckets)}")
+    total = buckets[max(buckets)]
+    return buckets[le] / total if total > 0 else math.nan
+
+
 @dataclass(frozen=True, slots=True)
 class Scrape:
     """One reading of a Prometheus exposition, taken at ``at`` (epoch seconds)."""

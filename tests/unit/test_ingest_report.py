@@ -1,11 +1,14 @@
-"""The ingest benchmark's report: ping→index p99 by slice of the window, from the scrapes."""
+"""The ingest benchmark's report: ping→index p99 and the share within the target, for the
+window and by slice of it, from the scrapes."""
 
 from __future__ import annotations
 
 import math
 
-from loadtests._ingest_report import TO_INDEX, p99_by_slice
-from loadtests._stats import Scrape
+import pytest
+
+from loadtests._ingest_report import TARGET_P99_S, TO_INDEX, p99_by_slice
+from loadtests._stats import Scrape, bucket_delta, bucket_quantile, bucket_share_within
 
 BOUNDS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -42,3 +45,26 @@ def test_a_short_window_is_one_slice_and_no_scrapes_no_slices() -> None:
     [only] = p99_by_slice(scrapes)
     assert (only["from_s"], only["to_s"]) == (0.0, 5.0) and 0.05 < only["p99_s"] <= 0.1
     assert p99_by_slice([]) == []
+
+
+def test_the_share_within_the_target_is_exact_and_agrees_with_the_p99_verdict() -> None:
+    # 1 000 observations: 985 within 250 ms, 15 in (0.25, 0.5]: 98.5 % within, p99 beyond.
+    start = _scrape(1000.0, {})
+    end = _scrape(1010.0, {0.1: 900.0, 0.25: 85.0, 0.5: 15.0})
+    buckets = bucket_delta(start.buckets(TO_INDEX), end.buckets(TO_INDEX))
+    assert bucket_share_within(buckets, TARGET_P99_S) == 0.985
+    assert bucket_quantile(buckets, 0.99) > TARGET_P99_S
+    [only] = p99_by_slice([start, end])
+    assert only["within_target_share"] == 0.985
+    # Five more within the bound: exactly 99 %, and the interpolated p99 lands on the bound.
+    end = _scrape(1010.0, {0.1: 905.0, 0.25: 85.0, 0.5: 10.0})
+    buckets = bucket_delta(start.buckets(TO_INDEX), end.buckets(TO_INDEX))
+    assert bucket_share_within(buckets, TARGET_P99_S) == 0.99
+    assert bucket_quantile(buckets, 0.99) <= TARGET_P99_S
+
+
+def test_the_share_within_needs_a_bucket_bound_and_observations() -> None:
+    buckets = {0.1: 0.0, 0.25: 0.0, math.inf: 0.0}
+    assert math.isnan(bucket_share_within(buckets, 0.25))
+    with pytest.raises(ValueError, match="not a bucket bound"):
+        bucket_share_within(buckets, 0.2)
