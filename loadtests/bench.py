@@ -45,7 +45,12 @@ def _ingest(d: dict[str, Any]) -> Row:
     e = d["end_to_end"]
     rate, p99 = e["indexed_pings_per_s"], e["ping_to_index_p99_s"]
     ok = rate >= d["targets"]["pings_per_s"] and p99 <= d["targets"]["ping_to_index_p99_s"]
-    return f"{rate:,.0f} pings/s, ping→index p99 {p99 * 1000:.0f} ms", ok
+    within = e["ping_to_index_within_target_share"]  # exact: the histogram has that bound
+    return (
+        f"{rate:,.0f} pings/s, ping→index p99 {p99 * 1000:.0f} ms "
+        f"({within:.2%} of batches within 250 ms)",
+        ok,
+    )
 
 
 def _nearby(d: dict[str, Any]) -> Row:
@@ -64,10 +69,22 @@ def _quality(d: dict[str, Any]) -> Row:
 
 
 def _dispatch(d: dict[str, Any]) -> Row:
-    o = d["order_to_first_offer"]["batch_clock"]
+    """The benchmark's own verdict: order→first offer *published* (after the offers' commit and
+    the relay), beyond the window; not the batch clock's figure, which leaves those out."""
+    t = d["target"]
     rate = d["options"]["orders_per_s"]
-    p99 = o["beyond_window_p99_ms"]
-    return f"p99 beyond the window {p99:,.0f} ms at {rate:g} orders/s", p99 <= 100
+    return (
+        f"p99 beyond the window {t['measured_ms']:,.0f} ms at {rate:g} orders/s "
+        f"(box {d['cpu_cores']['box']:.2f} cores busy)",
+        bool(t["met"]),
+    )
+
+
+def _dispatch_stress(d: dict[str, Any]) -> Row:
+    """The figure of ``_dispatch``, no verdict: §8's 10 000 workers cannot carry 200 orders/s
+    at real trip lengths (they would all be busy within a minute), so trips of 8 s are a load
+    on the API, not the target's scenario."""
+    return _dispatch(d)[0], None
 
 
 def _billing(d: dict[str, Any]) -> Row:
@@ -129,12 +146,24 @@ BENCHES = (
     ),
     Bench(
         "dispatch",
-        "dispatch order→offer beyond the 1 s window, 10 000 workers, 200 orders/s",
+        "dispatch order→offer beyond the 1 s window, 10 000 workers, 200 orders/s: a rush "
+        "(drivers keep the trips they accept)",
         "p99 ≤ 100 ms",
         "loadtests.dispatch_latency",
-        ("--seconds", "20", "--out", "bench-dispatch_latency"),
+        # 10 000 workers carry 200 orders/s for under a minute at any real trip length: the
+        # target's load is a rush, in which no trip accepted during it reaches its next step.
+        ("--seconds", "20", "--trips", "hold", "--out", "bench-dispatch_latency"),
         "bench-dispatch_latency.json",
         _dispatch,
+    ),
+    Bench(
+        "dispatch-trips",
+        "the same with every trip driven to the end in 8 s (~6 requests an order instead of 2)",
+        "none in §8: a stress figure (the box's capacity for the API's requests)",
+        "loadtests.dispatch_latency",
+        ("--seconds", "20", "--out", "bench-dispatch_latency_trips"),
+        "bench-dispatch_latency_trips.json",
+        _dispatch_stress,
     ),
     Bench(
         "billing",
