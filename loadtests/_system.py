@@ -88,7 +88,7 @@ def _start_infrastructure(system: System) -> Settings:
         settings = system.settings.model_copy(
             update={"database_url": database_url, "kafka_bootstrap": bootstrap}
         )
-        await create_topics(settings)
+        await create_topics(settings, embedded=True)
         return settings
 
     return asyncio.run(prepare())

@@ -117,12 +117,14 @@ def _scale(d: dict[str, Any]) -> Row:
 BENCHES = (
     Bench(
         "ingest",
-        "location ingest, WebSocket frames of 50, into the index, 51 000 pings/s offered",
+        "location ingest, WebSocket frames of 50, into the index, 51 000 pings/s offered for a minute",
         "≥ 50 000 pings/s, p99 ≤ 250 ms",
         "loadtests.ingest",
         # Paced just above the target rate: latency at a sustained rate, not the queueing of a
-        # closed loop (which grows with whatever is in flight); pings/s is what arrived.
-        ("--mode", "ws", "--seconds", "15", "--rate", "51000", "--out", "bench-ingest"),
+        # closed loop (which grows with whatever is in flight); pings/s is what arrived. A
+        # minute, not less: the target says sustained, and the embedded broker's fetches slow
+        # as its log grows (the report prints each 15 s of the window).
+        ("--mode", "ws", "--seconds", "60", "--rate", "51000", "--out", "bench-ingest"),
         "bench-ingest-ws.json",
         _ingest,
     ),

@@ -71,7 +71,7 @@ def isolated_settings(infra: Infra, **overrides: Any) -> Settings:
 async def settings(infra: Infra) -> Settings:
     """Settings with a namespace of their own; the topics exist."""
     s = isolated_settings(infra)
-    await create_topics(s)
+    await create_topics(s, embedded=True)
     return s
 
 

@@ -366,10 +366,13 @@ async def dead_letter(
     log.warning("dead-lettered a record", consumer=consumer, reason=reason[:200])
 
 
-async def create_topics(settings: Settings, topics: Sequence[Topic] = TOPICS) -> None:
+async def create_topics(
+    settings: Settings, topics: Sequence[Topic] = TOPICS, *, embedded: bool
+) -> None:
     """Create the topics with their partition counts and retention (one replica: what `polder up`
-    and the tests need; production creates them with deploy/'s definitions). Existing topics are
-    left as they are."""
+    and the tests need; production creates them with deploy/'s definitions). ``embedded``: the
+    broker is the embedded one, whose layout may have fewer partitions (``Topic.partitions_on``).
+    Existing topics are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -377,7 +380,7 @@ async def create_topics(settings: Settings, topics: Sequence[Topic] = TOPICS) ->
         wanted = [
             NewTopic(
                 settings.topic(t.name),
-                num_partitions=t.partitions,
+                num_partitions=t.partitions_on(embedded=embedded),
                 replication_factor=1,
                 topic_configs={"retention.ms": str(t.retention_ms)},
             )

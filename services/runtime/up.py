@@ -83,7 +83,7 @@ async def start_infrastructure(system: System) -> Settings:
         log.info("embedded broker running", bootstrap=bootstrap)
     await wait_for_broker(bootstrap)
     settings = s.model_copy(update={"database_url": database_url, "kafka_bootstrap": bootstrap})
-    await create_topics(settings)
+    await create_topics(settings, embedded=system.broker is not None)
     for name in available_services():
         module = service_module(name)
         schema = settings.db_schema(module.SERVICE)

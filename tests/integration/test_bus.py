@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 
-from polder.common.bus import Bus, Consumer, Handler, Received
+from polder.common.bus import Bus, Consumer, Handler, Received, create_topics
 from polder.common.metrics import CommonMetrics
 from polder.common.schemas import SchemaError, SchemaRegistry
 from polder.common.settings import Settings
-from polder.common.topics import DLQ, DRIVER_LOCATIONS
-from tests.conftest import eventually
+from polder.common.topics import DLQ, DRIVER_LOCATIONS, TOPICS
+from tests.conftest import Infra, eventually, isolated_settings
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,24 @@ async def consuming(
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=15)
+
+
+async def test_topics_take_the_embedded_layout_only_on_the_embedded_broker(infra: Infra) -> None:
+    """`polder up` on the embedded broker creates the ping stream in fewer partitions; on a
+    broker of the user's (``embedded=False``) every topic gets the production layout."""
+    for embedded in (True, False):
+        s = isolated_settings(infra)
+        await create_topics(s, embedded=embedded)
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_topics([s.topic(t.name) for t in TOPICS])
+        finally:
+            await admin.close()
+        created = {d["topic"]: len(d["partitions"]) for d in described}
+        assert created == {s.topic(t.name): t.partitions_on(embedded=embedded) for t in TOPICS}
+        wanted = DRIVER_LOCATIONS.embedded_partitions if embedded else DRIVER_LOCATIONS.partitions
+        assert created[s.topic(DRIVER_LOCATIONS.name)] == wanted
 
 
 class Collect:

@@ -136,7 +136,7 @@ async def test_broker_unreachable_ingest_says_retry_and_loses_nothing_acknowledg
     broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "broker.log")
     bootstrap = await asyncio.to_thread(broker.start)
     s = settings.model_copy(update={"kafka_bootstrap": bootstrap, "publish_timeout_s": 1.0})
-    await create_topics(s)
+    await create_topics(s, embedded=True)
     headers = auth(s, "driver", "drv-b")
     sent: list[str] = []  # every ping's recorded_at, in order
     acknowledged: list[str] = []  # those the service answered 202 for

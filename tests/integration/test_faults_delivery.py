@@ -597,7 +597,7 @@ async def assert_faults_give_the_clean_results(
     Answers the engaged metres the statements measured."""
     city = random_city(rng, 4)
     clean_settings = isolated_settings(infra)
-    await create_topics(clean_settings)
+    await create_topics(clean_settings, embedded=True)
     clean_stream = [*history_events(city), *ping_events(city, skewed=False)]
     faulty_stream = [
         r

@@ -84,7 +84,7 @@ def test_no_5xx_and_every_response_matches_the_document(service: str, infra: Inf
     unlimited = {"rate_limit_per_s": 10_000, "rate_limit_burst": 10_000}
     reports = {"report_rate_limit_per_s": 10_000, "report_rate_limit_burst": 10_000}
     settings = isolated_settings(infra, **unlimited, **reports)  # one token sends every case
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings, embedded=True))
     app = BUILDERS[service](settings)
     with threaded(app) as base:
         schema = schemathesis.openapi.from_dict(app.openapi())
