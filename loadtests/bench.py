@@ -117,7 +117,8 @@ def _scale(d: dict[str, Any]) -> Row:
 BENCHES = (
     Bench(
         "ingest",
-        "location ingest, WebSocket frames of 50, into the index, 51 000 pings/s offered for a minute",
+        "location ingest, WebSocket frames of 50, into the index, 51 000 pings/s offered "
+        "for a minute",
         "≥ 50 000 pings/s, p99 ≤ 250 ms",
         "loadtests.ingest",
         # Paced just above the target rate: latency at a sustained rate, not the queueing of a
