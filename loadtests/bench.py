@@ -199,23 +199,40 @@ BENCHES = (
 )
 
 
+STOP_GRACE_S = 60.0
+
+
+def stop_in_order(proc: subprocess.Popen[str]) -> None:
+    """Ask a benchmark that ran out of time to stop (SIGTERM: each unwinds like Ctrl-C and stops
+    the Postgres, broker and services it started, some in sessions of their own that a kill of
+    the benchmark alone would leave running); kill it only if it does not within the grace."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
 def run(bench: Bench, timeout_s: float) -> tuple[str, str, float]:
     """Run one benchmark; (measured, verdict, seconds)."""
     started = time.monotonic()
     path = RESULTS / bench.result
     path.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", bench.module, *bench.args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", bench.module, *bench.args],
-            timeout=timeout_s,
-            capture_output=True,
-            text=True,
-        )
+        out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        stop_in_order(proc)
         return f"did not finish within {timeout_s:.0f} s", "ERROR", time.monotonic() - started
     took = time.monotonic() - started
     if not path.exists():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        tail = (out + err).strip().splitlines()[-3:]
         return f"no result (exit {proc.returncode}): {' / '.join(tail)}", "ERROR", took
     measured, ok = bench.read(json.loads(path.read_text()))
     verdict = "—" if ok is None else ("PASS" if ok else "FAIL")
